@@ -1,0 +1,61 @@
+"""outboxkit: the transactional outbox for synchronous Python.
+
+Write business rows and an event in one SQLAlchemy transaction; a relay moves the event to
+Kafka or Redis Streams; a consumer runs the handler registered for its type, exactly once in
+effect.
+"""
+
+from outboxkit.broker import Broker, BrokerMessage, Delivery, SendResult, Subscription
+from outboxkit.codec import Envelope
+from outboxkit.errors import (
+    BrokerError,
+    BrokerUnavailableError,
+    ConfigurationError,
+    DecodeError,
+    InvalidEventError,
+    MessageRejectedError,
+    OutboxError,
+    PermanentError,
+    RepositoryError,
+    RoutingError,
+    UnknownEventTypeError,
+)
+from outboxkit.messages import OutboxMessage, PublishRequest, Status
+from outboxkit.repository import Repository
+from outboxkit.retry import RetryPolicy
+from outboxkit.routing import Route, Routing, ServiceCatalog
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # publishing
+    "PublishRequest",
+    "Status",
+    "OutboxMessage",
+    "Envelope",
+    # routing
+    "Route",
+    "Routing",
+    "ServiceCatalog",
+    # interfaces
+    "Repository",
+    "Broker",
+    "BrokerMessage",
+    "Delivery",
+    "SendResult",
+    "Subscription",
+    "RetryPolicy",
+    # errors
+    "OutboxError",
+    "ConfigurationError",
+    "RoutingError",
+    "UnknownEventTypeError",
+    "InvalidEventError",
+    "RepositoryError",
+    "BrokerError",
+    "BrokerUnavailableError",
+    "MessageRejectedError",
+    "DecodeError",
+    "PermanentError",
+    "__version__",
+]

@@ -1,0 +1,134 @@
+"""The Broker contract: what the relay and the consumer need from Kafka, Redis Streams, ...
+
+The docstrings are the specification; ``outboxkit.testing.broker_contract`` checks every
+implementation against them on a real server.
+
+Thread safety: a :class:`Broker` is shared by every thread of a process (its ``publish`` may
+be called concurrently). A :class:`Subscription` belongs to the one thread that consumes
+from it; only its :meth:`Subscription.close` may be called from another thread.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from outboxkit.errors import BrokerError
+
+
+@attrs.frozen(kw_only=True)
+class BrokerMessage:
+    """One message to send: ``topic`` is a Kafka topic or a Redis stream key."""
+
+    topic: str
+    key: str
+    value: bytes
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class SendResult:
+    """The broker's answer for one message of a batch.
+
+    ``error`` is ``None`` only when the broker acknowledged the message durably (Kafka:
+    ``acks=all``; Redis: ``XADD`` returned an id). Otherwise it is a
+    :class:`~outboxkit.errors.BrokerUnavailableError` (nothing known to be wrong with the
+    message: the broker could not be reached or did not answer in time) or a
+    :class:`~outboxkit.errors.MessageRejectedError` (the broker refused this message).
+    """
+
+    message: BrokerMessage
+    error: BrokerError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@attrs.frozen(kw_only=True)
+class Delivery:
+    """One received message, to be acknowledged with :meth:`Subscription.ack`.
+
+    ``delivery_count`` is how many times the broker has handed this message to the group
+    (1 on first delivery) when the broker knows it, else 1. ``receipt`` is the broker's own
+    handle (Kafka ``(partition, offset)``, Redis entry id) and means nothing to callers.
+    """
+
+    topic: str
+    key: str
+    value: bytes
+    headers: Mapping[str, str]
+    receipt: Any
+    delivery_count: int = 1
+
+
+class Subscription(abc.ABC):
+    """A named member of a consumer group reading one topic.
+
+    Used by one thread only. Messages not acknowledged are delivered again to some member
+    of the group (after a rebalance for Kafka, after the idle time for Redis Streams), so a
+    consumer that dies mid-message loses nothing.
+    """
+
+    @abc.abstractmethod
+    def receive(self, *, timeout: float, max_messages: int = 100) -> list[Delivery]:
+        """Return up to ``max_messages`` deliveries, waiting at most ``timeout`` seconds.
+
+        Returns an empty list on timeout and once the subscription is closed. Raises
+        :class:`~outboxkit.errors.BrokerUnavailableError` when the broker cannot be reached.
+        """
+
+    @abc.abstractmethod
+    def ack(self, delivery: Delivery) -> None:
+        """Acknowledge a delivery after it was handled, so it is not delivered again.
+
+        Deliveries of one partition/stream must be acknowledged in the order received.
+        Raises :class:`~outboxkit.errors.BrokerUnavailableError` when the broker cannot be
+        reached; the delivery then stays unacknowledged and will come again.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Leave the group and release the connection. Idempotent, callable from any thread.
+
+        A :meth:`receive` blocked in another thread returns (with no deliveries) promptly.
+        """
+
+
+class Broker(abc.ABC):
+    """A message broker the relay publishes to and consumers read from."""
+
+    @abc.abstractmethod
+    def publish(self, messages: Sequence[BrokerMessage]) -> list[SendResult]:
+        """Send a batch and return one result per message, in order.
+
+        A message is reported ``ok`` only when the broker acknowledged it. Messages with
+        the same key are never reordered: if one fails, the later messages of that key in
+        the batch are not sent and are reported with the same kind of error. Thread-safe.
+        Raises :class:`~outboxkit.errors.BrokerClosedError` after :meth:`close`.
+        """
+
+    @abc.abstractmethod
+    def subscribe(self, topic: str, group: str, consumer_name: str) -> Subscription:
+        """Join ``group`` on ``topic`` as ``consumer_name`` (stable across restarts).
+
+        A new group starts at the beginning of the topic, so messages published before the
+        first consumer existed are still delivered. Creates what is missing.
+        """
+
+    @abc.abstractmethod
+    def ensure_topic(self, topic: str, group: str | None = None) -> None:
+        """Create the topic/stream (and the group, if given) unless it exists. Idempotent."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Flush and release every connection. Idempotent; subscriptions stop receiving."""
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

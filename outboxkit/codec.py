@@ -1,0 +1,277 @@
+"""The two JSON formats of the outbox, both supersets of the Go system's.
+
+* The **event shell** is what the ``payload`` column holds:
+  ``{event_id, event_type, event_version, aggregate_id, payload}`` plus our optional
+  ``headers`` and ``occurred_at``. The Go relay ignores fields it does not know, so a row we
+  write is one it can read; a row it wrote is one we can read.
+* The **envelope** is the broker message value:
+  ``{outbox_id, event_id, event_type, event_version, service_name, aggregate_id, payload}``
+  plus ``envelope_version``, ``occurred_at``, ``published_at``, ``attempt`` and ``headers``.
+  A Go-emitted envelope (no ``envelope_version``) decodes as version 1.
+
+Decoding failures raise :class:`~outboxkit.errors.DecodeError` carrying whatever ids could be
+read, so an identifiable row can still be marked dead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import attrs
+
+from outboxkit.errors import DecodeError, InvalidEventError
+from outboxkit.messages import DEFAULT_EVENT_VERSION, OutboxMessage, PublishRequest
+
+#: Version of the envelope this code writes. Readers accept this and every older version.
+ENVELOPE_VERSION = 1
+CONTENT_TYPE = "application/json"
+#: Broker headers carrying routing facts, so a consumer can filter without decoding.
+HEADER_EVENT_TYPE = "event_type"
+HEADER_EVENT_ID = "event_id"
+HEADER_CONTENT_TYPE = "content-type"
+#: W3C trace context headers copied from the request's headers onto the broker message.
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def utc_isoformat(moment: datetime) -> str:
+    """ISO-8601 in UTC with a ``Z`` suffix; naive datetimes are taken to be UTC already."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def dumps(value: Any) -> str:
+    """Compact, deterministic JSON (UTF-8 kept as is, as Go's encoder does)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+# --------------------------------------------------------------------------- event shell
+
+
+@attrs.frozen(kw_only=True)
+class EventShell:
+    """The decoded ``payload`` column of a row."""
+
+    event_id: str
+    event_type: str
+    event_version: str
+    aggregate_id: str
+    payload: Any
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    occurred_at: str | None = None
+
+
+def encode_shell(request: PublishRequest, *, occurred_at: datetime) -> str:
+    """The ``payload`` column text for ``request``.
+
+    Raises :class:`InvalidEventError` when the payload is not JSON-serialisable (including
+    NaN and infinities, which JSON cannot carry).
+    """
+    shell: dict[str, Any] = {
+        "event_id": request.event_id,
+        "event_type": request.event_type,
+        "event_version": request.event_version,
+        "aggregate_id": request.aggregate_id,
+        "payload": request.payload,
+        "occurred_at": utc_isoformat(occurred_at),
+    }
+    if request.headers:
+        shell["headers"] = dict(request.headers)
+    try:
+        return dumps(shell)
+    except (TypeError, ValueError) as exc:
+        raise InvalidEventError(
+            f"payload of event {request.event_id} ({request.event_type}) is not "
+            f"JSON-serialisable: {exc}"
+        ) from exc
+
+
+def _text(obj: Mapping[str, Any], name: str) -> str:
+    value = obj.get(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _headers(obj: Mapping[str, Any]) -> dict[str, str]:
+    raw = obj.get("headers")
+    if not isinstance(raw, Mapping):
+        return {}
+    return {str(k): str(v) for k, v in raw.items()}
+
+
+def decode_shell(text: str, *, outbox_id: int | None = None) -> EventShell:
+    """Parse a ``payload`` column with the Go rules (trim, empty version -> v1).
+
+    Invalid JSON, an empty event type or a missing payload raise :class:`DecodeError`.
+    """
+    try:
+        obj = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise DecodeError(
+            f"failed to parse outbox event shell: {exc}", outbox_id=outbox_id
+        ) from exc
+    if not isinstance(obj, dict):
+        raise DecodeError("failed to parse outbox event shell: not an object", outbox_id=outbox_id)
+    event_type = _text(obj, "event_type")
+    event_id = _text(obj, "event_id")
+    if not event_type:
+        raise DecodeError("event type is empty", outbox_id=outbox_id, event_id=event_id or None)
+    if "payload" not in obj:
+        raise DecodeError(
+            "payload is empty", outbox_id=outbox_id, event_id=event_id or None, event_type=event_type
+        )
+    occurred = obj.get("occurred_at")
+    return EventShell(
+        event_id=event_id,
+        event_type=event_type,
+        event_version=_text(obj, "event_version") or DEFAULT_EVENT_VERSION,
+        aggregate_id=_text(obj, "aggregate_id"),
+        payload=obj["payload"],
+        headers=_headers(obj),
+        occurred_at=occurred if isinstance(occurred, str) else None,
+    )
+
+
+# --------------------------------------------------------------------------- envelope
+
+
+@attrs.frozen(kw_only=True)
+class Envelope:
+    """One event as it travels through the broker.
+
+    ``attempt`` is 1 for the first delivery of the row and grows with each republish after a
+    failure (``retry_count + 1`` at publish time).
+    """
+
+    outbox_id: int
+    event_id: str
+    event_type: str
+    event_version: str = DEFAULT_EVENT_VERSION
+    service_name: str = ""
+    aggregate_id: str = ""
+    payload: Any = None
+    occurred_at: str | None = None
+    published_at: str | None = None
+    attempt: int = 1
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    envelope_version: int = ENVELOPE_VERSION
+
+
+def envelope_from_row(row: OutboxMessage, *, published_at: datetime) -> Envelope:
+    """Build the envelope the relay publishes for ``row``.
+
+    The event id falls back to the shell's, then to the row id as a string (the Go rule), so
+    rows written by the Go system publish exactly as Go would publish them.
+    """
+    shell = decode_shell(row.payload, outbox_id=row.id)
+    return Envelope(
+        outbox_id=row.id,
+        event_id=row.event_id or shell.event_id or str(row.id),
+        event_type=shell.event_type,
+        event_version=shell.event_version,
+        service_name=row.service_name,
+        aggregate_id=shell.aggregate_id or row.message_key,
+        payload=shell.payload,
+        occurred_at=shell.occurred_at,
+        published_at=utc_isoformat(published_at),
+        attempt=row.retry_count + 1,
+        headers=shell.headers,
+    )
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    """The broker message value: UTF-8 JSON with Go's field names (empty strings omitted)."""
+    obj: dict[str, Any] = {
+        "envelope_version": envelope.envelope_version,
+        "outbox_id": envelope.outbox_id,
+        "event_id": envelope.event_id,
+        "event_type": envelope.event_type,
+        "event_version": envelope.event_version,
+        "service_name": envelope.service_name,
+        "aggregate_id": envelope.aggregate_id,
+        "payload": envelope.payload,
+        "occurred_at": envelope.occurred_at,
+        "published_at": envelope.published_at,
+        "attempt": envelope.attempt,
+        "headers": dict(envelope.headers),
+    }
+    # Go marks these `omitempty`; dropping empty ones keeps our output byte-compatible.
+    for name in ("event_id", "event_version", "service_name", "aggregate_id"):
+        if not obj[name]:
+            del obj[name]
+    for name in ("occurred_at", "published_at"):
+        if obj[name] is None:
+            del obj[name]
+    if not obj["headers"]:
+        del obj["headers"]
+    return dumps(obj).encode("utf-8")
+
+
+def decode_envelope(value: bytes | str) -> Envelope:
+    """Parse a broker message value written by outboxkit or by the Go relay.
+
+    Raises :class:`DecodeError` (with any ids it could read) when the value is not JSON, has
+    no usable ``outbox_id`` or ``event_type``, lacks a payload, or comes from a newer
+    envelope version than this code understands.
+    """
+    try:
+        text = value.decode("utf-8") if isinstance(value, bytes) else value
+        obj = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DecodeError(f"message is not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise DecodeError("message is not a JSON object")
+    raw_id = obj.get("outbox_id")
+    outbox_id = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None
+    ids: dict[str, Any] = {
+        "outbox_id": outbox_id,
+        "event_id": _text(obj, "event_id") or None,
+        "event_type": _text(obj, "event_type") or None,
+        "service_name": _text(obj, "service_name") or None,
+    }
+    version = obj.get("envelope_version", 1)
+    if not isinstance(version, int) or version < 1:
+        raise DecodeError(f"invalid envelope_version {version!r}", **ids)
+    if version > ENVELOPE_VERSION:
+        raise DecodeError(
+            f"envelope_version {version} is newer than this outboxkit understands "
+            f"({ENVELOPE_VERSION})",
+            **ids,
+        )
+    if outbox_id is None or outbox_id <= 0:
+        raise DecodeError(f"message has no valid outbox_id: {raw_id!r}", **ids)
+    if not ids["event_type"]:
+        raise DecodeError("message lacks event type", **ids)
+    if "payload" not in obj:
+        raise DecodeError("message lacks payload", **ids)
+    attempt = obj.get("attempt", 1)
+    occurred, published = obj.get("occurred_at"), obj.get("published_at")
+    return Envelope(
+        outbox_id=outbox_id,
+        event_id=ids["event_id"] or str(outbox_id),
+        event_type=ids["event_type"],
+        event_version=_text(obj, "event_version") or DEFAULT_EVENT_VERSION,
+        service_name=ids["service_name"] or "",
+        aggregate_id=_text(obj, "aggregate_id"),
+        payload=obj["payload"],
+        occurred_at=occurred if isinstance(occurred, str) else None,
+        published_at=published if isinstance(published, str) else None,
+        attempt=attempt if isinstance(attempt, int) and attempt > 0 else 1,
+        headers=_headers(obj),
+        envelope_version=version,
+    )
+
+
+def broker_headers(envelope: Envelope) -> dict[str, str]:
+    """Headers every broker message carries: type, id, content type and trace context."""
+    headers = {
+        HEADER_EVENT_TYPE: envelope.event_type,
+        HEADER_EVENT_ID: envelope.event_id,
+        HEADER_CONTENT_TYPE: CONTENT_TYPE,
+    }
+    for name in TRACE_HEADERS:
+        if name in envelope.headers:
+            headers[name] = envelope.headers[name]
+    return headers

@@ -1,0 +1,118 @@
+"""The one exception tree of outboxkit.
+
+Every error the library raises is an :class:`OutboxError`. Driver errors (SQLAlchemy,
+kafka-python, redis-py) are translated at the boundary and chained with ``from exc`` so the
+cause is never lost, while callers only need to catch our types.
+"""
+
+from __future__ import annotations
+
+
+class OutboxError(Exception):
+    """Base class of every error raised by outboxkit."""
+
+
+class ConfigurationError(OutboxError):
+    """The library was set up in a way that cannot work (bad name, duplicate route, ...)."""
+
+
+class InvalidNameError(ConfigurationError):
+    """A table, topic, group or service name failed validation.
+
+    Names end up in SQL and broker commands, so only checked names are ever used.
+    """
+
+
+class RoutingError(OutboxError):
+    """An event type has no route, or was routed to two services."""
+
+
+class UnknownEventTypeError(RoutingError):
+    """No service is registered for this event type."""
+
+    def __init__(self, event_type: str) -> None:
+        super().__init__(f"outbox route not registered: event_type={event_type!r}")
+        self.event_type = event_type
+
+
+class InvalidEventError(OutboxError):
+    """A publish request was rejected before anything was written.
+
+    Raised for an empty or over-long event type or key, a payload that is not
+    JSON-serialisable, or a payload over the configured size limit.
+    """
+
+
+class UnsupportedDatabaseError(ConfigurationError):
+    """The database server lacks what the outbox needs (e.g. ``SKIP LOCKED``)."""
+
+
+class RepositoryError(OutboxError):
+    """A storage operation failed (connection lost, statement rejected, ...)."""
+
+
+class SchemaError(RepositoryError):
+    """Creating or validating the outbox schema failed."""
+
+
+class BrokerError(OutboxError):
+    """Base class of broker failures."""
+
+
+class BrokerUnavailableError(BrokerError):
+    """The broker could not be reached, or did not answer in time.
+
+    Nothing about the message itself is known to be wrong: the relay pauses and retries
+    without counting the attempt against the row's ``retry_count``.
+    """
+
+
+class MessageRejectedError(BrokerError):
+    """The broker refused this particular message (too large, invalid topic, ...).
+
+    This is a message-specific failure and counts against the row's ``retry_count``.
+    """
+
+
+class BrokerClosedError(BrokerError):
+    """The broker or subscription was used after :meth:`close`."""
+
+
+class DecodeError(OutboxError):
+    """A message on the wire could not be decoded into an envelope.
+
+    Carries whatever identifiers could be read, so the caller can still mark the outbox row
+    dead when it is identifiable.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        outbox_id: int | None = None,
+        event_id: str | None = None,
+        event_type: str | None = None,
+        service_name: str | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.outbox_id = outbox_id
+        self.event_id = event_id
+        self.event_type = event_type
+        self.service_name = service_name
+
+
+class HandlerError(OutboxError):
+    """Base class for errors a handler raises to steer the engine."""
+
+
+class PermanentError(HandlerError):
+    """Raise from a handler when retrying can never succeed.
+
+    The engine rolls back the handler's transaction and marks the event ``dead`` with this
+    error's message as ``last_error``.
+    """
+
+
+class DuplicateHandlerError(ConfigurationError):
+    """A second handler was registered for an event type."""

@@ -1,0 +1,94 @@
+"""Values that cross the library's boundaries: what callers publish and what the table holds."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+#: Version written when a request does not say one (the Go ``DefaultEventVersion``).
+DEFAULT_EVENT_VERSION = "v1"
+#: Rows are retried this many times before they go ``dead`` (the Go default).
+DEFAULT_MAX_RETRY = 20
+
+
+class Status(str, enum.Enum):
+    """The four statuses of an outbox row, spelled as the Go system stores them.
+
+    ``consumed`` and ``dead`` are final: no guarded transition leaves them except an explicit
+    requeue of a dead row.
+    """
+
+    PENDING = "pending"
+    PUBLISHED = "published"
+    CONSUMED = "consumed"
+    DEAD = "dead"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _strip(value: str | None) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _strip_headers(value: Mapping[str, str] | None) -> Mapping[str, str]:
+    return dict(value or {})
+
+
+@attrs.frozen(kw_only=True)
+class PublishRequest:
+    """One event to publish, with the fields of the Go ``PublishRequest``.
+
+    Strings are trimmed (as the Go publisher does). ``aggregate_id`` defaults to the message
+    key and ``event_id`` to a fresh UUID, so publishing the same request object twice is
+    idempotent: the second publish writes nothing.
+    """
+
+    event_type: str = attrs.field(converter=_strip)
+    payload: Any
+    message_key: str = attrs.field(default="", converter=_strip)
+    event_version: str = attrs.field(default=DEFAULT_EVENT_VERSION, converter=_strip)
+    aggregate_id: str = attrs.field(default="", converter=_strip)
+    event_id: str = attrs.field(factory=lambda: str(uuid.uuid4()), converter=_strip)
+    headers: Mapping[str, str] = attrs.field(factory=dict, converter=_strip_headers)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.event_version:
+            object.__setattr__(self, "event_version", DEFAULT_EVENT_VERSION)
+        if not self.aggregate_id:
+            object.__setattr__(self, "aggregate_id", self.message_key)
+        if not self.event_id:
+            object.__setattr__(self, "event_id", str(uuid.uuid4()))
+
+
+@attrs.frozen(kw_only=True)
+class OutboxMessage:
+    """One row of an outbox table, as read back by a repository.
+
+    ``event_id`` is ``None`` for rows written by the Go system, which has no such column; the
+    envelope then falls back to the event shell's id or the row id (as Go does).
+    ``lease_token`` is set while a relay holds the row claimed.
+    """
+
+    id: int
+    event_id: str | None
+    event_type: str
+    service_name: str
+    topic: str
+    message_key: str
+    payload: str
+    status: Status
+    retry_count: int
+    max_retry: int
+    next_retry_at: datetime | None
+    last_error: str | None
+    published_at: datetime | None
+    consumed_at: datetime | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    lease_token: str | None = None

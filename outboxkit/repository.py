@@ -1,0 +1,242 @@
+"""The Repository contract: every read and state change of the outbox tables.
+
+The docstrings are the specification; ``outboxkit.testing.repository_contract`` checks every
+implementation against them on a real database.
+
+Rules that hold for every method:
+
+* **One clock.** Due-ness, leases, ``published_at`` ages and every timestamp written are
+  judged by the *database server's* clock in UTC (SQLite: the process clock, since it is
+  embedded), so relays on several hosts agree even when their own clocks drift.
+* **Guarded transitions.** Every state change names the state it expects in its ``WHERE``
+  clause and reports whether it happened. A late ``mark_published`` never overwrites
+  ``consumed`` or ``dead``, nor erases a retry a consumer scheduled meanwhile (the residual
+  race of the Go system): claims carry a fencing ``lease_token`` that any other writer
+  clears.
+* **Own transactions.** Apart from :meth:`Repository.add`, which writes inside the caller's
+  connection, each method runs in its own short transaction and commits before returning.
+* **Thread safety.** A repository is shared by all threads; it holds a connection pool,
+  never a connection.
+* Database errors are raised as :class:`~outboxkit.errors.RepositoryError` with the cause
+  chained.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+import attrs
+from sqlalchemy.engine import Connection
+
+from outboxkit.messages import DEFAULT_MAX_RETRY, OutboxMessage, Status
+from outboxkit.routing import Route
+
+T = TypeVar("T")
+
+#: ``last_error`` keeps at most this many *characters* (never a split character).
+MAX_LAST_ERROR = 2000
+
+
+@attrs.frozen(kw_only=True)
+class NewMessage:
+    """A row to insert: the publisher has validated and encoded everything already."""
+
+    event_id: str
+    event_type: str
+    message_key: str
+    payload: str
+    max_retry: int = DEFAULT_MAX_RETRY
+
+
+@attrs.frozen(kw_only=True)
+class AddResult:
+    """Outcome of adding one message: ``created`` is False for an already-known event id."""
+
+    outbox_id: int
+    event_id: str
+    created: bool
+
+
+@attrs.frozen(kw_only=True)
+class Claim:
+    """Rows a relay claimed, fenced by ``token`` until their lease runs out."""
+
+    token: str
+    messages: list[OutboxMessage]
+
+
+class RetryOutcome(str, enum.Enum):
+    """What :meth:`Repository.schedule_retry` did."""
+
+    SCHEDULED = "scheduled"  # back to pending with a later next_retry_at
+    DEAD = "dead"  # retry_count reached max_retry
+    SKIPPED = "skipped"  # row missing, final, or not in the expected state
+
+
+class ConsumeOutcome(str, enum.Enum):
+    """What :meth:`Repository.consume` did."""
+
+    CONSUMED = "consumed"  # fn ran and its writes committed with status=consumed
+    DUPLICATE = "duplicate"  # row already consumed or dead: fn was not called
+    MISSING = "missing"  # no such row: fn was not called
+
+
+@attrs.frozen
+class ConsumeResult(Generic[T]):
+    outcome: ConsumeOutcome
+    value: T | None = None
+
+
+def truncate_error(reason: str, limit: int = MAX_LAST_ERROR) -> str:
+    """Cut ``reason`` to ``limit`` characters; Python strings never split a code point."""
+    return reason if len(reason) <= limit else reason[: limit - 1] + "\u2026"
+
+
+class Repository(abc.ABC):
+    """Storage of outbox rows, one table per :class:`~outboxkit.routing.Route`."""
+
+    # ------------------------------------------------------------------ schema
+
+    @abc.abstractmethod
+    def create_schema(self, routes: Iterable[Route]) -> None:
+        """Create each route's table and indexes unless they exist. Idempotent.
+
+        Runs on a connection of its own, never inside a caller's transaction (DDL commits
+        implicitly on MySQL).
+        """
+
+    @abc.abstractmethod
+    def schema_ddl(self, routes: Iterable[Route]) -> str:
+        """The SQL that :meth:`create_schema` would run, for Alembic or plain migrations."""
+
+    # ------------------------------------------------------------------ writing
+
+    @abc.abstractmethod
+    def add(
+        self, connection: Connection, route: Route, messages: Sequence[NewMessage]
+    ) -> list[AddResult]:
+        """Insert ``messages`` as ``pending`` rows, due now, inside ``connection``'s transaction.
+
+        Does not commit: the rows exist if and only if the caller's transaction commits.
+        A message whose ``event_id`` is already in the table is not inserted again; its
+        result names the existing row with ``created=False``. Must not abort the caller's
+        transaction on such a duplicate.
+        """
+
+    # ------------------------------------------------------------------ relay side
+
+    @abc.abstractmethod
+    def claim_due(self, route: Route, *, limit: int, lease_seconds: float) -> Claim:
+        """Claim up to ``limit`` due ``pending`` rows, oldest due first.
+
+        Due means ``next_retry_at <= now``. Uses ``FOR UPDATE SKIP LOCKED`` so concurrent
+        claimers get disjoint rows, then sets a fresh ``lease_token`` and pushes
+        ``next_retry_at`` to ``now + lease_seconds``: if the claimer dies, the rows become
+        due again when the lease runs out. Status stays ``pending``.
+        """
+
+    @abc.abstractmethod
+    def mark_published(self, route: Route, ids: Sequence[int], *, token: str) -> set[int]:
+        """``pending`` -> ``published`` for the rows still held under ``token``.
+
+        Sets ``published_at=now`` and clears ``next_retry_at``, ``last_error`` and the lease.
+        Returns the ids that changed; a row consumed, retried, dead or re-claimed meanwhile
+        is left alone.
+        """
+
+    @abc.abstractmethod
+    def release(self, route: Route, ids: Sequence[int], *, token: str, delay: float) -> set[int]:
+        """Give claimed rows back without counting an attempt (broker outage, shutdown).
+
+        The rows stay ``pending``, due again in ``delay`` seconds, lease cleared,
+        ``retry_count`` unchanged. Returns the ids that changed.
+        """
+
+    @abc.abstractmethod
+    def schedule_retry(
+        self,
+        route: Route,
+        outbox_id: int,
+        *,
+        reason: str,
+        backoff: Callable[[int], float],
+        token: str | None = None,
+    ) -> RetryOutcome:
+        """Count one failed attempt and schedule the next, or give up.
+
+        With ``token`` (a relay failing a claimed row) the row must be ``pending`` under
+        that lease; without (a consumer whose handler failed) it must be ``pending`` or
+        ``published``. Then ``n = retry_count + 1``; if ``n >= max_retry`` the row goes
+        ``dead``, else back to ``pending`` due at ``now + backoff(n)``. Writes
+        ``retry_count=n`` and ``last_error`` (truncated to :data:`MAX_LAST_ERROR`
+        characters) and clears the lease.
+        """
+
+    @abc.abstractmethod
+    def republish_stale(self, route: Route, *, older_than: float, limit: int) -> int:
+        """Send back to ``pending`` rows ``published`` more than ``older_than`` seconds ago.
+
+        Such rows were lost between broker and consumer (a broker that lost data, a
+        consumer that crashed before recording anything). Each one counts as an attempt:
+        it goes ``dead`` once ``max_retry`` is reached. Returns how many rows changed.
+        """
+
+    # ------------------------------------------------------------------ consumer side
+
+    @abc.abstractmethod
+    def consume(
+        self, route: Route, outbox_id: int, fn: Callable[[Connection], T]
+    ) -> ConsumeResult[T]:
+        """Run ``fn`` and mark the row ``consumed`` in one transaction (Go ``ConsumeAndMarkConsumed``).
+
+        Locks the row first. A missing row gives ``MISSING`` and a ``consumed``/``dead``
+        row ``DUPLICATE``, without calling ``fn``. Otherwise (``pending`` or ``published``)
+        ``fn(connection)`` runs inside the transaction; if it raises, everything rolls back
+        and the exception propagates unchanged. Concurrent calls for one row serialize on
+        the lock, so ``fn`` takes effect at most once.
+        """
+
+    @abc.abstractmethod
+    def get(self, route: Route, outbox_id: int) -> OutboxMessage | None:
+        """The row, or ``None``."""
+
+    @abc.abstractmethod
+    def get_by_event_id(self, route: Route, event_id: str) -> OutboxMessage | None:
+        """The row with this event id, or ``None``."""
+
+    @abc.abstractmethod
+    def mark_consumed(self, route: Route, outbox_id: int) -> bool:
+        """``pending``/``published`` -> ``consumed`` (after a side effect outside any tx)."""
+
+    @abc.abstractmethod
+    def mark_dead(self, route: Route, outbox_id: int, *, reason: str) -> bool:
+        """``pending``/``published`` -> ``dead`` with ``last_error=reason``; never from final."""
+
+    # ------------------------------------------------------------------ operations
+
+    @abc.abstractmethod
+    def requeue_dead(self, route: Route, ids: Sequence[int] | None = None) -> int:
+        """``dead`` -> ``pending`` due now with ``retry_count=0`` (all dead rows if no ids)."""
+
+    @abc.abstractmethod
+    def count_by_status(self, route: Route) -> dict[Status, int]:
+        """Rows per status; every status is present (0 when none)."""
+
+    @abc.abstractmethod
+    def oldest_pending_age(self, route: Route) -> float | None:
+        """Seconds since the oldest ``pending`` row was created, or ``None`` when none."""
+
+    @abc.abstractmethod
+    def now(self) -> datetime:
+        """The clock every due-ness decision uses (naive UTC)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, default does nothing
+        """Release pooled connections this repository created itself."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for logs and the CLI (dialect, server version); override to add more."""
+        return {"repository": type(self).__name__}
