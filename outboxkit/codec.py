@@ -120,7 +120,10 @@ def decode_shell(text: str, *, outbox_id: int | None = None) -> EventShell:
         raise DecodeError("event type is empty", outbox_id=outbox_id, event_id=event_id or None)
     if "payload" not in obj:
         raise DecodeError(
-            "payload is empty", outbox_id=outbox_id, event_id=event_id or None, event_type=event_type
+            "payload is empty",
+            outbox_id=outbox_id,
+            event_id=event_id or None,
+            event_type=event_type,
         )
     occurred = obj.get("occurred_at")
     return EventShell(

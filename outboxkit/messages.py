@@ -92,3 +92,25 @@ class OutboxMessage:
     created_at: datetime | None
     updated_at: datetime | None
     lease_token: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Event:
+    """What a handler receives: one decoded event and where it stands.
+
+    ``attempt`` is 1 on the first delivery and grows with each retry, so a handler can tell
+    a retry from a first try. ``message_key`` is the broker key the event travelled under.
+    """
+
+    event_id: str
+    outbox_id: int
+    event_type: str
+    event_version: str
+    service_name: str
+    aggregate_id: str
+    message_key: str
+    payload: Any
+    headers: Mapping[str, str]
+    attempt: int
+    occurred_at: str | None = None
+    published_at: str | None = None

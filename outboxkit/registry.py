@@ -1,0 +1,123 @@
+"""Which function handles each event type.
+
+One handler per event type: a second registration is an error (never a silent replacement,
+which is how the Go system lost handlers), and a type with no route is an error at
+registration, not at the first delivery.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol, overload
+
+import attrs
+from sqlalchemy.engine import Connection
+
+from outboxkit.errors import DuplicateHandlerError
+from outboxkit.messages import Event
+from outboxkit.routing import Routing
+
+
+class TransactionalHandler(Protocol):
+    """Runs inside the consume transaction: its writes commit with the ``consumed`` status."""
+
+    def __call__(self, event: Event, connection: Connection, /) -> Any: ...
+
+
+class SideEffectHandler(Protocol):
+    """Runs outside any transaction (calls another system); the row is marked consumed after."""
+
+    def __call__(self, event: Event, /) -> Any: ...
+
+
+AnyHandler = TransactionalHandler | SideEffectHandler
+
+
+@attrs.frozen(kw_only=True)
+class HandlerSpec:
+    """A registered handler and how to run it.
+
+    ``transactional=True`` (the default) is the Go ``ConsumeAndMarkConsumed`` style: the
+    handler gets the consume transaction's connection and takes effect exactly once.
+    ``transactional=False`` is the Go "side effect, then ``MarkConsumed``" style: if the
+    process dies between the side effect and the mark, the event is delivered again, so the
+    side effect must be idempotent on ``event.event_id`` (at-least-once).
+    """
+
+    event_type: str
+    service: str
+    func: Callable[..., Any]
+    transactional: bool = True
+
+
+class HandlerRegistry:
+    """Event type -> handler, checked against a :class:`~outboxkit.routing.Routing`."""
+
+    def __init__(self, routing: Routing) -> None:
+        self.routing = routing
+        self._handlers: dict[str, HandlerSpec] = {}
+        self._lock = threading.Lock()
+
+    @overload
+    def register(
+        self, event_type: str, handler: None = None, *, transactional: bool = True
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]: ...
+
+    @overload
+    def register(
+        self, event_type: str, handler: Callable[..., Any], *, transactional: bool = True
+    ) -> Callable[..., Any]: ...
+
+    def register(
+        self,
+        event_type: str,
+        handler: Callable[..., Any] | None = None,
+        *,
+        transactional: bool = True,
+    ) -> Callable[..., Any]:
+        """Register ``handler`` for ``event_type``; without a handler, act as a decorator.
+
+        Raises :class:`~outboxkit.errors.UnknownEventTypeError` when the type has no route
+        and :class:`~outboxkit.errors.DuplicateHandlerError` when it already has a handler.
+        """
+
+        def add(func: Callable[..., Any]) -> Callable[..., Any]:
+            service = self.routing.service_of(event_type)
+            with self._lock:
+                existing = self._handlers.get(event_type)
+                if existing is not None:
+                    raise DuplicateHandlerError(
+                        f"event type {event_type!r} already has a handler: "
+                        f"{_describe(existing.func)}"
+                    )
+                self._handlers[event_type] = HandlerSpec(
+                    event_type=event_type,
+                    service=service,
+                    func=func,
+                    transactional=transactional,
+                )
+            return func
+
+        return add if handler is None else add(handler)
+
+    def get(self, event_type: str) -> HandlerSpec | None:
+        with self._lock:
+            return self._handlers.get(event_type)
+
+    def services(self) -> list[str]:
+        """Services that have at least one handler here, sorted."""
+        with self._lock:
+            return sorted({spec.service for spec in self._handlers.values()})
+
+    def event_types(self, service: str | None = None) -> list[str]:
+        with self._lock:
+            return sorted(
+                t for t, spec in self._handlers.items() if service in (None, spec.service)
+            )
+
+
+def _describe(func: Callable[..., Any]) -> str:
+    module = getattr(func, "__module__", "?")
+    name = getattr(func, "__qualname__", repr(func))
+    return f"{module}.{name}"
