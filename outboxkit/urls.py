@@ -1,0 +1,48 @@
+"""Build a repository or a broker from a URL, for the CLI and quick scripts.
+
+Applications with real configuration should construct ``SqlRepository``, ``KafkaBroker`` or
+``RedisStreamsBroker`` themselves; these helpers cover the common cases only.
+
+Broker URLs: ``memory://``, ``redis://host:port/db`` (also ``rediss://``),
+``kafka://host:port[,host:port...]``.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from outboxkit.broker import Broker
+from outboxkit.errors import ConfigurationError
+from outboxkit.repository import Repository
+
+
+def repository_from_url(url: str) -> Repository:
+    """A :class:`~outboxkit.backends.sql.SqlRepository` on a new engine for ``url``."""
+    from outboxkit.backends import SqlRepository, create_sqlite_engine
+
+    if url.startswith("sqlite"):
+        return SqlRepository(create_sqlite_engine(url), owns_engine=True)
+    return SqlRepository.from_url(url)
+
+
+def broker_from_url(url: str) -> Broker:
+    """A broker for ``url``; raises :class:`ConfigurationError` for an unknown scheme."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "memory":
+        from outboxkit.brokers.memory import MemoryBroker
+
+        return MemoryBroker()
+    if scheme in ("redis", "rediss"):
+        from outboxkit.brokers.redis_streams import RedisStreamsBroker
+
+        return RedisStreamsBroker.from_url(url)
+    if scheme == "kafka":
+        from outboxkit.brokers.kafka import KafkaBroker, KafkaConfig
+
+        bootstrap = url.split("://", 1)[1].strip("/")
+        if not bootstrap:
+            raise ConfigurationError(f"kafka URL needs host:port: {url!r}")
+        return KafkaBroker(KafkaConfig.from_bootstrap(bootstrap))
+    raise ConfigurationError(
+        f"unknown broker URL {url!r}: use memory://, redis://host:port/db or kafka://host:port"
+    )
