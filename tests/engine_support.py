@@ -1,0 +1,61 @@
+"""Shared pieces of the engine tests: unique routing, a business table, and waiting."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from outboxkit.outbox import PublisherConfig
+
+from outboxkit.consumer import ConsumerConfig
+from outboxkit.engine import EngineConfig
+from outboxkit.relay import RelayConfig
+from outboxkit.retry import RetryPolicy
+from outboxkit.routing import Routing, ServiceCatalog
+
+
+def unique_routing(unique: str, *services: str) -> Routing:
+    """A routing whose tables, topics and groups belong to this test only."""
+    catalog = ServiceCatalog(namespace=f"t-{unique}")
+    for service in services:
+        catalog.configure(service, table=f"t_{unique}_{service}_outbox")
+    return Routing(catalog)
+
+
+def fast_config(**overrides: object) -> EngineConfig:
+    """Engine settings that keep tests quick: short polls, 0.1 s retries, few attempts."""
+    values: dict[str, object] = {
+        "relay": RelayConfig(idle_interval=0.05, outage_backoff=0.2, republish_after=None),
+        "consumer": ConsumerConfig(receive_timeout=0.2, outage_backoff=0.2),
+        "retry": RetryPolicy.fixed(0.1),
+        "publisher": PublisherConfig(max_retry=4),
+    }
+    values.update(overrides)
+    return EngineConfig(**values)  # type: ignore[arg-type]
+
+
+def business_table(metadata: sa.MetaData, name: str) -> sa.Table:
+    """Rows a handler writes; the unique key makes a double effect fail loudly."""
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("event_id", sa.String(64), nullable=False, unique=True),
+        sa.Column("note", sa.String(200), nullable=False),
+    )
+
+
+def wait_for(predicate: Callable[[], bool], *, timeout: float = 30.0, what: str = "") -> None:
+    """Poll ``predicate`` until it is true; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or predicate}")
+
+
+def count_rows(db: sa.Engine, table: sa.Table) -> int:
+    with db.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
