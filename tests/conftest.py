@@ -14,6 +14,8 @@ import sqlalchemy as sa
 
 from outboxkit.testing import services
 
+pytest_plugins = ["tests.kafka_server"]
+
 _RESTART_HINTS = {
     "PostgreSQL": " (start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) "
     "main start)",

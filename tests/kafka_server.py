@@ -1,0 +1,44 @@
+"""Pytest plugin: the Kafka-protocol broker the Kafka tests run against.
+
+``OUTBOXKIT_TEST_KAFKA_BOOTSTRAP`` points the suite at an existing Kafka (checked for
+reachability); otherwise one Tansu broker is started for the whole session on a free
+loopback port and stopped at the end. A broker that cannot be reached or started fails the
+tests that need it, naming the service and address; it never skips them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from outboxkit.testing import services
+from outboxkit.testing.tansu import TansuError, TansuServer
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """``host:port[,host:port]`` of a Kafka-protocol broker for this test session."""
+    external = services.external_kafka_bootstrap()
+    if external is not None:
+        first = external.split(",")[0].strip()
+        try:
+            services.require_tcp(
+                "Kafka",
+                first,
+                9092,
+                f" ({services.KAFKA_BOOTSTRAP_ENV}={external}; unset it to use Tansu)",
+            )
+        except services.ServiceUnavailable as exc:
+            pytest.fail(str(exc), pytrace=False)
+        yield external
+        return
+    server = TansuServer()
+    try:
+        server.start()
+    except TansuError as exc:
+        pytest.fail(f"Kafka-protocol test broker could not be started: {exc}", pytrace=False)
+    try:
+        yield server.bootstrap
+    finally:
+        server.stop()
