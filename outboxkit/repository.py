@@ -24,6 +24,7 @@ Rules that hold for every method:
 from __future__ import annotations
 
 import abc
+import contextlib
 import enum
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -114,6 +115,15 @@ class Repository(abc.ABC):
         """The SQL that :meth:`create_schema` would run, for Alembic or plain migrations."""
 
     # ------------------------------------------------------------------ writing
+
+    @abc.abstractmethod
+    def transaction(self) -> contextlib.AbstractContextManager[Connection]:
+        """A context manager yielding a connection inside a new transaction.
+
+        The transaction commits when the block succeeds and rolls back when it raises; the
+        block's exception propagates unchanged. The publisher uses it when the caller gave
+        no connection of its own, and the engine to run local handlers.
+        """
 
     @abc.abstractmethod
     def add(

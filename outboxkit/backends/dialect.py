@@ -1,0 +1,127 @@
+"""The differences between databases, held as one value instead of ``if`` branches in SQL code.
+
+:class:`~outboxkit.backends.sql.SqlRepository` writes every statement once with SQLAlchemy
+Core; whatever differs between PostgreSQL, MySQL/MariaDB and SQLite (the clock, how to skip a
+duplicate ``event_id`` without aborting the caller's transaction, row locking, extra
+indexes, the minimum server version) is a field of a :class:`Dialect`. The three values live
+in :mod:`~outboxkit.backends.postgres`, :mod:`~outboxkit.backends.mysql` and
+:mod:`~outboxkit.backends.sqlite`; :func:`dialect_for` picks one from an engine.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import attrs
+import sqlalchemy as sa
+from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import ColumnElement
+
+from outboxkit.errors import UnsupportedDatabaseError
+
+#: Builds ``INSERT INTO table ... <skip rows whose event_id already exists>``.
+InsertIgnoreFactory = Callable[[sa.Table], Insert]
+#: Builds the dialect's extra indexes for a table; the second argument names an index.
+ExtraIndexFactory = Callable[[sa.Table, Callable[[str], str]], list[sa.Index]]
+
+_VERSION_RE = re.compile(r"^\s*(\d+)(?:\.(\d+))?(?:\.(\d+))?")
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    """The leading ``major.minor.patch`` of a server version string (missing parts are 0).
+
+    Accepts what servers report, e.g. ``"15.5 (Debian 15.5-0+deb12u1)"``,
+    ``"8.0.36"`` or ``"10.11.19-MariaDB-0+deb12u1"``.
+    """
+    match = _VERSION_RE.match(text or "")
+    if match is None:
+        raise UnsupportedDatabaseError(f"cannot parse the database server version {text!r}")
+    return (
+        int(match.group(1)),
+        int(match.group(2) or 0),
+        int(match.group(3) or 0),
+    )
+
+
+def _format(version: tuple[int, ...]) -> str:
+    return ".".join(str(part) for part in version)
+
+
+@attrs.frozen(kw_only=True)
+class Dialect:
+    """What one database family needs done differently; everything else is shared SQL.
+
+    Fields:
+
+    * ``name``: the family (``postgresql``, ``mysql``, ``sqlite``), for logs and ``describe``.
+    * ``now``: a SQL expression for the current time in naive UTC by the clock that decides
+      due-ness (the database server's; SQLite: the process clock as a bound value). It must
+      be constant within one statement so it can use an index.
+    * ``insert_ignore``: an ``INSERT`` that skips a row whose ``event_id`` exists, without
+      aborting the transaction and without hiding any other error (never ``INSERT IGNORE``,
+      which also swallows truncation and type errors on MySQL).
+    * ``insert_returning``: the ignore-insert can ``RETURNING id, event_id`` for the rows it
+      actually inserted; otherwise existing ids are read before and after the insert.
+    * ``supports_skip_locked``: claims use ``FOR UPDATE SKIP LOCKED``.
+    * ``supports_concurrent_claims``: several claimers can hold claims at the same moment
+      (false for SQLite, where one writer at a time is the rule: claims serialize).
+    * ``index_names_per_table``: index names are scoped to their table (MySQL) rather than
+      the schema (PostgreSQL, SQLite), where they must carry the table name to be unique.
+    * ``extra_indexes``: indexes beyond the Go ones (the PostgreSQL partial claim index).
+    * ``version_query``/``minimum_version``/``check_version``: the server check done on the
+      first connection, raising :class:`UnsupportedDatabaseError` naming what is required.
+    """
+
+    name: str
+    now: Callable[[], ColumnElement[datetime]]
+    insert_ignore: InsertIgnoreFactory
+    insert_returning: bool
+    supports_skip_locked: bool
+    supports_concurrent_claims: bool
+    index_names_per_table: bool
+    extra_indexes: ExtraIndexFactory = attrs.field(default=lambda _table, _name: [])
+    version_query: str
+    check_version: Callable[[str], str]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "dialect": self.name,
+            "skip_locked": self.supports_skip_locked,
+            "concurrent_claims": self.supports_concurrent_claims,
+        }
+
+
+def require_version(
+    product: str, text: str, minimum: tuple[int, int, int], *, why: str
+) -> tuple[int, int, int]:
+    """Parse ``text`` and raise :class:`UnsupportedDatabaseError` if older than ``minimum``."""
+    version = parse_version(text)
+    if version < minimum:
+        raise UnsupportedDatabaseError(
+            f"{product} server version {text.strip()!r} is not supported: outboxkit needs "
+            f"{product} >= {_format(minimum)} ({why})"
+        )
+    return version
+
+
+def dialect_for(engine: sa.Engine) -> Dialect:
+    """The :class:`Dialect` for ``engine``, chosen by SQLAlchemy's dialect name."""
+    name = engine.dialect.name
+    if name == "postgresql":
+        from outboxkit.backends.postgres import POSTGRESQL
+
+        return POSTGRESQL
+    if name in ("mysql", "mariadb"):
+        from outboxkit.backends.mysql import MYSQL
+
+        return MYSQL
+    if name == "sqlite":
+        from outboxkit.backends.sqlite import SQLITE
+
+        return SQLITE
+    raise UnsupportedDatabaseError(
+        f"database {name!r} is not supported: use PostgreSQL, MySQL/MariaDB or SQLite"
+    )

@@ -1,0 +1,63 @@
+"""MySQL 8.0.1+ and MariaDB 10.6+: ``ON DUPLICATE KEY UPDATE id=id`` and ``SKIP LOCKED``.
+
+``SKIP LOCKED`` is what the version floor is about: MySQL 5.7 and MariaDB before 10.6 lack
+it, and without it concurrent relays would either block on each other or double-claim.
+Duplicates are skipped with ``ON DUPLICATE KEY UPDATE id=id`` rather than ``INSERT IGNORE``,
+which would also turn truncation and conversion errors into warnings and store bad data.
+The clock is ``UTC_TIMESTAMP(6)``: the server's clock in UTC whatever the session time zone.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import ColumnElement
+
+from outboxkit.backends.dialect import Dialect, require_version
+
+MINIMUM_MYSQL = (8, 0, 1)
+MINIMUM_MARIADB = (10, 6, 0)
+
+
+def _now() -> ColumnElement[datetime]:
+    return sa.func.utc_timestamp(6, type_=sa.DateTime())
+
+
+def _insert_ignore(table: sa.Table) -> Insert:
+    return mysql.insert(table).on_duplicate_key_update(id=table.c.id)
+
+
+def is_mariadb(version: str) -> bool:
+    """True for a MariaDB ``VERSION()`` string such as ``10.11.19-MariaDB-0+deb12u1``."""
+    return "mariadb" in version.lower()
+
+
+def check_version(text: str) -> str:
+    """Raise :class:`UnsupportedDatabaseError` unless ``text`` is MySQL >= 8.0.1 or MariaDB >= 10.6.
+
+    Returns a short description such as ``"MariaDB 10.11.19"``.
+    """
+    if is_mariadb(text):
+        product, minimum = "MariaDB", MINIMUM_MARIADB
+    else:
+        product, minimum = "MySQL", MINIMUM_MYSQL
+    version = require_version(product, text, minimum, why="SELECT ... FOR UPDATE SKIP LOCKED")
+    return product + " " + ".".join(str(p) for p in version)
+
+
+MYSQL = Dialect(
+    name="mysql",
+    now=_now,
+    insert_ignore=_insert_ignore,
+    insert_returning=False,
+    supports_skip_locked=True,
+    supports_concurrent_claims=True,
+    # Index names are per table on MySQL: keep the Go names, so a Go AutoMigrate run
+    # against one of our tables recognises its indexes instead of adding copies.
+    index_names_per_table=True,
+    version_query="SELECT VERSION()",
+    check_version=check_version,
+)

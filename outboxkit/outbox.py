@@ -1,0 +1,155 @@
+"""Publishing: write events as outbox rows, in the caller's transaction when given one.
+
+The one guarantee that makes the outbox pattern work is here: with a ``connection`` (or an
+ORM ``Session``), the row is written inside the caller's open transaction, so it exists if
+and only if the business change commits. :class:`Publisher` never commits or rolls back a
+transaction it did not open.
+
+Everything that can be checked is checked before anything is written, so a bad request in
+a batch writes nothing at all (and never leaves the caller's transaction aborted).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime, timezone
+
+import attrs
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from outboxkit.codec import encode_shell
+from outboxkit.errors import InvalidEventError
+from outboxkit.messages import DEFAULT_MAX_RETRY, PublishRequest
+from outboxkit.repository import NewMessage, Repository
+from outboxkit.routing import MAX_EVENT_TYPE, MAX_MESSAGE_KEY, Route, Routing
+
+logger = logging.getLogger(__name__)
+
+#: Largest encoded event shell accepted, in bytes (stays under Kafka's default 1 MB limit
+#: once wrapped in the envelope).
+DEFAULT_MAX_PAYLOAD_BYTES = 900_000
+#: Longest event id accepted (the width of the ``event_id`` column).
+MAX_EVENT_ID = 64
+
+
+@attrs.frozen(kw_only=True)
+class PublisherConfig:
+    """Limits applied to every published event.
+
+    ``max_payload_bytes`` is measured on the UTF-8 encoded event shell (what the ``payload``
+    column stores); ``max_retry`` is frozen into each row, as in Go.
+    """
+
+    max_payload_bytes: int = attrs.field(
+        default=DEFAULT_MAX_PAYLOAD_BYTES, validator=attrs.validators.ge(1)
+    )
+    max_retry: int = attrs.field(default=DEFAULT_MAX_RETRY, validator=attrs.validators.ge(1))
+
+
+Executor = Connection | Session
+
+
+class Publisher:
+    """Writes :class:`~outboxkit.messages.PublishRequest` objects as ``pending`` outbox rows.
+
+    Thread-safe (it holds only the repository, the routing and the config). Publishing an
+    ``event_id`` that is already in the table writes nothing and returns the same id, so a
+    request may be retried freely.
+    """
+
+    def __init__(
+        self,
+        repository: Repository,
+        routing: Routing,
+        *,
+        config: PublisherConfig | None = None,
+    ) -> None:
+        self.repository = repository
+        self.routing = routing
+        self.config = config or PublisherConfig()
+
+    def publish(self, request: PublishRequest, *, connection: Executor | None = None) -> str:
+        """Write one event; returns its ``event_id``. See :meth:`publish_many`."""
+        return self.publish_many([request], connection=connection)[0]
+
+    def publish_many(
+        self, requests: Iterable[PublishRequest], *, connection: Executor | None = None
+    ) -> list[str]:
+        """Write several events; returns their ``event_id`` values in request order.
+
+        With ``connection`` (a SQLAlchemy ``Connection`` or ORM ``Session``) the rows are
+        written in its open transaction and nothing is committed; without one, in a short
+        transaction of the repository's own. All requests are validated first: any
+        :class:`~outboxkit.errors.InvalidEventError` or
+        :class:`~outboxkit.errors.UnknownEventTypeError` means nothing was written. Rows
+        are grouped by route (one table per service) with one multi-row insert per table.
+        """
+        batch = list(requests)
+        if not batch:
+            return []
+        occurred_at = datetime.now(timezone.utc)
+        groups: dict[str, tuple[Route, list[NewMessage]]] = {}
+        seen: set[str] = set()
+        for request in batch:
+            route, message = self._prepare(request, occurred_at)
+            if message.event_id in seen:
+                continue
+            seen.add(message.event_id)
+            groups.setdefault(route.table, (route, []))[1].append(message)
+        if connection is None:
+            with self.repository.transaction() as conn:
+                self._write(conn, groups)
+        else:
+            conn = connection.connection() if isinstance(connection, Session) else connection
+            self._write(conn, groups)
+        return [r.event_id for r in batch]
+
+    def _write(self, conn: Connection, groups: dict[str, tuple[Route, list[NewMessage]]]) -> None:
+        for route, messages in groups.values():
+            results = self.repository.add(conn, route, messages)
+            created = sum(1 for r in results if r.created)
+            logger.debug(
+                "outbox: wrote %d of %d events to %s (%d already known)",
+                created,
+                len(results),
+                route.table,
+                len(results) - created,
+            )
+
+    def _prepare(self, request: PublishRequest, occurred_at: datetime) -> tuple[Route, NewMessage]:
+        """Validate ``request`` and build its row; raises before anything is written."""
+        event_type = request.event_type
+        if not event_type:
+            raise InvalidEventError(f"event {request.event_id}: event type is empty")
+        if len(event_type) > MAX_EVENT_TYPE:
+            raise InvalidEventError(
+                f"event {request.event_id}: event type {event_type[:80]!r}... is longer than "
+                f"{MAX_EVENT_TYPE} characters"
+            )
+        if len(request.event_id) > MAX_EVENT_ID:
+            raise InvalidEventError(
+                f"event id {request.event_id[:80]!r}... ({event_type}) is longer than "
+                f"{MAX_EVENT_ID} characters"
+            )
+        if len(request.message_key) > MAX_MESSAGE_KEY:
+            raise InvalidEventError(
+                f"event {request.event_id} ({event_type}): message key is longer than "
+                f"{MAX_MESSAGE_KEY} characters"
+            )
+        route = self.routing.route_of(event_type)  # UnknownEventTypeError
+        shell = encode_shell(request, occurred_at=occurred_at)  # InvalidEventError
+        size = len(shell.encode("utf-8"))
+        if size > self.config.max_payload_bytes:
+            raise InvalidEventError(
+                f"event {request.event_id} ({event_type}) is {size} bytes encoded, over the "
+                f"limit of {self.config.max_payload_bytes} bytes"
+            )
+        return route, NewMessage(
+            event_id=request.event_id,
+            event_type=event_type,
+            message_key=request.message_key,
+            payload=shell,
+            max_retry=self.config.max_retry,
+        )
