@@ -196,8 +196,8 @@ class Consumer:
                 event.event_type,
                 event.attempt,
                 reason,
-                exc_info=exc,
             )
+            logger.debug("traceback of event %s's failure", event.event_id, exc_info=exc)
             return Outcome.RETRY
         return Outcome.DUPLICATE
 

@@ -57,6 +57,7 @@ class RelayStep:
     """What one :meth:`Relay.run_once` did."""
 
     claimed: int = 0
+    #: Rows the broker accepted (some may have been consumed before being marked).
     published: int = 0
     retried: int = 0
     dead: int = 0
@@ -170,7 +171,7 @@ class Relay:
                 )
         step = RelayStep(
             claimed=len(claim.messages),
-            published=len(published),
+            published=len(sent),
             retried=retried,
             dead=dead,
             released=len(unavailable),

@@ -18,10 +18,8 @@ from outboxkit.repository import Repository
 
 def repository_from_url(url: str) -> Repository:
     """A :class:`~outboxkit.backends.sql.SqlRepository` on a new engine for ``url``."""
-    from outboxkit.backends import SqlRepository, create_sqlite_engine
+    from outboxkit.backends import SqlRepository
 
-    if url.startswith("sqlite"):
-        return SqlRepository(create_sqlite_engine(url), owns_engine=True)
     return SqlRepository.from_url(url)
 
 
