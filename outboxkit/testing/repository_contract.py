@@ -1,0 +1,879 @@
+"""The conformance suite of :class:`~outboxkit.repository.Repository`, on a real database.
+
+Subclass :class:`RepositoryContract` in a test module (name the subclass ``Test...``) and
+provide an ``engine`` fixture; the default ``repository`` fixture wraps it in a
+:class:`~outboxkit.backends.sql.SqlRepository`, override it to test your own implementation
+(it must write to tables the ``engine`` can read)::
+
+    class TestMyRepository(RepositoryContract):
+        @pytest.fixture
+        def engine(self, postgres_engine):
+            return postgres_engine
+
+Capability flags change what is asserted, never whether a test runs:
+
+* ``supports_concurrent_claims``: two claimers can hold claims at once and a locked row is
+  skipped (``FOR UPDATE SKIP LOCKED``). When false (SQLite), the suite asserts the weaker
+  property instead: a claim waits for the other writer, and claims are still disjoint.
+
+Every test makes its own tables (unique names) and drops them afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any, ClassVar
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from outboxkit.codec import decode_shell, encode_shell, envelope_from_row
+from outboxkit.errors import InvalidEventError, UnknownEventTypeError
+from outboxkit.messages import PublishRequest, Status
+from outboxkit.outbox import Publisher, PublisherConfig
+from outboxkit.repository import (
+    MAX_LAST_ERROR,
+    ConsumeOutcome,
+    NewMessage,
+    Repository,
+    RetryOutcome,
+    truncate_error,
+)
+from outboxkit.routing import Route, Routing, ServiceCatalog
+
+#: Event types the suite routes to the first and the second service.
+TYPE_A = "contract.a_happened"
+TYPE_B = "contract.b_happened"
+#: Tolerance when comparing database timestamps with expectations (slow shared machines).
+SLACK = timedelta(seconds=5)
+#: How long a thread may take before the suite calls it stuck.
+JOIN_TIMEOUT = 20.0
+
+
+def _request(event_type: str = TYPE_A, **kwargs: Any) -> PublishRequest:
+    kwargs.setdefault("payload", {"n": 1})
+    return PublishRequest(event_type=event_type, **kwargs)
+
+
+def _new_message(event_type: str = TYPE_A, *, max_retry: int = 20, **kwargs: Any) -> NewMessage:
+    request = _request(event_type, **kwargs)
+    return NewMessage(
+        event_id=request.event_id,
+        event_type=request.event_type,
+        message_key=request.message_key,
+        payload=encode_shell(request, occurred_at=datetime.now(timezone.utc)),
+        max_retry=max_retry,
+    )
+
+
+def _run_thread(target: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    """Start ``target`` in a thread; the returned dict gets its ``result`` or ``error``."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = target()
+        except BaseException as exc:  # re-raised by the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def _outcome(thread: threading.Thread, box: dict[str, Any]) -> Any:
+    thread.join(JOIN_TIMEOUT)
+    assert not thread.is_alive(), "the operation did not finish (blocked on a lock?)"
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+class RepositoryContract:
+    """Behaviour every :class:`~outboxkit.repository.Repository` must show.
+
+    Needs an ``engine`` fixture (a SQLAlchemy engine on the database under test).
+    """
+
+    supports_concurrent_claims: ClassVar[bool] = True
+
+    # ------------------------------------------------------------------ fixtures
+
+    @pytest.fixture
+    def unique(self) -> str:
+        """A short unique suffix for this test's table names."""
+        return uuid.uuid4().hex[:10]
+
+    @pytest.fixture
+    def repository(self, engine: sa.Engine) -> Iterator[Repository]:
+        from outboxkit.backends import SqlRepository
+
+        repository = SqlRepository(engine)
+        yield repository
+        repository.close()
+
+    @pytest.fixture
+    def routing(self, unique: str) -> Routing:
+        """Two services with their own tables: A owns :data:`TYPE_A`, B :data:`TYPE_B`."""
+        catalog = ServiceCatalog(namespace=f"contract-{unique}")
+        catalog.configure(f"svc-a-{unique}", table=f"okc_{unique}_a")
+        catalog.configure(f"svc-b-{unique}", table=f"okc_{unique}_b")
+        routing = Routing(catalog)
+        routing.register(TYPE_A, f"svc-a-{unique}")
+        routing.register(TYPE_B, f"svc-b-{unique}")
+        return routing
+
+    @pytest.fixture
+    def routes(
+        self, repository: Repository, routing: Routing, engine: sa.Engine
+    ) -> Iterator[tuple[Route, Route]]:
+        """The two routes, their tables created; dropped after the test."""
+        route_a, route_b = routing.route_of(TYPE_A), routing.route_of(TYPE_B)
+        repository.create_schema([route_a, route_b])
+        yield route_a, route_b
+        _drop(engine, route_a.table, route_b.table)
+
+    @pytest.fixture
+    def route(self, routes: tuple[Route, Route]) -> Route:
+        return routes[0]
+
+    @pytest.fixture
+    def publisher(self, repository: Repository, routing: Routing) -> Publisher:
+        return Publisher(repository, routing)
+
+    @pytest.fixture
+    def business(self, engine: sa.Engine, unique: str) -> Iterator[sa.Table]:
+        """A business table the tests write next to outbox rows."""
+        table = sa.Table(
+            f"okc_{unique}_biz",
+            sa.MetaData(),
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("note", sa.String(100), nullable=False),
+        )
+        table.create(engine)
+        yield table
+        _drop(engine, table.name)
+
+    # ------------------------------------------------------------------ helpers
+
+    def add(self, repository: Repository, route: Route, n: int = 1, **kwargs: Any) -> list[int]:
+        event_type = TYPE_A if route.table.endswith("_a") else TYPE_B
+        with repository.transaction() as conn:
+            results = repository.add(
+                conn, route, [_new_message(event_type, **kwargs) for _ in range(n)]
+            )
+        return [r.outbox_id for r in results]
+
+    def rows(self, engine: sa.Engine, route: Route) -> list[dict[str, Any]]:
+        """Every row of the route's table, read with plain SQL (not through the repository)."""
+        table = sa.Table(route.table, sa.MetaData(), autoload_with=engine)
+        with engine.connect() as conn:
+            return [dict(r) for r in conn.execute(table.select().order_by(table.c.id)).mappings()]
+
+    def status(self, repository: Repository, route: Route, outbox_id: int) -> Status:
+        row = repository.get(route, outbox_id)
+        assert row is not None
+        return row.status
+
+    def claim_all(self, repository: Repository, route: Route, lease: float = 60.0) -> Any:
+        return repository.claim_due(route, limit=1000, lease_seconds=lease)
+
+    # ------------------------------------------------------------------ publishing
+
+    def test_publish_in_caller_connection_commits_with_business_row(
+        self, engine: sa.Engine, publisher: Publisher, route: Route, business: sa.Table
+    ) -> None:
+        with engine.begin() as conn:
+            conn.execute(business.insert().values(id=1, note="order"))
+            event_id = publisher.publish(_request(), connection=conn)
+        [row] = self.rows(engine, route)
+        assert row["event_id"] == event_id
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(business)).scalar() == 1
+
+    def test_publish_in_caller_connection_rolls_back_with_business_row(
+        self, engine: sa.Engine, publisher: Publisher, route: Route, business: sa.Table
+    ) -> None:
+        with engine.connect() as conn:
+            conn.execute(business.insert().values(id=1, note="order"))
+            publisher.publish(_request(), connection=conn)
+            conn.rollback()
+        assert self.rows(engine, route) == []
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(business)).scalar() == 0
+
+    @pytest.mark.parametrize("commit", [True, False], ids=["commit", "rollback"])
+    def test_publish_in_orm_session_follows_the_session(
+        self,
+        engine: sa.Engine,
+        publisher: Publisher,
+        route: Route,
+        business: sa.Table,
+        commit: bool,
+    ) -> None:
+        with Session(engine) as session:
+            session.execute(business.insert().values(id=1, note="order"))
+            event_id = publisher.publish(_request(), connection=session)
+            if commit:
+                session.commit()
+            else:
+                session.rollback()
+        rows = self.rows(engine, route)
+        assert [r["event_id"] for r in rows] == ([event_id] if commit else [])
+
+    def test_publish_without_connection_commits_its_own_transaction(
+        self, repository: Repository, publisher: Publisher, route: Route
+    ) -> None:
+        event_id = publisher.publish(_request(message_key="k1"))
+        row = repository.get_by_event_id(route, event_id)
+        assert row is not None
+        assert row.status is Status.PENDING
+        assert row.message_key == "k1"
+
+    def test_repeated_event_id_in_one_transaction_writes_one_row(
+        self, engine: sa.Engine, publisher: Publisher, route: Route
+    ) -> None:
+        request = _request()
+        with engine.begin() as conn:
+            first = publisher.publish(request, connection=conn)
+            second = publisher.publish(request, connection=conn)
+            # the transaction is still usable after the skipped duplicate
+            conn.execute(sa.text("SELECT 1"))
+        assert first == second == request.event_id
+        assert len(self.rows(engine, route)) == 1
+
+    def test_repeated_event_id_across_transactions_writes_nothing(
+        self, engine: sa.Engine, repository: Repository, publisher: Publisher, route: Route
+    ) -> None:
+        request = _request()
+        assert publisher.publish(request) == request.event_id
+        assert publisher.publish_many([request, request]) == [request.event_id] * 2
+        [row] = self.rows(engine, route)
+        message = NewMessage(
+            event_id=request.event_id, event_type=TYPE_A, message_key="", payload="{}"
+        )
+        with repository.transaction() as conn:
+            [result] = repository.add(conn, route, [message])
+        assert result.created is False
+        assert result.outbox_id == row["id"]
+        assert len(self.rows(engine, route)) == 1
+
+    def test_add_reports_created_and_existing_rows(
+        self, repository: Repository, route: Route
+    ) -> None:
+        old = _new_message()
+        [first] = self.add_messages(repository, route, [old])
+        new = _new_message()
+        results = self.add_messages(repository, route, [old, new, new])
+        assert [r.created for r in results] == [False, True, False]
+        assert results[0].outbox_id == first.outbox_id
+        assert results[1].outbox_id == results[2].outbox_id != first.outbox_id
+
+    def add_messages(
+        self, repository: Repository, route: Route, messages: list[NewMessage]
+    ) -> list[Any]:
+        with repository.transaction() as conn:
+            return repository.add(conn, route, messages)
+
+    def test_publish_many_groups_rows_by_service_table(
+        self, engine: sa.Engine, repository: Repository, publisher: Publisher, routes: Any
+    ) -> None:
+        route_a, route_b = routes
+        ids = publisher.publish_many(
+            [_request(TYPE_A), _request(TYPE_B), _request(TYPE_A), _request(TYPE_B)]
+        )
+        rows_a, rows_b = self.rows(engine, route_a), self.rows(engine, route_b)
+        assert {r["event_id"] for r in rows_a} == {ids[0], ids[2]}
+        assert {r["event_id"] for r in rows_b} == {ids[1], ids[3]}
+        assert {r["biz_type"] for r in rows_a} == {TYPE_A}
+        assert {r["service_name"] for r in rows_b} == {route_b.service}
+        claim = self.claim_all(repository, route_a)
+        assert {m.event_id for m in claim.messages} == {ids[0], ids[2]}
+        assert repository.count_by_status(route_b)[Status.PENDING] == 2
+
+    @pytest.mark.parametrize(
+        ("make", "error"),
+        [
+            (lambda: _request(""), InvalidEventError),
+            (lambda: _request("   "), InvalidEventError),
+            (lambda: _request("x" * 65), InvalidEventError),
+            (lambda: _request("contract.never_registered"), UnknownEventTypeError),
+            (lambda: _request(message_key="k" * 129), InvalidEventError),
+            (lambda: _request(payload={"bad": object()}), InvalidEventError),
+            (lambda: _request(payload=float("nan")), InvalidEventError),
+            (lambda: _request(payload="x" * 2000), InvalidEventError),
+            (lambda: _request(event_id="e" * 65), InvalidEventError),
+        ],
+        ids=[
+            "empty-type",
+            "blank-type",
+            "long-type",
+            "unknown-type",
+            "long-key",
+            "not-json",
+            "nan",
+            "too-large",
+            "long-event-id",
+        ],
+    )
+    def test_bad_input_writes_nothing(
+        self,
+        engine: sa.Engine,
+        publisher: Publisher,
+        routes: Any,
+        make: Callable[[], PublishRequest],
+        error: type[Exception],
+    ) -> None:
+        publisher = Publisher(
+            publisher.repository, publisher.routing, config=PublisherConfig(max_payload_bytes=1000)
+        )
+        with pytest.raises(error):
+            publisher.publish(make())
+        with engine.connect() as conn:
+            with pytest.raises(error):
+                publisher.publish_many([_request(TYPE_B), make(), _request()], connection=conn)
+            # nothing was sent to the database, so the caller's transaction is intact
+            conn.execute(sa.text("SELECT 1"))
+            conn.commit()
+        assert self.rows(engine, routes[0]) == []
+        assert self.rows(engine, routes[1]) == []
+
+    def test_oversized_payload_error_names_size_and_limit(
+        self, repository: Repository, routing: Routing, route: Route
+    ) -> None:
+        publisher = Publisher(repository, routing, config=PublisherConfig(max_payload_bytes=500))
+        with pytest.raises(InvalidEventError, match=r"\d+ bytes.*500"):
+            publisher.publish(_request(payload="y" * 600))
+        # measured in encoded bytes: 200 three-byte characters are 600 bytes
+        with pytest.raises(InvalidEventError):
+            publisher.publish(_request(payload="错" * 200))
+
+    def test_our_row_has_every_go_column_as_the_go_relay_expects(
+        self, engine: sa.Engine, repository: Repository, publisher: Publisher, route: Route
+    ) -> None:
+        request = _request(message_key="order-7", payload={"total": 12})
+        publisher.publish(request)
+        [row] = self.rows(engine, route)
+        assert row["biz_type"] == TYPE_A
+        assert row["service_name"] == route.service
+        assert row["topic"] == route.topic
+        assert row["message_key"] == "order-7"
+        assert row["status"] == "pending"
+        assert row["retry_count"] == 0
+        assert row["max_retry"] == 20
+        assert row["next_retry_at"] is not None
+        assert row["created_at"] is not None
+        assert row["updated_at"] is not None
+        assert row["last_error"] is None
+        assert row["published_at"] is None
+        assert row["consumed_at"] is None
+        assert row["lease_token"] is None
+        shell = json.loads(row["payload"])
+        assert shell["event_type"] == TYPE_A
+        assert shell["payload"] == {"total": 12}
+        assert shell["event_id"] == request.event_id
+        assert shell["event_version"] == "v1"
+        assert shell["aggregate_id"] == "order-7"
+        # due at once by the database clock
+        assert row["next_retry_at"] <= repository.now()
+
+    def test_go_written_row_is_claimable_publishable_and_readable(
+        self, engine: sa.Engine, repository: Repository, route: Route
+    ) -> None:
+        go_shell = json.dumps(
+            {
+                "event_type": TYPE_A,
+                "event_version": "v1",
+                "aggregate_id": "conv-1",
+                "payload": {"message": "你好"},
+            },
+            ensure_ascii=False,
+        )
+        now = repository.now() - timedelta(seconds=1)
+        insert = sa.text(
+            f"INSERT INTO {route.table} (biz_type, service_name, topic, message_key, payload,"
+            " status, retry_count, max_retry, next_retry_at, created_at, updated_at)"
+            " VALUES (:t, :s, :topic, :k, :p, 'pending', 0, 20, :now, :now, :now)"
+        ).bindparams(sa.bindparam("now", type_=sa.DateTime()))
+        with engine.begin() as conn:
+            conn.execute(
+                insert,
+                {
+                    "t": TYPE_A,
+                    "s": route.service,
+                    "topic": route.topic,
+                    "k": "conv-1",
+                    "p": go_shell,
+                    "now": now,
+                },
+            )
+        [raw] = self.rows(engine, route)
+        assert raw["event_id"] is None
+        row = repository.get(route, raw["id"])
+        assert row is not None
+        assert row.event_id is None
+        assert row.event_type == TYPE_A
+        claim = self.claim_all(repository, route)
+        [message] = claim.messages
+        assert message.id == raw["id"]
+        assert message.lease_token == claim.token
+        envelope = envelope_from_row(message, published_at=repository.now())
+        assert envelope.event_id == str(raw["id"])
+        assert envelope.payload == {"message": "你好"}
+        assert decode_shell(message.payload).aggregate_id == "conv-1"
+        assert repository.mark_published(route, [message.id], token=claim.token) == {message.id}
+        assert self.status(repository, route, message.id) is Status.PUBLISHED
+        assert repository.consume(route, message.id, lambda _c: "ok").value == "ok"
+
+    # ------------------------------------------------------------------ transactions
+
+    def test_transaction_commits_on_success_and_rolls_back_on_error(
+        self, engine: sa.Engine, repository: Repository, route: Route
+    ) -> None:
+        with repository.transaction() as conn:
+            repository.add(conn, route, [_new_message()])
+        assert len(self.rows(engine, route)) == 1
+
+        class BoomError(Exception):
+            pass
+
+        boom = BoomError("no")
+        with pytest.raises(BoomError) as caught, repository.transaction() as conn:
+            repository.add(conn, route, [_new_message()])
+            raise boom
+        assert caught.value is boom
+        assert len(self.rows(engine, route)) == 1
+
+    # ------------------------------------------------------------------ claims
+
+    def test_claim_respects_limit_and_takes_oldest_first(
+        self, engine: sa.Engine, repository: Repository, route: Route
+    ) -> None:
+        ids = self.add(repository, route, 5)
+        first = repository.claim_due(route, limit=3, lease_seconds=60)
+        assert [m.id for m in first.messages] == ids[:3]
+        assert all(m.lease_token == first.token for m in first.messages)
+        assert all(m.status is Status.PENDING for m in first.messages)
+        second = repository.claim_due(route, limit=3, lease_seconds=60)
+        assert [m.id for m in second.messages] == ids[3:]
+        assert second.token != first.token
+        assert repository.claim_due(route, limit=3, lease_seconds=60).messages == []
+        rows = {r["id"]: r for r in self.rows(engine, route)}
+        assert {rows[i]["lease_token"] for i in ids[:3]} == {first.token}
+        assert {rows[i]["status"] for i in ids} == {"pending"}
+        # the lease pushed next_retry_at into the future by the database clock
+        now = repository.now()
+        assert all(now + timedelta(seconds=50) < rows[i]["next_retry_at"] for i in ids)
+        assert all(rows[i]["next_retry_at"] < now + timedelta(seconds=60) + SLACK for i in ids)
+
+    def test_rows_due_in_the_future_are_not_claimed(
+        self, repository: Repository, route: Route
+    ) -> None:
+        [later, now_id] = self.add(repository, route, 2)
+        claim = repository.claim_due(route, limit=1, lease_seconds=60)
+        assert [m.id for m in claim.messages] == [later]
+        assert repository.release(route, [later], token=claim.token, delay=3600) == {later}
+        claim = self.claim_all(repository, route)
+        assert [m.id for m in claim.messages] == [now_id]
+
+    def test_two_threads_claim_disjoint_rows(self, repository: Repository, route: Route) -> None:
+        ids = self.add(repository, route, 20)
+        barrier = threading.Barrier(2)
+
+        def claim() -> list[int]:
+            barrier.wait(JOIN_TIMEOUT)
+            return [m.id for m in repository.claim_due(route, limit=10, lease_seconds=60).messages]
+
+        runs = [_run_thread(claim) for _ in range(2)]
+        first, second = (_outcome(*run) for run in runs)
+        assert not set(first) & set(second)
+        assert sorted(first + second) == ids
+
+    def test_a_locked_row_is_skipped_or_waited_for(
+        self, engine: sa.Engine, repository: Repository, route: Route
+    ) -> None:
+        ids = self.add(repository, route, 3)
+        table = sa.Table(route.table, sa.MetaData(), autoload_with=engine)
+        with engine.connect() as other:
+            with other.begin():
+                # another worker holds row 1 locked (SQLite: holds the database write lock)
+                other.execute(sa.select(table.c.id).where(table.c.id == ids[0]).with_for_update())
+                if not self.supports_concurrent_claims:
+                    other.execute(table.update().where(table.c.id == -1).values(status="x"))
+                thread, box = _run_thread(lambda: self.claim_all(repository, route))
+                if self.supports_concurrent_claims:
+                    claim = _outcome(thread, box)  # SKIP LOCKED: no waiting
+                    assert [m.id for m in claim.messages] == ids[1:]
+                    return
+                time.sleep(0.3)
+                assert thread.is_alive(), "SQLite claim should wait for the other writer"
+            claim = _outcome(thread, box)
+            assert [m.id for m in claim.messages] == ids
+
+    def test_expired_lease_makes_rows_claimable_and_fences_the_old_token(
+        self, repository: Repository, route: Route
+    ) -> None:
+        ids = self.add(repository, route, 2)
+        old = repository.claim_due(route, limit=10, lease_seconds=0)
+        assert [m.id for m in old.messages] == ids
+        new = repository.claim_due(route, limit=10, lease_seconds=60)
+        assert [m.id for m in new.messages] == ids
+        assert repository.mark_published(route, ids, token=old.token) == set()
+        assert repository.release(route, ids, token=old.token, delay=0) == set()
+        assert repository.mark_published(route, ids, token=new.token) == set(ids)
+
+    # ------------------------------------------------------------------ guarded transitions
+
+    def test_mark_published_needs_the_token_and_a_pending_row(
+        self, repository: Repository, route: Route
+    ) -> None:
+        ids = self.add(repository, route, 2)
+        claim = self.claim_all(repository, route)
+        assert repository.mark_published(route, ids, token=str(uuid.uuid4())) == set()
+        assert repository.mark_published(route, [ids[0]], token=claim.token) == {ids[0]}
+        assert repository.mark_published(route, ids, token=claim.token) == {ids[1]}
+        assert repository.mark_published(route, ids, token=claim.token) == set()
+        assert repository.mark_published(route, [], token=claim.token) == set()
+        row = repository.get(route, ids[0])
+        assert row is not None
+        assert row.status is Status.PUBLISHED
+        assert row.published_at is not None
+        assert row.next_retry_at is None
+        assert row.lease_token is None
+        assert row.last_error is None
+
+    @pytest.mark.parametrize("meanwhile", ["consume", "mark_consumed", "mark_dead", "retry"])
+    def test_late_mark_published_changes_nothing(
+        self, repository: Repository, route: Route, meanwhile: str
+    ) -> None:
+        [outbox_id] = self.add(repository, route)
+        claim = self.claim_all(repository, route)
+        if meanwhile == "consume":
+            repository.consume(route, outbox_id, lambda _c: None)
+        elif meanwhile == "mark_consumed":
+            assert repository.mark_consumed(route, outbox_id)
+        elif meanwhile == "mark_dead":
+            assert repository.mark_dead(route, outbox_id, reason="bad payload")
+        else:  # the Go residual race: a fast consumer failed and scheduled a retry
+            outcome = repository.schedule_retry(
+                route, outbox_id, reason="handler failed", backoff=lambda _n: 30.0
+            )
+            assert outcome is RetryOutcome.SCHEDULED
+        before = repository.get(route, outbox_id)
+        assert repository.mark_published(route, [outbox_id], token=claim.token) == set()
+        assert repository.get(route, outbox_id) == before
+
+    def test_mark_published_waits_for_a_running_consume_then_changes_nothing(
+        self, repository: Repository, route: Route
+    ) -> None:
+        [outbox_id] = self.add(repository, route)
+        claim = self.claim_all(repository, route)
+        runs: list[tuple[threading.Thread, dict[str, Any]]] = []
+
+        def handler(_conn: Connection) -> None:
+            runs.append(
+                _run_thread(
+                    lambda: repository.mark_published(route, [outbox_id], token=claim.token)
+                )
+            )
+            time.sleep(0.3)
+
+        assert repository.consume(route, outbox_id, handler).outcome is ConsumeOutcome.CONSUMED
+        assert _outcome(*runs[0]) == set()
+        assert self.status(repository, route, outbox_id) is Status.CONSUMED
+
+    def test_final_states_are_never_overwritten(self, repository: Repository, route: Route) -> None:
+        consumed, dead = self.add(repository, route, 2)
+        assert repository.mark_consumed(route, consumed)
+        assert repository.mark_dead(route, dead, reason="first reason")
+        assert not repository.mark_dead(route, consumed, reason="late")
+        assert not repository.mark_consumed(route, dead)
+        assert not repository.mark_dead(route, dead, reason="second reason")
+        assert not repository.mark_consumed(route, consumed)
+        assert not repository.mark_consumed(route, 987654321)
+        for outbox_id in (consumed, dead):
+            outcome = repository.schedule_retry(
+                route, outbox_id, reason="late", backoff=lambda _n: 1.0
+            )
+            assert outcome is RetryOutcome.SKIPPED
+        row_c, row_d = repository.get(route, consumed), repository.get(route, dead)
+        assert row_c is not None and row_d is not None
+        assert row_c.status is Status.CONSUMED
+        assert row_c.consumed_at is not None
+        assert row_d.status is Status.DEAD
+        assert row_d.last_error == "first reason"
+        assert row_d.next_retry_at is None
+
+    def test_mark_consumed_and_mark_dead_work_from_published(
+        self, repository: Repository, route: Route
+    ) -> None:
+        ids = self.add(repository, route, 2)
+        claim = self.claim_all(repository, route)
+        repository.mark_published(route, ids, token=claim.token)
+        assert repository.mark_consumed(route, ids[0])
+        assert repository.mark_dead(route, ids[1], reason="no handler")
+        assert self.status(repository, route, ids[0]) is Status.CONSUMED
+        assert self.status(repository, route, ids[1]) is Status.DEAD
+
+    def test_schedule_retry_counts_and_uses_the_database_clock(
+        self, repository: Repository, route: Route
+    ) -> None:
+        ids = self.add(repository, route, 2)
+        claim = self.claim_all(repository, route)
+        repository.mark_published(route, [ids[1]], token=claim.token)
+        seen: list[int] = []
+
+        def backoff(n: int) -> float:
+            seen.append(n)
+            return 120.0
+
+        # a relay's retry needs its lease
+        wrong = repository.schedule_retry(
+            route, ids[0], reason="x", backoff=backoff, token=str(uuid.uuid4())
+        )
+        assert wrong is RetryOutcome.SKIPPED
+        outcome = repository.schedule_retry(
+            route, ids[0], reason="broker said no", backoff=backoff, token=claim.token
+        )
+        assert outcome is RetryOutcome.SCHEDULED
+        # a consumer's retry works on a published row, without a token
+        outcome = repository.schedule_retry(route, ids[1], reason="handler", backoff=backoff)
+        assert outcome is RetryOutcome.SCHEDULED
+        assert seen == [1, 1]
+        now = repository.now()
+        for outbox_id, reason in ((ids[0], "broker said no"), (ids[1], "handler")):
+            row = repository.get(route, outbox_id)
+            assert row is not None
+            assert row.status is Status.PENDING
+            assert row.retry_count == 1
+            assert row.last_error == reason
+            assert row.lease_token is None
+            assert row.next_retry_at is not None
+            expected = now + timedelta(seconds=120)
+            assert expected - SLACK <= row.next_retry_at <= expected + SLACK
+        assert self.claim_all(repository, route).messages == []
+        assert (
+            repository.schedule_retry(route, 987654321, reason="x", backoff=backoff)
+            is RetryOutcome.SKIPPED
+        )
+
+    def test_schedule_retry_goes_dead_at_max_retry(
+        self, repository: Repository, route: Route
+    ) -> None:
+        [outbox_id] = self.add(repository, route, max_retry=3)
+        outcomes = [
+            repository.schedule_retry(route, outbox_id, reason=f"try {i}", backoff=lambda _n: 0)
+            for i in range(4)
+        ]
+        assert outcomes == [
+            RetryOutcome.SCHEDULED,
+            RetryOutcome.SCHEDULED,
+            RetryOutcome.DEAD,
+            RetryOutcome.SKIPPED,
+        ]
+        row = repository.get(route, outbox_id)
+        assert row is not None
+        assert row.status is Status.DEAD
+        assert row.retry_count == 3
+        assert row.next_retry_at is None
+        assert row.last_error == "try 2"
+
+    def test_last_error_is_truncated_on_a_character_boundary(
+        self, repository: Repository, route: Route
+    ) -> None:
+        reason = "消费失败😀" * 1000  # 5000 characters, 3- and 4-byte UTF-8
+        ids = self.add(repository, route, 2)
+        repository.schedule_retry(route, ids[0], reason=reason, backoff=lambda _n: 1.0)
+        repository.mark_dead(route, ids[1], reason=reason)
+        for outbox_id in ids:
+            row = repository.get(route, outbox_id)
+            assert row is not None
+            assert row.last_error == truncate_error(reason)
+            assert len(row.last_error) == MAX_LAST_ERROR
+
+    def test_release_does_not_count_an_attempt(self, repository: Repository, route: Route) -> None:
+        ids = self.add(repository, route, 2)
+        claim = self.claim_all(repository, route)
+        assert repository.release(route, ids, token=str(uuid.uuid4()), delay=0) == set()
+        assert repository.release(route, ids, token=claim.token, delay=0) == set(ids)
+        assert repository.release(route, [], token=claim.token, delay=0) == set()
+        for outbox_id in ids:
+            row = repository.get(route, outbox_id)
+            assert row is not None
+            assert row.retry_count == 0
+            assert row.lease_token is None
+            assert row.status is Status.PENDING
+        again = self.claim_all(repository, route)
+        assert [m.id for m in again.messages] == ids
+        assert repository.release(route, ids, token=again.token, delay=300) == set(ids)
+        row = repository.get(route, ids[0])
+        assert row is not None and row.next_retry_at is not None
+        assert row.next_retry_at > repository.now() + timedelta(seconds=250)
+
+    def test_requeue_dead(self, repository: Repository, route: Route) -> None:
+        ids = self.add(repository, route, 3, max_retry=1)
+        for outbox_id in ids[:2]:
+            repository.schedule_retry(route, outbox_id, reason="gone", backoff=lambda _n: 1)
+        assert [self.status(repository, route, i) for i in ids] == [
+            Status.DEAD,
+            Status.DEAD,
+            Status.PENDING,
+        ]
+        assert repository.requeue_dead(route, [ids[0], ids[2]]) == 1
+        assert repository.requeue_dead(route, []) == 0
+        assert repository.requeue_dead(route) == 1
+        assert repository.requeue_dead(route) == 0
+        for outbox_id in ids:
+            row = repository.get(route, outbox_id)
+            assert row is not None
+            assert row.status is Status.PENDING
+            assert row.retry_count == 0
+        assert sorted(m.id for m in self.claim_all(repository, route).messages) == ids
+
+    def test_republish_stale_counts_an_attempt(self, repository: Repository, route: Route) -> None:
+        ids = self.add(repository, route, 2)
+        last = self.add(repository, route, 1, max_retry=1)
+        claim = self.claim_all(repository, route)
+        repository.mark_published(route, ids + last, token=claim.token)
+        assert repository.republish_stale(route, older_than=3600, limit=10) == 0
+        assert repository.republish_stale(route, older_than=0, limit=2) == 2
+        assert repository.republish_stale(route, older_than=0, limit=10) == 1
+        again, exhausted = repository.get(route, ids[0]), repository.get(route, last[0])
+        assert again is not None and exhausted is not None
+        assert again.status is Status.PENDING
+        assert again.retry_count == 1
+        assert again.last_error is not None
+        assert exhausted.status is Status.DEAD
+        assert exhausted.retry_count == 1
+        assert [m.id for m in self.claim_all(repository, route).messages] == ids
+
+    # ------------------------------------------------------------------ consume
+
+    def test_consume_commits_handler_writes_with_the_status(
+        self, engine: sa.Engine, repository: Repository, route: Route, business: sa.Table
+    ) -> None:
+        [outbox_id] = self.add(repository, route)
+
+        def handler(conn: Connection) -> str:
+            conn.execute(business.insert().values(id=7, note="shipped"))
+            return "done"
+
+        result = repository.consume(route, outbox_id, handler)
+        assert result.outcome is ConsumeOutcome.CONSUMED
+        assert result.value == "done"
+        row = repository.get(route, outbox_id)
+        assert row is not None
+        assert row.status is Status.CONSUMED
+        assert row.consumed_at is not None
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(business.c.note)).scalar_one() == "shipped"
+
+    def test_consume_rolls_back_everything_when_the_handler_raises(
+        self, engine: sa.Engine, repository: Repository, route: Route, business: sa.Table
+    ) -> None:
+        [outbox_id] = self.add(repository, route)
+        error = ValueError("handler broke")
+
+        def handler(conn: Connection) -> None:
+            conn.execute(business.insert().values(id=7, note="shipped"))
+            raise error
+
+        with pytest.raises(ValueError) as caught:
+            repository.consume(route, outbox_id, handler)
+        assert caught.value is error
+        assert self.status(repository, route, outbox_id) is Status.PENDING
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(business)).scalar() == 0
+
+    def test_consume_skips_final_and_missing_rows(
+        self, repository: Repository, route: Route
+    ) -> None:
+        consumed, dead = self.add(repository, route, 2)
+        repository.mark_consumed(route, consumed)
+        repository.mark_dead(route, dead, reason="x")
+        calls: list[Connection] = []
+        for outbox_id, outcome in (
+            (consumed, ConsumeOutcome.DUPLICATE),
+            (dead, ConsumeOutcome.DUPLICATE),
+            (987654321, ConsumeOutcome.MISSING),
+        ):
+            result = repository.consume(route, outbox_id, calls.append)
+            assert result.outcome is outcome
+            assert result.value is None
+        assert calls == []
+
+    def test_two_threads_consuming_one_row_run_the_handler_once(
+        self, repository: Repository, route: Route
+    ) -> None:
+        [outbox_id] = self.add(repository, route)
+        barrier = threading.Barrier(2)
+        calls: list[int] = []
+        lock = threading.Lock()
+
+        def handler(_conn: Connection) -> None:
+            with lock:
+                calls.append(1)
+            time.sleep(0.2)
+
+        def consume() -> ConsumeOutcome:
+            barrier.wait(JOIN_TIMEOUT)
+            return repository.consume(route, outbox_id, handler).outcome
+
+        runs = [_run_thread(consume) for _ in range(2)]
+        outcomes = sorted(_outcome(*run).value for run in runs)
+        assert outcomes == ["consumed", "duplicate"]
+        assert calls == [1]
+
+    # ------------------------------------------------------------------ operations
+
+    def test_count_by_status_lists_every_status(self, repository: Repository, route: Route) -> None:
+        assert repository.count_by_status(route) == dict.fromkeys(Status, 0)
+        ids = self.add(repository, route, 4)
+        claim = repository.claim_due(route, limit=1, lease_seconds=60)
+        repository.mark_published(route, [ids[0]], token=claim.token)
+        repository.mark_consumed(route, ids[1])
+        repository.mark_dead(route, ids[2], reason="x")
+        assert repository.count_by_status(route) == {
+            Status.PENDING: 1,
+            Status.PUBLISHED: 1,
+            Status.CONSUMED: 1,
+            Status.DEAD: 1,
+        }
+
+    def test_oldest_pending_age(self, repository: Repository, route: Route) -> None:
+        assert repository.oldest_pending_age(route) is None
+        [outbox_id] = self.add(repository, route)
+        age = repository.oldest_pending_age(route)
+        assert age is not None
+        assert 0 <= age < SLACK.total_seconds()
+        repository.mark_consumed(route, outbox_id)
+        assert repository.oldest_pending_age(route) is None
+
+    def test_now_is_naive_utc_by_the_database_clock(self, repository: Repository) -> None:
+        now = repository.now()
+        assert now.tzinfo is None
+        # same machine in the test setup: the server clock agrees with ours within minutes
+        assert abs(now - datetime.now(timezone.utc).replace(tzinfo=None)) < timedelta(minutes=5)
+
+    def test_get_by_event_id(
+        self, repository: Repository, publisher: Publisher, route: Route
+    ) -> None:
+        event_id = publisher.publish(_request(payload=[1, 2]))
+        row = repository.get_by_event_id(route, event_id)
+        assert row is not None
+        assert decode_shell(row.payload).payload == [1, 2]
+        assert repository.get_by_event_id(route, "no-such-event") is None
+        assert repository.get(route, 987654321) is None
+
+
+def _drop(engine: sa.Engine, *tables: str) -> None:
+    with engine.begin() as conn:
+        for name in tables:
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))

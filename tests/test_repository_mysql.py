@@ -1,0 +1,191 @@
+"""The repository contract on MariaDB/MySQL, plus the version floor and Go table adoption."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from outboxkit.backends import SqlRepository
+from outboxkit.backends.mysql import check_version, is_mariadb
+from outboxkit.errors import UnsupportedDatabaseError
+from outboxkit.messages import PublishRequest, Status
+from outboxkit.outbox import Publisher
+from outboxkit.routing import Route, Routing, ServiceCatalog
+from outboxkit.testing.repository_contract import RepositoryContract
+
+pytestmark = pytest.mark.mysql
+
+
+class TestMysqlRepository(RepositoryContract):
+    @pytest.fixture
+    def engine(self, mysql_engine: sa.Engine) -> sa.Engine:
+        return mysql_engine
+
+
+@pytest.mark.parametrize(
+    ("text", "described"),
+    [
+        ("8.0.36", "MySQL 8.0.36"),
+        ("8.0.1", "MySQL 8.0.1"),
+        ("8.4.0-commercial", "MySQL 8.4.0"),
+        ("10.6.0-MariaDB", "MariaDB 10.6.0"),
+        ("10.11.19-MariaDB-0+deb12u1", "MariaDB 10.11.19"),
+        ("11.4.2-MariaDB-ubu2404", "MariaDB 11.4.2"),
+    ],
+)
+def test_supported_versions(text: str, described: str) -> None:
+    assert check_version(text) == described
+
+
+@pytest.mark.parametrize(
+    ("text", "needed"),
+    [
+        ("5.7.44", r"MySQL >= 8\.0\.1"),
+        ("8.0.0-dmr", r"MySQL >= 8\.0\.1"),
+        ("10.5.22-MariaDB", r"MariaDB >= 10\.6"),
+        ("5.5.5-10.3.39-MariaDB", r"MariaDB >= 10\.6"),
+    ],
+)
+def test_unsupported_versions_name_the_server_and_the_requirement(text: str, needed: str) -> None:
+    with pytest.raises(UnsupportedDatabaseError, match=needed) as caught:
+        check_version(text)
+    assert text in str(caught.value)
+    assert "SKIP LOCKED" in str(caught.value)
+
+
+def test_mariadb_is_recognised() -> None:
+    assert is_mariadb("10.11.19-MariaDB-0+deb12u1")
+    assert not is_mariadb("8.0.36")
+
+
+def test_real_server_passes_the_version_check(mysql_engine: sa.Engine) -> None:
+    repository = SqlRepository(mysql_engine)
+    assert repository.server_version.split()[0] in ("MySQL", "MariaDB")
+    assert repository.describe()["dialect"] == "mysql"
+
+
+def test_schema_ddl_keeps_the_go_index_names(mysql_engine: sa.Engine) -> None:
+    ddl = SqlRepository(mysql_engine).schema_ddl([Route.by_convention("task")])
+    assert "CREATE TABLE task_outbox_messages" in ddl
+    assert "CREATE INDEX idx_outbox_status_next ON task_outbox_messages" in ddl
+    assert "CREATE INDEX idx_outbox_service_name ON task_outbox_messages" in ddl
+    assert "CREATE UNIQUE INDEX uq_outbox_event_id ON task_outbox_messages" in ddl
+    assert "LONGTEXT" in ddl
+    assert "DATETIME(6)" in ddl
+    assert "utf8mb4" in ddl
+
+
+def test_create_schema_is_idempotent_and_leaves_the_callers_transaction_alone(
+    mysql_engine: sa.Engine, unique: str
+) -> None:
+    repository = SqlRepository(mysql_engine)
+    first, second = Route.by_convention(f"a-{unique}"), Route.by_convention(f"b-{unique}")
+    scratch = f"scratch_{unique}"
+    try:
+        repository.create_schema([first])
+        with mysql_engine.begin() as conn:
+            conn.exec_driver_sql(f"CREATE TABLE {scratch} (n int) ENGINE=InnoDB")
+        with mysql_engine.connect() as caller:
+            caller.exec_driver_sql(f"INSERT INTO {scratch} VALUES (1)")
+            # DDL commits implicitly on MySQL: it must not run on the caller's connection
+            repository.create_schema([first, second])
+            caller.rollback()
+        with mysql_engine.connect() as conn:
+            assert conn.exec_driver_sql(f"SELECT count(*) FROM {scratch}").scalar() == 0
+        assert sa.inspect(mysql_engine).has_table(second.table)
+    finally:
+        with mysql_engine.begin() as conn:
+            for name in (first.table, second.table, scratch):
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+
+
+GO_DDL = """
+CREATE TABLE {table} (
+  id BIGINT NOT NULL AUTO_INCREMENT,
+  biz_type VARCHAR(64) NOT NULL,
+  service_name VARCHAR(64) NOT NULL DEFAULT '',
+  topic VARCHAR(128) NOT NULL,
+  message_key VARCHAR(128) NOT NULL,
+  payload LONGTEXT NOT NULL,
+  status VARCHAR(32) NOT NULL,
+  retry_count BIGINT NOT NULL DEFAULT 0,
+  max_retry BIGINT NOT NULL DEFAULT 20,
+  next_retry_at DATETIME(3) NULL,
+  last_error TEXT NULL,
+  published_at DATETIME(3) NULL,
+  consumed_at DATETIME(3) NULL,
+  created_at DATETIME(3) NULL,
+  updated_at DATETIME(3) NULL,
+  PRIMARY KEY (id),
+  INDEX idx_outbox_status_next (status, next_retry_at, biz_type),
+  INDEX idx_outbox_service_name (service_name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+"""
+
+
+def test_create_schema_adopts_a_table_the_go_system_created(
+    mysql_engine: sa.Engine, unique: str
+) -> None:
+    service = f"task-{unique}"
+    catalog = ServiceCatalog(namespace="smartflow")
+    catalog.configure(service)
+    routing = Routing(catalog)
+    route = routing.register("task.urgency", service)
+    repository = SqlRepository(mysql_engine)
+    go_shell = json.dumps({"event_type": "task.urgency", "payload": {"user_id": 3}})
+    try:
+        with mysql_engine.begin() as conn:
+            conn.exec_driver_sql(GO_DDL.format(table=route.table))
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO {route.table} (biz_type, service_name, topic, message_key,"
+                    " payload, status, retry_count, max_retry, next_retry_at, created_at,"
+                    " updated_at) VALUES ('task.urgency', :s, :t, '3', :p, 'pending', 0, 20,"
+                    " UTC_TIMESTAMP(3), UTC_TIMESTAMP(3), UTC_TIMESTAMP(3))"
+                ),
+                {"s": service, "t": route.topic, "p": go_shell},
+            )
+        repository.create_schema([route])
+        repository.create_schema([route])
+        inspector = sa.inspect(mysql_engine)
+        columns = {c["name"] for c in inspector.get_columns(route.table)}
+        assert {"event_id", "lease_token"} <= columns
+        indexes = {i["name"]: i for i in inspector.get_indexes(route.table)}
+        assert indexes["uq_outbox_event_id"]["unique"]
+        assert "idx_outbox_status_next" in indexes
+        event_id = Publisher(repository, routing).publish(
+            PublishRequest(event_type="task.urgency", payload={"user_id": 4}, message_key="4")
+        )
+        claim = repository.claim_due(route, limit=10, lease_seconds=30)
+        assert [m.event_id for m in claim.messages] == [None, event_id]
+        ids = [m.id for m in claim.messages]
+        assert repository.mark_published(route, ids, token=claim.token) == set(ids)
+        assert repository.count_by_status(route)[Status.PUBLISHED] == 2
+    finally:
+        with mysql_engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {route.table}")
+
+
+def test_last_error_with_four_byte_characters_is_stored_on_utf8mb4(
+    mysql_engine: sa.Engine, unique: str
+) -> None:
+    route = Route.by_convention(f"e-{unique}")
+    repository = SqlRepository(mysql_engine)
+    repository.create_schema([route])
+    try:
+        with mysql_engine.connect() as conn:
+            charset = conn.execute(
+                sa.text(
+                    "SELECT CCSA.character_set_name FROM information_schema.TABLES T"
+                    " JOIN information_schema.COLLATION_CHARACTER_SET_APPLICABILITY CCSA"
+                    " ON CCSA.collation_name = T.table_collation"
+                    " WHERE T.table_schema = DATABASE() AND T.table_name = :t"
+                ),
+                {"t": route.table},
+            ).scalar_one()
+        assert charset == "utf8mb4"
+    finally:
+        with mysql_engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {route.table}")
