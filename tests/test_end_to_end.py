@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime, timezone
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -250,7 +251,7 @@ def test_duplicate_delivery_has_one_effect(stack: Stack) -> None:
 
     # The broker delivers the same event again (a relay that died after sending, say).
     row = stack.row("orders", request.event_id)
-    envelope = envelope_from_row(row, published_at=row.published_at)
+    envelope = envelope_from_row(row, published_at=datetime.now(timezone.utc))
     message = BrokerMessage(
         topic=row.topic,
         key=row.message_key,
