@@ -355,10 +355,16 @@ class SqlRepository(Repository):
         batches ``VALUES`` made of placeholders).
         """
         event_ids = [r["event_id"] for r in rows]
-        clock = sa.select(self.dialect.now().label("now")).subquery("clock")
+        now_expr = self.dialect.now()
+        null = sa.literal_column("NULL")
+        # One round trip; the first row always exists and carries the clock. (An outer join
+        # of a one-row clock to the table would be simpler but MariaDB scans for it.)
         before = conn.execute(
-            sa.select(clock.c.now, table.c.id, table.c.event_id).select_from(
-                clock.outerjoin(table, table.c.event_id.in_(event_ids))
+            sa.union_all(
+                sa.select(now_expr.label("now"), null.label("id"), null.label("event_id")),
+                sa.select(now_expr, table.c.id, table.c.event_id).where(
+                    table.c.event_id.in_(event_ids)
+                ),
             )
         ).all()
         now = before[0][0]
