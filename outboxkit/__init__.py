@@ -7,6 +7,8 @@ effect.
 
 from outboxkit.broker import Broker, BrokerMessage, Delivery, SendResult, Subscription
 from outboxkit.codec import Envelope
+from outboxkit.consumer import ConsumerConfig
+from outboxkit.engine import Engine, EngineConfig, EngineStats
 from outboxkit.errors import (
     BrokerError,
     BrokerUnavailableError,
@@ -20,7 +22,10 @@ from outboxkit.errors import (
     RoutingError,
     UnknownEventTypeError,
 )
-from outboxkit.messages import OutboxMessage, PublishRequest, Status
+from outboxkit.messages import Event, OutboxMessage, PublishRequest, Status
+from outboxkit.outbox import Publisher, PublisherConfig
+from outboxkit.registry import HandlerRegistry
+from outboxkit.relay import RelayConfig
 from outboxkit.repository import Repository
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Route, Routing, ServiceCatalog
@@ -28,7 +33,17 @@ from outboxkit.routing import Route, Routing, ServiceCatalog
 __version__ = "0.1.0"
 
 __all__ = [
+    # running
+    "Engine",
+    "EngineConfig",
+    "EngineStats",
+    "RelayConfig",
+    "ConsumerConfig",
+    "HandlerRegistry",
+    "Event",
     # publishing
+    "Publisher",
+    "PublisherConfig",
     "PublishRequest",
     "Status",
     "OutboxMessage",
