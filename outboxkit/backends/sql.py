@@ -356,7 +356,7 @@ class SqlRepository(Repository):
         """
         event_ids = [r["event_id"] for r in rows]
         now_expr = self.dialect.now()
-        null = sa.literal_column("NULL")
+        null: sa.ColumnClause[Any] = sa.literal_column("NULL")
         # One round trip; the first row always exists and carries the clock. (An outer join
         # of a one-row clock to the table would be simpler but MariaDB scans for it.)
         before = conn.execute(
