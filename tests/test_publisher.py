@@ -1,0 +1,81 @@
+"""Publisher behaviour that does not depend on the database (SQLite stands in)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from outboxkit.backends import SqlRepository
+from outboxkit.errors import InvalidEventError, RepositoryError
+from outboxkit.messages import PublishRequest, Status
+from outboxkit.outbox import Publisher, PublisherConfig
+from outboxkit.routing import Route, Routing
+
+
+@pytest.fixture
+def setup(sqlite_engine: sa.Engine) -> Iterator[tuple[Publisher, SqlRepository, Route]]:
+    routing = Routing()
+    route = routing.register("order.placed", "orders")
+    repository = SqlRepository(sqlite_engine)
+    repository.create_schema([route])
+    yield Publisher(repository, routing), repository, route
+
+
+def test_config_defaults_and_validation() -> None:
+    config = PublisherConfig()
+    assert config.max_payload_bytes == 900_000
+    assert config.max_retry == 20
+    with pytest.raises(ValueError):
+        PublisherConfig(max_retry=0)
+    with pytest.raises(ValueError):
+        PublisherConfig(max_payload_bytes=0)
+
+
+def test_publish_many_returns_ids_in_request_order_including_repeats(
+    setup: tuple[Publisher, SqlRepository, Route],
+) -> None:
+    publisher, repository, route = setup
+    first = PublishRequest(event_type="order.placed", payload=1)
+    second = PublishRequest(event_type="order.placed", payload=2)
+    ids = publisher.publish_many([first, second, first])
+    assert ids == [first.event_id, second.event_id, first.event_id]
+    assert repository.count_by_status(route)[Status.PENDING] == 2
+    assert publisher.publish_many([]) == []
+
+
+def test_max_retry_from_config_is_frozen_into_the_row(
+    setup: tuple[Publisher, SqlRepository, Route],
+) -> None:
+    publisher, repository, route = setup
+    strict = Publisher(repository, publisher.routing, config=PublisherConfig(max_retry=3))
+    event_id = strict.publish(PublishRequest(event_type="order.placed", payload={}))
+    row = repository.get_by_event_id(route, event_id)
+    assert row is not None
+    assert row.max_retry == 3
+
+
+def test_payload_limit_is_inclusive(setup: tuple[Publisher, SqlRepository, Route]) -> None:
+    publisher, repository, _route = setup
+    request = PublishRequest(event_type="order.placed", payload="x", event_id="fixed")
+    from datetime import datetime, timezone
+
+    from outboxkit.codec import encode_shell
+
+    size = len(encode_shell(request, occurred_at=datetime.now(timezone.utc)).encode())
+    exact = Publisher(repository, publisher.routing, config=PublisherConfig(max_payload_bytes=size))
+    assert exact.publish(request) == "fixed"
+    smaller = Publisher(
+        repository, publisher.routing, config=PublisherConfig(max_payload_bytes=size - 1)
+    )
+    with pytest.raises(InvalidEventError, match=f"{size} bytes.*{size - 1}"):
+        smaller.publish(PublishRequest(event_type="order.placed", payload="x", event_id="fixeD"))
+
+
+def test_missing_table_is_a_repository_error(sqlite_engine: sa.Engine) -> None:
+    routing = Routing()
+    routing.register("order.placed", "orders")
+    publisher = Publisher(SqlRepository(sqlite_engine), routing)
+    with pytest.raises(RepositoryError, match="orders_outbox_messages"):
+        publisher.publish(PublishRequest(event_type="order.placed", payload={}))
