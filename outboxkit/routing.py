@@ -135,9 +135,9 @@ class ServiceCatalog:
         default = Route.by_convention(service, namespace=self._namespace)
         route = Route(
             service=service,
-            table=table or default.table,
-            topic=topic or default.topic,
-            group=group or default.group,
+            table=default.table if table is None else table,
+            topic=default.topic if topic is None else topic,
+            group=default.group if group is None else group,
         )
         with self._lock:
             for other in self._overrides.values():
