@@ -162,21 +162,26 @@ class TansuServer:
             except OSError as exc:
                 raise self._failure(f"could not be executed ({exc})") from exc
         logger.info("started Tansu pid %d on %s (log %s)", self._process.pid, url, log_name)
+        try:
+            self._wait_until_serving()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_serving(self) -> None:
+        assert self._process is not None
         deadline = time.monotonic() + self._start_timeout
         while True:
             if self._process.poll() is not None:
                 code = self._process.returncode
-                error = self._failure(f"exited with status {code} while starting")
-                self.stop()
-                raise error
+                raise self._failure(f"exited with status {code} while starting")
             if self._accepts() and _answers_metadata(self.bootstrap, timeout=2.0):
-                return self
+                return
             if time.monotonic() >= deadline:
-                error = self._failure(
+                raise self._failure(
                     f"did not answer a metadata request within {self._start_timeout:.0f} s"
                 )
-                self.stop()
-                raise error
             time.sleep(0.1)
 
     def _accepts(self) -> bool:
