@@ -235,7 +235,8 @@ def decode_envelope(value: bytes | str) -> Envelope:
         "service_name": _text(obj, "service_name") or None,
     }
     version = obj.get("envelope_version", 1)
-    if not isinstance(version, int) or version < 1:
+    # bool is an int subclass in Python: JSON ``true`` must not pass as version 1.
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise DecodeError(f"invalid envelope_version {version!r}", **ids)
     if version > ENVELOPE_VERSION:
         raise DecodeError(
@@ -261,7 +262,11 @@ def decode_envelope(value: bytes | str) -> Envelope:
         payload=obj["payload"],
         occurred_at=occurred if isinstance(occurred, str) else None,
         published_at=published if isinstance(published, str) else None,
-        attempt=attempt if isinstance(attempt, int) and attempt > 0 else 1,
+        attempt=(
+            attempt
+            if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt > 0
+            else 1
+        ),
         headers=_headers(obj),
         envelope_version=version,
     )
