@@ -494,7 +494,11 @@ class RepositoryContract:
         runs = [_run_thread(claim) for _ in range(2)]
         first, second = (_outcome(*run) for run in runs)
         assert not set(first) & set(second)
-        assert sorted(first + second) == ids
+        assert len(first) <= 10 and len(second) <= 10
+        # InnoDB may lock one row past the LIMIT, which the other claimer then skips; that
+        # row is simply left for the next claim, never lost and never claimed twice.
+        rest = [m.id for m in self.claim_all(repository, route).messages]
+        assert sorted(first + second + rest) == ids
 
     def test_a_locked_row_is_skipped_or_waited_for(
         self, engine: sa.Engine, repository: Repository, route: Route
