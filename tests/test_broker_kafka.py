@@ -30,12 +30,12 @@ def _closed_port() -> int:
     return port
 
 
-def _unreachable_config() -> KafkaConfig:
+def _unreachable_config(timeout_ms: int = 3000) -> KafkaConfig:
     return KafkaConfig.from_bootstrap(
         f"127.0.0.1:{_closed_port()}",
-        bootstrap_timeout_ms=3000,
-        max_block_ms=3000,
-        request_timeout_ms=3000,
+        bootstrap_timeout_ms=timeout_ms,
+        max_block_ms=timeout_ms,
+        request_timeout_ms=timeout_ms,
     )
 
 
@@ -152,7 +152,8 @@ def test_a_rejected_message_stops_the_rest_of_its_key_but_not_other_keys(
     # And a3 was never sent: the topic holds a1, b1, b2 only
     sub = kafka.subscribe(topic, f"g.{unique}", "m")
     try:
-        received = receive_until([sub], 4, time.monotonic() + 8)
+        received = receive_until([sub], 3, time.monotonic() + 15)
+        received += receive_until([sub], 1, time.monotonic() + 1)
     finally:
         sub.close()
     assert sorted(d.value for _, d in received) == [b"a1", b"b1", b"b2"]
@@ -165,7 +166,7 @@ def test_an_invalid_topic_name_is_rejected(kafka: KafkaBroker) -> None:
 
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 def test_unreachable_bootstrap_is_reported_within_the_bound() -> None:
-    with KafkaBroker(_unreachable_config()) as down:
+    with KafkaBroker(_unreachable_config(1500)) as down:
         started = time.monotonic()
         with pytest.raises(BrokerUnavailableError):
             down.ensure_topic("anything")
@@ -173,7 +174,7 @@ def test_unreachable_bootstrap_is_reported_within_the_bound() -> None:
             down.publish([BrokerMessage(topic="anything", key="k", value=b"v")])
         with pytest.raises(BrokerUnavailableError):
             down.subscribe("anything", "g", "m")
-        assert time.monotonic() - started < 15
+        assert time.monotonic() - started < 8  # three clients, 1.5 s bootstrap bound each
     _collect_leaked_sockets()
 
 
