@@ -122,7 +122,9 @@ class Relay:
 
         try:
             results = self.broker.publish([message for _, message in to_send])
-        except BrokerUnavailableError:
+        except Exception:
+            # Unreachable broker, or a bug: either way nothing is known to be wrong with
+            # the rows, so give them back uncounted now rather than when the lease ends.
             ids = [row_id for row_id, _ in to_send]
             self.repository.release(
                 self.route, ids, token=claim.token, delay=self.config.outage_backoff
