@@ -201,7 +201,9 @@ class Repository(abc.ABC):
     def consume(
         self, route: Route, outbox_id: int, fn: Callable[[Connection], T]
     ) -> ConsumeResult[T]:
-        """Run ``fn`` and mark the row ``consumed`` in one transaction (Go ``ConsumeAndMarkConsumed``).
+        """Run ``fn`` and mark the row ``consumed`` in one transaction.
+
+        This is the Go ``ConsumeAndMarkConsumed``.
 
         Locks the row first. A missing row gives ``MISSING`` and a ``consumed``/``dead``
         row ``DUPLICATE``, without calling ``fn``. Otherwise (``pending`` or ``published``)

@@ -28,7 +28,7 @@ _RESTART_HINTS = {
 def _engine(service: str, url: str, port: int) -> Iterator[sa.Engine]:
     try:
         services.require_tcp(service, url, port, _RESTART_HINTS[service])
-    except services.ServiceUnavailable as exc:
+    except services.ServiceUnavailableError as exc:
         pytest.fail(str(exc), pytrace=False)
     engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
     try:
@@ -68,7 +68,7 @@ def redis_url() -> str:
     url = services.redis_url()
     try:
         services.require_tcp("Redis", url, 6379, _RESTART_HINTS["Redis"])
-    except services.ServiceUnavailable as exc:
+    except services.ServiceUnavailableError as exc:
         pytest.fail(str(exc), pytrace=False)
     return url
 

@@ -6,10 +6,10 @@ import time
 from collections.abc import Callable
 
 import sqlalchemy as sa
-from outboxkit.outbox import PublisherConfig
 
 from outboxkit.consumer import ConsumerConfig
 from outboxkit.engine import EngineConfig
+from outboxkit.outbox import PublisherConfig
 from outboxkit.relay import RelayConfig
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Routing, ServiceCatalog

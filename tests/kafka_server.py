@@ -37,7 +37,7 @@ def kafka_bootstrap() -> Iterator[str]:
                 9092,
                 f" ({services.KAFKA_BOOTSTRAP_ENV}={external}; unset it to use Tansu)",
             )
-        except services.ServiceUnavailable as exc:
+        except services.ServiceUnavailableError as exc:
             pytest.fail(str(exc), pytrace=False)
         yield external
         return

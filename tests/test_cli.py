@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from outboxkit.outbox import Publisher
 
 from outboxkit.backends import SqlRepository, create_sqlite_engine
 from outboxkit.cli import main
 from outboxkit.demo import run_demo
 from outboxkit.messages import PublishRequest, Status
+from outboxkit.outbox import Publisher
 from tests import worker_app
 from tests.engine_support import wait_for
 

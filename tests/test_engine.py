@@ -11,11 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-from outboxkit.brokers.memory import MemoryBroker
 from sqlalchemy.engine import Connection
 
 from outboxkit.backends import SqlRepository
 from outboxkit.broker import BrokerMessage, Delivery
+from outboxkit.brokers.memory import MemoryBroker
 from outboxkit.codec import dumps
 from outboxkit.consumer import Consumer, Outcome
 from outboxkit.engine import Engine

@@ -10,10 +10,10 @@ import os
 import time
 from pathlib import Path
 
-from outboxkit.brokers.memory import MemoryBroker
 from sqlalchemy.engine import Connection
 
 from outboxkit.backends import SqlRepository, create_sqlite_engine
+from outboxkit.brokers.memory import MemoryBroker
 from outboxkit.engine import Engine
 from outboxkit.messages import Event
 from outboxkit.routing import Routing

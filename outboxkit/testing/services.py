@@ -21,7 +21,7 @@ DEFAULT_MYSQL_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-class ServiceUnavailable(RuntimeError):
+class ServiceUnavailableError(RuntimeError):
     """A service the test run needs is not reachable. Never turned into a skip."""
 
 
@@ -43,14 +43,14 @@ def external_kafka_bootstrap() -> str | None:
 
 
 def require_tcp(service: str, url: str, default_port: int, hint: str = "") -> None:
-    """Raise :class:`ServiceUnavailable` naming ``service`` unless its port accepts a connection."""
+    """Raise :class:`ServiceUnavailableError` naming ``service`` unless its port answers."""
     parts = urlsplit(url if "//" in url else f"tcp://{url}")
     host, port = parts.hostname or "127.0.0.1", parts.port or default_port
     try:
         with socket.create_connection((host, port), timeout=3):
             return
     except OSError as exc:
-        raise ServiceUnavailable(
+        raise ServiceUnavailableError(
             f"{service} is not reachable at {host}:{port} ({exc}). "
             f"The outboxkit test suite needs it running{hint}."
         ) from exc
