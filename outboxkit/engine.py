@@ -31,11 +31,13 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 import attrs
+from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -132,6 +134,10 @@ class Engine:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._wake: dict[str, threading.Event] = collections.defaultdict(threading.Event)
+        self._commit_wakes: weakref.WeakKeyDictionary[Connection, set[str]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._listening: weakref.WeakSet[Connection] = weakref.WeakSet()
         self._lifecycle = threading.Lock()
         self._started = False
         self._stopped = False
@@ -188,12 +194,46 @@ class Engine:
         if not self.config.enabled:
             return [self._handle_inline(r, connection) for r in requests]
         ids = self.publisher.publish_many(requests, connection=connection)
+        services = {self.routing.service_of(r.event_type) for r in requests}
         if connection is None:
-            # Committed already: wake the relays instead of letting them sleep out the poll.
-            for request in requests:
-                if self.routing.is_registered(request.event_type):
-                    self._wake[self.routing.service_of(request.event_type)].set()
+            self._wake_relays(services)  # committed already
+        else:
+            conn = connection.connection() if isinstance(connection, Session) else connection
+            self._wake_on_commit(conn, services)
         return ids
+
+    def _wake_relays(self, services: Iterable[str]) -> None:
+        """Let this process's relays claim new rows now instead of after their idle wait."""
+        for service in services:
+            self._wake[service].set()
+
+    def _wake_on_commit(self, connection: Connection, services: set[str]) -> None:
+        """Wake the relays when the caller's transaction commits (never on rollback).
+
+        The rows are invisible to relays until then, so waking earlier would be useless;
+        waiting for the next poll would add up to ``idle_interval`` of latency. Listeners
+        are attached once per connection and consult the pending set.
+        """
+        with self._stats_lock:
+            pending = self._commit_wakes.get(connection)
+            if pending is not None:
+                pending.update(services)
+                return
+            self._commit_wakes[connection] = set(services)
+            first_time = connection not in self._listening
+            self._listening.add(connection)
+        if first_time:
+            sa_event.listen(connection, "commit", self._on_commit)
+            sa_event.listen(connection, "rollback", self._on_rollback)
+
+    def _on_commit(self, connection: Connection) -> None:
+        with self._stats_lock:
+            woken = self._commit_wakes.pop(connection, set())
+        self._wake_relays(woken)
+
+    def _on_rollback(self, connection: Connection) -> None:
+        with self._stats_lock:
+            self._commit_wakes.pop(connection, None)
 
     def _handle_inline(
         self, request: PublishRequest, connection: Connection | Session | None

@@ -7,6 +7,7 @@ same behaviours run on real servers with real threads in ``test_end_to_end.py``.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -29,7 +30,7 @@ from outboxkit.messages import Event, PublishRequest, Status
 from outboxkit.relay import Relay, RelayConfig
 from outboxkit.repository import Repository
 from outboxkit.routing import Routing
-from tests.engine_support import business_table, count_rows, fast_config, unique_routing
+from tests.engine_support import business_table, count_rows, fast_config, unique_routing, wait_for
 
 
 @pytest.fixture
@@ -306,3 +307,25 @@ def test_threads_are_named_after_role_and_service(engine: Engine) -> None:
     names = sorted(t.name for t in engine._threads)
 
     assert names == ["outboxkit-consumer-orders-0", "outboxkit-relay-orders-0"]
+
+
+def test_committing_a_publish_wakes_the_relay_without_waiting_for_its_poll(
+    repository: SqlRepository, routing: Routing, sqlite_engine: sa.Engine, table: sa.Table
+) -> None:
+    slow_poll = fast_config(relay=RelayConfig(idle_interval=60.0, republish_after=None))
+    engine = Engine(repository, MemoryBroker(), routing, config=slow_poll)
+    engine.register_handler("order.placed", _record(table))
+    engine.start()
+    try:
+        time.sleep(0.3)  # the relay found nothing and is now in its 60 s idle wait
+        request = PublishRequest(event_type="order.placed", payload={})
+        with sqlite_engine.begin() as conn:
+            engine.publish(request, connection=conn)
+
+        wait_for(
+            lambda: _status(repository, routing, request.event_id) is Status.CONSUMED,
+            timeout=10,
+            what="consumed long before the 60 s poll",
+        )
+    finally:
+        assert engine.stop(timeout=5)
