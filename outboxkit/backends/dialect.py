@@ -71,6 +71,12 @@ class Dialect:
     * ``index_names_per_table``: index names are scoped to their table (MySQL) rather than
       the schema (PostgreSQL, SQLite), where they must carry the table name to be unique.
     * ``extra_indexes``: indexes beyond the Go ones (the PostgreSQL partial claim index).
+    * ``own_isolation_level``: the isolation level of the repository's own transactions
+      (claims, marks, consume), or ``None`` for the engine's default. MySQL/MariaDB use
+      ``READ COMMITTED``: under InnoDB's default ``REPEATABLE READ`` a claim's
+      ``FOR UPDATE`` scan takes next-key (gap) locks on the status index, and a caller's
+      concurrent ``INSERT`` of a new pending row then deadlocks with it, aborting the
+      caller's business transaction. ``READ COMMITTED`` takes no gap locks for scans.
     * ``version_query``/``minimum_version``/``check_version``: the server check done on the
       first connection, raising :class:`UnsupportedDatabaseError` naming what is required.
     """
@@ -83,6 +89,7 @@ class Dialect:
     supports_concurrent_claims: bool
     index_names_per_table: bool
     extra_indexes: ExtraIndexFactory = attrs.field(default=lambda _table, _name: [])
+    own_isolation_level: str | None = None
     version_query: str
     check_version: Callable[[str], str]
 

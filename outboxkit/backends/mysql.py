@@ -58,6 +58,8 @@ MYSQL = Dialect(
     # Index names are per table on MySQL: keep the Go names, so a Go AutoMigrate run
     # against one of our tables recognises its indexes instead of adding copies.
     index_names_per_table=True,
+    # No gap locks in our own transactions: see Dialect.own_isolation_level.
+    own_isolation_level="READ COMMITTED",
     version_query="SELECT VERSION()",
     check_version=check_version,
 )

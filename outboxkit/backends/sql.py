@@ -111,6 +111,9 @@ class SqlRepository(Repository):
     def __init__(self, engine: sa.Engine, *, owns_engine: bool = False) -> None:
         self.engine = engine
         self.dialect: Dialect = dialect_for(engine)
+        # The engine our own transactions use: same pool, dialect's isolation level.
+        level = self.dialect.own_isolation_level
+        self._own: sa.Engine = engine.execution_options(isolation_level=level) if level else engine
         self._owns_engine = owns_engine
         self._metadata = sa.MetaData()
         self._tables: dict[str, sa.Table] = {}
@@ -177,7 +180,7 @@ class SqlRepository(Repository):
         """A short transaction of our own; driver errors become :class:`RepositoryError`."""
         self._check_server()
         try:
-            with self.engine.begin() as conn:
+            with self._own.begin() as conn:
                 yield conn
         except SQLAlchemyError as exc:
             where = f" on table {route.table!r}" if route is not None else ""
@@ -264,7 +267,7 @@ class SqlRepository(Repository):
         :class:`RepositoryError`."""
         self._check_server()
         try:
-            conn = self.engine.connect()
+            conn = self._own.connect()
             trans = conn.begin()
         except SQLAlchemyError as exc:
             raise RepositoryError(f"cannot begin a transaction: {exc}") from exc
@@ -566,7 +569,7 @@ class SqlRepository(Repository):
         self._check_server()
         what = f"consuming row {outbox_id} of {route.table!r}"
         try:
-            conn = self.engine.connect()
+            conn = self._own.connect()
             trans = conn.begin()
         except SQLAlchemyError as exc:
             raise RepositoryError(f"{what} failed: {exc}") from exc

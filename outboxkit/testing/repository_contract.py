@@ -187,6 +187,47 @@ class RepositoryContract:
 
     # ------------------------------------------------------------------ publishing
 
+    def test_publishing_while_relays_claim_never_fails_the_callers_transaction(
+        self,
+        engine: sa.Engine,
+        publisher: Publisher,
+        repository: Repository,
+        route: Route,
+        business: sa.Table,
+    ) -> None:
+        """A claim must not lock the gap where new rows go.
+
+        Under InnoDB's REPEATABLE READ a claim's next-key locks deadlock with a caller's
+        INSERT, which aborts the caller's business transaction: an outbox must never do
+        that to its user.
+        """
+        events = 300
+        stop = threading.Event()
+
+        def relay() -> int:
+            claimed = 0
+            while not stop.is_set():
+                claim = repository.claim_due(route, limit=20, lease_seconds=60)
+                ids = [m.id for m in claim.messages]
+                claimed += len(repository.mark_published(route, ids, token=claim.token))
+            return claimed
+
+        def publish(first: int) -> None:
+            for n in range(first, events, 3):
+                with engine.begin() as conn:
+                    conn.execute(business.insert().values(id=n, note="order"))
+                    publisher.publish(_request(message_key=f"k{n % 5}"), connection=conn)
+
+        relays = [_run_thread(relay) for _ in range(2 if self.supports_concurrent_claims else 1)]
+        try:
+            for run in [_run_thread(lambda first=first: publish(first)) for first in range(3)]:
+                _outcome(*run)  # a deadlock in the caller's transaction is raised here
+        finally:
+            stop.set()
+        published = sum(_outcome(*r) for r in relays)
+        published += len(self.claim_all(repository, route).messages)
+        assert published == events
+
     def test_publish_in_caller_connection_commits_with_business_row(
         self, engine: sa.Engine, publisher: Publisher, route: Route, business: sa.Table
     ) -> None:
