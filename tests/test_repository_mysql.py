@@ -77,30 +77,6 @@ def test_schema_ddl_keeps_the_go_index_names(mysql_engine: sa.Engine) -> None:
     assert "utf8mb4" in ddl
 
 
-def test_create_schema_is_idempotent_and_leaves_the_callers_transaction_alone(
-    mysql_engine: sa.Engine, unique: str
-) -> None:
-    repository = SqlRepository(mysql_engine)
-    first, second = Route.by_convention(f"a-{unique}"), Route.by_convention(f"b-{unique}")
-    scratch = f"scratch_{unique}"
-    try:
-        repository.create_schema([first])
-        with mysql_engine.begin() as conn:
-            conn.exec_driver_sql(f"CREATE TABLE {scratch} (n int) ENGINE=InnoDB")
-        with mysql_engine.connect() as caller:
-            caller.exec_driver_sql(f"INSERT INTO {scratch} VALUES (1)")
-            # DDL commits implicitly on MySQL: it must not run on the caller's connection
-            repository.create_schema([first, second])
-            caller.rollback()
-        with mysql_engine.connect() as conn:
-            assert conn.exec_driver_sql(f"SELECT count(*) FROM {scratch}").scalar() == 0
-        assert sa.inspect(mysql_engine).has_table(second.table)
-    finally:
-        with mysql_engine.begin() as conn:
-            for name in (first.table, second.table, scratch):
-                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
-
-
 GO_DDL = """
 CREATE TABLE {table} (
   id BIGINT NOT NULL AUTO_INCREMENT,

@@ -60,29 +60,3 @@ def test_schema_ddl_names_table_indexes_and_partial_index(postgres_engine: sa.En
     assert "CREATE UNIQUE INDEX billing_outbox_messages_uq_outbox_event_id" in ddl
     assert "billing_outbox_messages_idx_outbox_pending_due" in ddl
     assert "WHERE status = 'pending'" in ddl
-
-
-def test_create_schema_is_idempotent_and_leaves_the_callers_transaction_alone(
-    postgres_engine: sa.Engine, unique: str
-) -> None:
-    repository = SqlRepository(postgres_engine)
-    first, second = Route.by_convention(f"a-{unique}"), Route.by_convention(f"b-{unique}")
-    scratch = f"scratch_{unique}"
-    try:
-        repository.create_schema([first])
-        with postgres_engine.begin() as conn:
-            conn.exec_driver_sql(f"CREATE TABLE {scratch} (n int)")
-        with postgres_engine.connect() as caller:
-            caller.exec_driver_sql(f"INSERT INTO {scratch} VALUES (1)")
-            repository.create_schema([first, second])
-            caller.rollback()
-        with postgres_engine.connect() as conn:
-            assert conn.exec_driver_sql(f"SELECT count(*) FROM {scratch}").scalar() == 0
-        inspector = sa.inspect(postgres_engine)
-        assert inspector.has_table(second.table)
-        names = {i["name"] for i in inspector.get_indexes(first.table)}
-        assert f"{first.table}_idx_outbox_pending_due" in names
-    finally:
-        with postgres_engine.begin() as conn:
-            for name in (first.table, second.table, scratch):
-                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")

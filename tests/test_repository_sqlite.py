@@ -17,6 +17,7 @@ from outboxkit.testing.repository_contract import RepositoryContract
 class TestSqliteRepository(RepositoryContract):
     # One writer at a time: claims serialize (BEGIN IMMEDIATE) instead of skipping locks.
     supports_concurrent_claims = False
+    ddl_beside_open_writers = False
 
     @pytest.fixture
     def engine(self, sqlite_engine: sa.Engine) -> sa.Engine:

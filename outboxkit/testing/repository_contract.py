@@ -103,6 +103,9 @@ class RepositoryContract:
     """
 
     supports_concurrent_claims: ClassVar[bool] = True
+    #: Whether another connection can run DDL while a caller's write transaction is open
+    #: (false for SQLite, where every transaction holds the single write lock).
+    ddl_beside_open_writers: ClassVar[bool] = True
 
     # ------------------------------------------------------------------ fixtures
 
@@ -184,6 +187,32 @@ class RepositoryContract:
 
     def claim_all(self, repository: Repository, route: Route, lease: float = 60.0) -> Any:
         return repository.claim_due(route, limit=1000, lease_seconds=lease)
+
+    # ------------------------------------------------------------------ schema
+
+    def test_create_schema_is_idempotent_and_leaves_the_callers_transaction_alone(
+        self, engine: sa.Engine, repository: Repository, routing: Routing, unique: str
+    ) -> None:
+        first, second = routing.route_of(TYPE_A), routing.route_of(TYPE_B)
+        scratch = f"okc_{unique}_scratch"
+        try:
+            repository.create_schema([first])
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"CREATE TABLE {scratch} (n int)")
+            if self.ddl_beside_open_writers:
+                with engine.connect() as caller:
+                    caller.exec_driver_sql(f"INSERT INTO {scratch} VALUES (1)")
+                    # DDL commits implicitly on MySQL: it must not use the caller's connection
+                    repository.create_schema([first, second])
+                    caller.rollback()
+            else:
+                repository.create_schema([first, second])
+            repository.create_schema([first, second])
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql(f"SELECT count(*) FROM {scratch}").scalar() == 0
+            assert sa.inspect(engine).has_table(second.table)
+        finally:
+            _drop(engine, first.table, second.table, scratch)
 
     # ------------------------------------------------------------------ publishing
 
