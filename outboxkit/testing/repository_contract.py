@@ -21,6 +21,7 @@ Every test makes its own tables (unique names) and drops them afterwards.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -249,7 +250,7 @@ class RepositoryContract:
 
         relays = [_run_thread(relay) for _ in range(2 if self.supports_concurrent_claims else 1)]
         try:
-            for run in [_run_thread(lambda first=first: publish(first)) for first in range(3)]:
+            for run in [_run_thread(functools.partial(publish, first)) for first in range(3)]:
                 _outcome(*run)  # a deadlock in the caller's transaction is raised here
         finally:
             stop.set()
