@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-import attrs
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import SQLAlchemyError
@@ -76,8 +75,15 @@ def _delay(seconds: float) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def _message(row: RowMapping) -> OutboxMessage:
-    return OutboxMessage(
+def _message(row: RowMapping, **overrides: Any) -> OutboxMessage:
+    """The row as a value; ``overrides`` replace columns (cheaper than ``attrs.evolve``)."""
+    values = _row_values(row)
+    values.update(overrides)
+    return OutboxMessage(**values)
+
+
+def _row_values(row: RowMapping) -> dict[str, Any]:
+    return dict(
         id=int(row["id"]),
         event_id=row["event_id"],
         event_type=row["biz_type"],
@@ -420,9 +426,7 @@ class SqlRepository(Repository):
                 .values(lease_token=token, next_retry_at=lease_until, updated_at=db_now)
             )
         messages = [
-            attrs.evolve(
-                _message(r), lease_token=token, next_retry_at=lease_until, updated_at=db_now
-            )
+            _message(r, lease_token=token, next_retry_at=lease_until, updated_at=db_now)
             for r in rows
         ]
         logger.debug("claimed %d rows of %s under lease %s", len(messages), route.table, token)
