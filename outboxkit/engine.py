@@ -138,6 +138,7 @@ class Engine:
             weakref.WeakKeyDictionary()
         )
         self._listening: weakref.WeakSet[Connection] = weakref.WeakSet()
+        self._wake_lock = threading.Lock()
         self._lifecycle = threading.Lock()
         self._started = False
         self._stopped = False
@@ -191,7 +192,13 @@ class Engine:
         *,
         connection: Connection | Session | None = None,
     ) -> list[str]:
+        """Write several events in one go; see :meth:`publish`. Returns their event ids."""
         if not self.config.enabled:
+            missing = sorted({r.event_type for r in requests} - set(self.registry.event_types()))
+            if missing:  # checked for all first, so no handler runs for a rejected batch
+                raise ConfigurationError(
+                    f"outbox is disabled and this process has no handler for {missing}"
+                )
             return [self._handle_inline(r, connection) for r in requests]
         ids = self.publisher.publish_many(requests, connection=connection)
         services = {self.routing.service_of(r.event_type) for r in requests}
@@ -214,7 +221,7 @@ class Engine:
         waiting for the next poll would add up to ``idle_interval`` of latency. Listeners
         are attached once per connection and consult the pending set.
         """
-        with self._stats_lock:
+        with self._wake_lock:
             pending = self._commit_wakes.get(connection)
             if pending is not None:
                 pending.update(services)
@@ -227,22 +234,19 @@ class Engine:
             sa_event.listen(connection, "rollback", self._on_rollback)
 
     def _on_commit(self, connection: Connection) -> None:
-        with self._stats_lock:
+        with self._wake_lock:
             woken = self._commit_wakes.pop(connection, set())
         self._wake_relays(woken)
 
     def _on_rollback(self, connection: Connection) -> None:
-        with self._stats_lock:
+        with self._wake_lock:
             self._commit_wakes.pop(connection, None)
 
     def _handle_inline(
         self, request: PublishRequest, connection: Connection | Session | None
     ) -> str:
         spec = self.registry.get(request.event_type)
-        if spec is None:
-            raise ConfigurationError(
-                f"outbox is disabled and this process has no handler for {request.event_type!r}"
-            )
+        assert spec is not None  # checked by publish_many
         event = Event(
             event_id=request.event_id,
             outbox_id=0,
