@@ -16,7 +16,12 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from outboxkit.broker import Broker, BrokerMessage
-from outboxkit.brokers.kafka import KafkaBroker, KafkaConfig
+from outboxkit.brokers.kafka import (
+    KafkaBroker,
+    KafkaConfig,
+    fnv1a_32,
+    go_fnv1a_partitioner,
+)
 from outboxkit.errors import BrokerUnavailableError, ConfigurationError, MessageRejectedError
 from outboxkit.testing.broker_contract import BrokerContract, receive_until
 
@@ -291,3 +296,41 @@ def test_options_are_handed_to_the_kafka_python_clients(kafka_bootstrap: str, un
             assert [d.value for _, d in received] == [b"v"]
         finally:
             sub.close()
+
+
+def test_fnv1a_matches_the_published_test_vectors() -> None:
+    assert fnv1a_32(b"") == 0x811C9DC5
+    assert fnv1a_32(b"a") == 0xE40C292C
+    assert fnv1a_32(b"foobar") == 0xBF9CF968
+
+
+def test_go_partitioner_uses_go_int32_truncated_remainder() -> None:
+    # fnv1a("a") as int32 is -468965076: Go's % gives -1 (abs 1) with 5 partitions, where
+    # Python's floor modulo would give 4.
+    assert go_fnv1a_partitioner(b"a", list(range(5)), []) == 1
+    assert go_fnv1a_partitioner(b"a", [0, 1, 2], [0, 1, 2]) == 0
+    assert go_fnv1a_partitioner(None, [0, 1, 2], [2]) == 2
+
+
+def test_go_partitioner_puts_each_key_on_the_partition_the_go_relay_would_pick(
+    kafka_bootstrap: str, unique: str
+) -> None:
+    # Given a 3-partition topic and a broker that partitions like kafka-go's Hash balancer
+    topic = f"gopart.{unique}"
+    keys = [f"conversation-{i}" for i in range(12)]
+    with KafkaBroker(KafkaConfig.from_bootstrap(kafka_bootstrap, partitioner="go-fnv1a")) as go:
+        go.ensure_topic(topic)
+        # When one message per key is published
+        assert all(
+            r.ok for r in go.publish([BrokerMessage(topic=topic, key=k, value=b"v") for k in keys])
+        )
+        sub = go.subscribe(topic, f"g.{unique}", "m")
+        try:
+            received = receive_until([sub], len(keys), time.monotonic() + 20)
+        finally:
+            sub.close()
+    # Then every key sits on |int32(fnv1a(key)) % 3|, and the keys use several partitions
+    placed = {d.key: d.receipt[0] for _, d in received}
+    expected = {k: go_fnv1a_partitioner(k.encode(), [0, 1, 2], [0, 1, 2]) for k in keys}
+    assert placed == expected
+    assert len(set(placed.values())) > 1

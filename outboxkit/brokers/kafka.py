@@ -29,6 +29,7 @@ broker is reported as :class:`~outboxkit.errors.BrokerUnavailableError` within a
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -53,6 +54,61 @@ SECURITY_OPTION_PREFIXES = ("security_protocol", "ssl_", "sasl_")
 
 #: Slice of a ``receive`` poll: how quickly a ``close()`` from another thread is noticed.
 _POLL_SLICE_SECONDS = 0.2
+
+
+_FNV32_OFFSET = 0x811C9DC5
+_FNV32_PRIME = 0x01000193
+
+
+def fnv1a_32(data: bytes) -> int:
+    """The 32-bit FNV-1a hash (Go's ``hash/fnv.New32a``)."""
+    value = _FNV32_OFFSET
+    for byte in data:
+        value = ((value ^ byte) * _FNV32_PRIME) & 0xFFFFFFFF
+    return value
+
+
+def go_fnv1a_partitioner(
+    key: bytes | None, all_partitions: Sequence[int], available: Sequence[int]
+) -> int:
+    """kafka-go's ``Hash`` balancer (also Sarama's): ``|int32(fnv1a(key)) % n|``.
+
+    The Go relay publishes with it, so choosing it keeps each key on the partition the Go
+    relay would pick. A ``None`` key (never produced by the relay) goes to an available
+    partition, like kafka-go's round robin fallback.
+    """
+    partitions = sorted(all_partitions)
+    if key is None:
+        pool = sorted(available) or partitions
+        return pool[0]
+    signed = fnv1a_32(key)
+    if signed >= 0x80000000:
+        signed -= 0x100000000
+    index = abs(int(math.fmod(signed, len(partitions))))  # Go's % truncates toward zero
+    return partitions[index]
+
+
+def _go_fnv1a_partitioner_object() -> Any:
+    """:func:`go_fnv1a_partitioner` as a kafka-python ``Partitioner`` (imported lazily)."""
+    from kafka.partitioner import Partitioner
+
+    class GoFnv1aPartitioner(Partitioner):  # type: ignore[misc]
+        def partition(  # noqa: PLR0917 - kafka-python's signature
+            self,
+            topic: str,
+            key: Any,
+            serialized_key: bytes | None,
+            value: Any,
+            serialized_value: bytes | None,
+            cluster: Any,
+        ) -> int:
+            return go_fnv1a_partitioner(
+                serialized_key,
+                list(cluster.partitions_for_topic(topic)),
+                list(cluster.available_partitions_for_topic(topic)),
+            )
+
+    return GoFnv1aPartitioner()
 
 
 def _frozen_dict(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -114,6 +170,13 @@ class KafkaConfig:
     #: member gets its partitions back without a rebalance, but a member that dies holds
     #: them until ``session_timeout_ms`` and two live members may never share a name.
     static_membership: bool = False
+    #: How keys map to partitions: ``"murmur2"`` (kafka-python's and Java's default) or
+    #: ``"go-fnv1a"`` (the Go relay's kafka-go ``Hash`` balancer). Use ``"go-fnv1a"`` while
+    #: Go and Python producers publish the same keys to one topic, so a key keeps its
+    #: partition (and its order) whichever relay sent it.
+    partitioner: str = attrs.field(
+        default="murmur2", validator=attrs.validators.in_(("murmur2", "go-fnv1a"))
+    )
     # --- topics created by ``ensure_topic``
     num_partitions: int = attrs.field(default=3, validator=attrs.validators.gt(0))
     replication_factor: int = attrs.field(default=1, validator=attrs.validators.gt(0))
@@ -212,7 +275,7 @@ class KafkaConfig:
         """Keyword arguments for ``KafkaProducer``."""
         from kafka import KafkaProducer
 
-        base = {
+        base: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap_servers,
             "client_id": self.client_id,
             "acks": self.acks,
@@ -225,6 +288,8 @@ class KafkaConfig:
             "bootstrap_timeout_ms": self.bootstrap_timeout_ms,
             "max_request_size": self.max_request_size,
         }
+        if self.partitioner == "go-fnv1a":
+            base["partitioner"] = _go_fnv1a_partitioner_object()
         return self._merge(base, self.producer_options, set(KafkaProducer.DEFAULT_CONFIG))
 
     def consumer_config(self, *, group: str, consumer_name: str) -> dict[str, Any]:
