@@ -19,6 +19,7 @@ from typing import Any
 
 from outboxkit.engine import Engine
 from outboxkit.errors import ConfigurationError, OutboxError
+from outboxkit.messages import Status
 
 logger = logging.getLogger("outboxkit.cli")
 
@@ -101,6 +102,17 @@ def _cmd_dead(args: argparse.Namespace) -> int:
         for status, n in counts.items():
             print(f"{status.value}\t{n}")
         return 0
+    if args.action == "list":
+        rows = engine.repository.list_by_status(
+            route, Status.DEAD, limit=args.limit, after_id=args.after
+        )
+        for row in rows:
+            error = (row.last_error or "").replace("\n", " ")
+            print(
+                f"{row.id}\t{row.event_id or ''}\t{row.event_type}\t{row.message_key}\t"
+                f"retries={row.retry_count}\t{error}"
+            )
+        return 0
     ids = [int(i) for i in args.ids] if args.ids else None
     requeued = engine.repository.requeue_dead(route, ids)
     print(f"requeued {requeued} dead rows of {route.table}")
@@ -138,10 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--print-sql", action="store_true", help="print the DDL, change nothing")
     migrate.set_defaults(func=_cmd_migrate)
 
-    dead = sub.add_parser("dead", help="inspect or requeue dead events of a service")
+    dead = sub.add_parser("dead", help="count, list or requeue dead events of a service")
     dead.add_argument("app", help="module:attribute of an Engine (or a factory of one)")
-    dead.add_argument("action", choices=["count", "requeue"])
+    dead.add_argument("action", choices=["count", "list", "requeue"])
     dead.add_argument("--service", required=True)
+    dead.add_argument("--limit", type=int, default=100, help="list: rows per page")
+    dead.add_argument("--after", type=int, default=0, help="list: only ids above this")
     dead.add_argument("ids", nargs="*", help="outbox ids to requeue (default: all dead rows)")
     dead.set_defaults(func=_cmd_dead)
     return parser

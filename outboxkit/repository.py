@@ -231,6 +231,15 @@ class Repository(abc.ABC):
     # ------------------------------------------------------------------ operations
 
     @abc.abstractmethod
+    def list_by_status(
+        self, route: Route, status: Status, *, limit: int = 100, after_id: int = 0
+    ) -> list[OutboxMessage]:
+        """Up to ``limit`` rows in ``status`` with ``id > after_id``, by id (for paging).
+
+        For operators: inspecting dead letters before requeueing them, or a stuck backlog.
+        """
+
+    @abc.abstractmethod
     def requeue_dead(self, route: Route, ids: Sequence[int] | None = None) -> int:
         """``dead`` -> ``pending`` due now with ``retry_count=0`` (all dead rows if no ids)."""
 

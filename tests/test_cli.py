@@ -138,6 +138,10 @@ def test_dead_requeue_puts_dead_rows_back_to_pending(
     row = repository.get_by_event_id(route, event_id)
     assert row is not None and repository.mark_dead(route, row.id, reason="poison")
 
+    assert main(["dead", "tests.worker_app:build", "list", "--service", "jobs"]) == 0
+    listed = capsys.readouterr().out
+    assert f"{row.id}\t{event_id}\tjob.requested" in listed and "poison" in listed
+
     assert main(["dead", "tests.worker_app:build", "requeue", "--service", "jobs"]) == 0
 
     assert "requeued 1" in capsys.readouterr().out

@@ -632,6 +632,19 @@ class SqlRepository(Repository):
             )
         return None if row is None else _message(row)
 
+    def list_by_status(
+        self, route: Route, status: Status, *, limit: int = 100, after_id: int = 0
+    ) -> list[OutboxMessage]:
+        table = self.table(route)
+        query = (
+            sa.select(table)
+            .where(table.c.status == Status(status).value, table.c.id > after_id)
+            .order_by(table.c.id)
+            .limit(max(limit, 0))
+        )
+        with self._begin("listing rows", route) as conn:
+            return [_message(row) for row in conn.execute(query).mappings()]
+
     def mark_consumed(self, route: Route, outbox_id: int) -> bool:
         table = self.table(route)
         with self._begin("marking a row consumed", route) as conn:

@@ -812,6 +812,23 @@ class RepositoryContract:
             assert row.retry_count == 0
         assert sorted(m.id for m in self.claim_all(repository, route).messages) == ids
 
+    def test_list_by_status_pages_through_dead_rows_with_their_reasons(
+        self, repository: Repository, route: Route
+    ) -> None:
+        ids = self.add(repository, route, 5)
+        for outbox_id in ids[:3]:
+            assert repository.mark_dead(route, outbox_id, reason=f"poison {outbox_id}")
+
+        first_page = repository.list_by_status(route, Status.DEAD, limit=2)
+        second_page = repository.list_by_status(
+            route, Status.DEAD, limit=2, after_id=first_page[-1].id
+        )
+
+        assert [m.id for m in first_page + second_page] == ids[:3]
+        assert [m.last_error for m in first_page] == [f"poison {i}" for i in ids[:2]]
+        assert [m.id for m in repository.list_by_status(route, Status.PENDING)] == ids[3:]
+        assert repository.list_by_status(route, Status.CONSUMED) == []
+
     def test_republish_stale_counts_an_attempt(self, repository: Repository, route: Route) -> None:
         ids = self.add(repository, route, 2)
         last = self.add(repository, route, 1, max_retry=1)
