@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Sequence
 
@@ -24,6 +25,7 @@ from outboxkit.engine import Engine
 from outboxkit.messages import Event, PublishRequest, Status
 from outboxkit.routing import Routing
 from tests.engine_support import fast_config, unique_routing, wait_for
+from tests.tcp_cutter import TcpCutter
 
 
 def _free_port() -> int:
@@ -153,3 +155,66 @@ def test_an_unexpected_exception_in_a_loop_is_logged_and_the_loop_goes_on(
         "relay orders step failed unexpectedly" in r.getMessage() and r.exc_info
         for r in caplog.records
     )
+
+
+@pytest.fixture
+def severable_postgres(postgres_engine: sa.Engine) -> Iterator[tuple[sa.Engine, TcpCutter]]:
+    """The real PostgreSQL behind a forwarder the test can cut, as a network outage would."""
+    url = postgres_engine.url
+    cutter = TcpCutter((url.host or "127.0.0.1", url.port or 5432))
+    engine = sa.create_engine(url.set(host="127.0.0.1", port=cutter.port), pool_pre_ping=True)
+    yield engine, cutter
+    engine.dispose()
+    cutter.close()
+
+
+def test_a_database_outage_while_handling_loses_nothing_and_costs_no_retry(
+    severable_postgres: tuple[sa.Engine, TcpCutter],
+    postgres_engine: sa.Engine,
+    routing: Routing,
+    redis_url: str,
+) -> None:
+    db, cutter = severable_postgres
+    repository = SqlRepository(db)
+    repository.create_schema(routing.routes())
+    route = routing.route_of("order.placed")
+    attempts: list[int] = []
+
+    def handler(event: Event, connection: Connection) -> None:
+        attempts.append(event.attempt)
+        if len(attempts) == 1:  # the database goes away in the middle of the first try
+            cutter.cut()
+            threading.Timer(1.5, cutter.restore).start()
+        connection.execute(sa.text("SELECT 1"))
+
+    broker = RedisStreamsBroker.from_url(redis_url)
+    engine = Engine(repository, broker, routing, config=fast_config())
+    engine.register_handler("order.placed", handler)
+    request = PublishRequest(event_type="order.placed", payload={})
+    engine.publish(request)
+    engine.start()
+    try:
+        # The outcome could not be recorded, so the delivery was not acknowledged: it
+        # comes again once the database is back, and is handled then.
+        wait_for(
+            lambda: (
+                len(attempts) >= 2
+                and getattr(
+                    SqlRepository(postgres_engine).get_by_event_id(route, request.event_id),
+                    "status",
+                    None,
+                )
+                is Status.CONSUMED
+            ),
+            timeout=40,
+            what="the event consumed after the database came back",
+        )
+    finally:
+        assert engine.stop(timeout=10)
+        cutter.restore()
+
+    row = SqlRepository(postgres_engine).get_by_event_id(route, request.event_id)
+    with postgres_engine.begin() as conn:
+        conn.execute(sa.text(f"DROP TABLE {route.table}"))
+    assert row is not None and row.retry_count == 0
+    assert attempts[:2] == [1, 1]
