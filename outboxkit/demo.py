@@ -23,6 +23,7 @@ import attrs
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from outboxkit.backends import SqlRepository
 from outboxkit.consumer import ConsumerConfig
 from outboxkit.engine import Engine, EngineConfig
 from outboxkit.errors import PermanentError
@@ -30,7 +31,7 @@ from outboxkit.messages import Event, PublishRequest
 from outboxkit.relay import RelayConfig
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Routing, ServiceCatalog
-from outboxkit.urls import broker_from_url, repository_from_url
+from outboxkit.urls import broker_from_url
 
 #: Every n-th order is rolled back after publishing, every m-th fails once.
 ROLLBACK_EVERY = 10
@@ -115,8 +116,8 @@ class _Demo:
         self.routing = Routing(catalog)
         self.routing.register("order.placed", "orders")
         self.routing.register("invoice.requested", "billing")
-        self.repository = repository_from_url(database_url)
-        self.db: sa.Engine = self.repository.engine  # type: ignore[attr-defined]
+        self.repository = SqlRepository.from_url(database_url)
+        self.db: sa.Engine = self.repository.engine
         self.metadata = sa.MetaData()
         self.orders_table = sa.Table(
             f"{prefix}_orders",

@@ -1,7 +1,8 @@
-"""Build a repository or a broker from a URL, for the CLI and quick scripts.
+"""Build a broker from a URL, for the CLI and quick scripts (``SqlRepository.from_url``
+does the same for databases).
 
-Applications with real configuration should construct ``SqlRepository``, ``KafkaBroker`` or
-``RedisStreamsBroker`` themselves; these helpers cover the common cases only.
+Applications with real configuration should construct ``KafkaBroker`` or
+``RedisStreamsBroker`` themselves; this helper covers the common cases only.
 
 Broker URLs: ``memory://``, ``redis://host:port/db`` (also ``rediss://``),
 ``kafka://host:port[,host:port...]``.
@@ -13,14 +14,6 @@ from urllib.parse import urlsplit
 
 from outboxkit.broker import Broker
 from outboxkit.errors import ConfigurationError
-from outboxkit.repository import Repository
-
-
-def repository_from_url(url: str) -> Repository:
-    """A :class:`~outboxkit.backends.sql.SqlRepository` on a new engine for ``url``."""
-    from outboxkit.backends import SqlRepository
-
-    return SqlRepository.from_url(url)
 
 
 def broker_from_url(url: str) -> Broker:
