@@ -231,6 +231,7 @@ def _redis(rows_value: bytes) -> tuple[Broker, Callable[[int, str], int], Callab
 
     def raw_send(count: int, stream: str) -> int:
         streams.append(stream)
+        streams.append(stream.removesuffix("-raw"))  # the relay's stream of the same run
         for start in range(0, count, 500):
             pipe = client.pipeline(transaction=False)
             for i in range(start, min(count, start + 500)):

@@ -179,10 +179,34 @@ def test_the_demo_runs_on_real_servers(
     else:
         broker_url = request.getfixturevalue("redis_url")
     out = io.StringIO()
+    streams_before = _demo_streams(request) if broker == "redis" else set()
 
     summary = run_demo(
         database_url=database_url, broker_url=broker_url, orders=40, timeout=90, out=out
     )
 
+    if broker == "redis":  # the demo drops its tables; its streams are ours to delete
+        _delete_streams(request, _demo_streams(request) - streams_before)
     assert summary.ok, out.getvalue()
     assert summary.shipments == 35
+
+
+def _demo_streams(request: pytest.FixtureRequest) -> set[bytes]:
+    import redis
+
+    client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+    try:
+        return set(client.scan_iter(match="outboxkit-demo-*"))
+    finally:
+        client.close()
+
+
+def _delete_streams(request: pytest.FixtureRequest, streams: set[bytes]) -> None:
+    import redis
+
+    client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+    try:
+        if streams:
+            client.delete(*streams)
+    finally:
+        client.close()

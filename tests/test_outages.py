@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 import pytest
+import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -216,5 +217,8 @@ def test_a_database_outage_while_handling_loses_nothing_and_costs_no_retry(
     row = SqlRepository(postgres_engine).get_by_event_id(route, request.event_id)
     with postgres_engine.begin() as conn:
         conn.execute(sa.text(f"DROP TABLE {route.table}"))
+    cleanup = redis.Redis.from_url(redis_url)
+    cleanup.delete(route.topic)
+    cleanup.close()
     assert row is not None and row.retry_count == 0
     assert attempts[:2] == [1, 1]
