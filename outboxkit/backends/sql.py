@@ -77,13 +77,7 @@ def _delay(seconds: float) -> timedelta:
 
 def _message(row: RowMapping, **overrides: Any) -> OutboxMessage:
     """The row as a value; ``overrides`` replace columns (cheaper than ``attrs.evolve``)."""
-    values = _row_values(row)
-    values.update(overrides)
-    return OutboxMessage(**values)
-
-
-def _row_values(row: RowMapping) -> dict[str, Any]:
-    return dict(
+    values: dict[str, Any] = dict(
         id=int(row["id"]),
         event_id=row["event_id"],
         event_type=row["biz_type"],
@@ -102,6 +96,8 @@ def _row_values(row: RowMapping) -> dict[str, Any]:
         updated_at=row["updated_at"],
         lease_token=row["lease_token"],
     )
+    values.update(overrides)
+    return OutboxMessage(**values)
 
 
 class SqlRepository(Repository):

@@ -111,6 +111,20 @@ def _go_fnv1a_partitioner_object() -> Any:
     return GoFnv1aPartitioner()
 
 
+def _new_client(factory: Any, settings: Mapping[str, Any], what: str, servers: str) -> Any:
+    """Build a kafka-python client; bad settings and unreachable brokers become ours."""
+    from kafka.errors import KafkaConfigurationError
+
+    try:
+        return factory(**settings)
+    except KafkaConfigurationError as exc:
+        raise ConfigurationError(f"invalid Kafka {what} settings: {exc}") from exc
+    except Exception as exc:
+        raise BrokerUnavailableError(
+            f"cannot connect a Kafka {what} to {servers}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def _frozen_dict(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return dict(value or {})
 
@@ -406,17 +420,13 @@ class KafkaBroker(Broker):
             self._check_open()
             if self._producer is None:
                 from kafka import KafkaProducer
-                from kafka.errors import KafkaConfigurationError
 
-                try:
-                    self._producer = KafkaProducer(**self.config.producer_config())
-                except KafkaConfigurationError as exc:
-                    raise ConfigurationError(f"invalid Kafka producer settings: {exc}") from exc
-                except Exception as exc:
-                    raise BrokerUnavailableError(
-                        f"cannot connect a Kafka producer to {self.config.bootstrap_servers}: "
-                        f"{type(exc).__name__}: {exc}"
-                    ) from exc
+                self._producer = _new_client(
+                    KafkaProducer,
+                    self.config.producer_config(),
+                    "producer",
+                    self.config.bootstrap_servers,
+                )
                 logger.info("Kafka producer connected to %s", self.config.bootstrap_servers)
             return self._producer
 
@@ -517,22 +527,19 @@ class KafkaBroker(Broker):
         Kafka creates a consumer group when its first member joins, so ``group`` needs
         nothing here.
         """
-        from kafka.errors import KafkaConfigurationError, TopicAlreadyExistsError
+        from kafka.errors import TopicAlreadyExistsError
 
         with self._admin_lock:
             self._check_open()
             if self._admin is None:
                 from kafka import KafkaAdminClient
 
-                try:
-                    self._admin = KafkaAdminClient(**self.config.admin_config())
-                except KafkaConfigurationError as exc:
-                    raise ConfigurationError(f"invalid Kafka admin settings: {exc}") from exc
-                except Exception as exc:
-                    raise BrokerUnavailableError(
-                        f"cannot connect a Kafka admin client to "
-                        f"{self.config.bootstrap_servers}: {type(exc).__name__}: {exc}"
-                    ) from exc
+                self._admin = _new_client(
+                    KafkaAdminClient,
+                    self.config.admin_config(),
+                    "admin client",
+                    self.config.bootstrap_servers,
+                )
             spec = {
                 "num_partitions": self.config.num_partitions,
                 "replication_factor": self.config.replication_factor,
@@ -606,7 +613,6 @@ class KafkaSubscription(Subscription):
 
     def __init__(self, config: KafkaConfig, *, topic: str, group: str, consumer_name: str) -> None:
         from kafka import ConsumerRebalanceListener, KafkaConsumer
-        from kafka.errors import KafkaConfigurationError
 
         self.topic = topic
         self.group = group
@@ -626,17 +632,12 @@ class KafkaSubscription(Subscription):
             def on_partitions_assigned(self, assigned: Any) -> None:
                 subscription._on_assigned(assigned)
 
-        try:
-            self._consumer = KafkaConsumer(
-                **config.consumer_config(group=group, consumer_name=consumer_name)
-            )
-        except KafkaConfigurationError as exc:
-            raise ConfigurationError(f"invalid Kafka consumer settings: {exc}") from exc
-        except Exception as exc:
-            raise BrokerUnavailableError(
-                f"cannot connect a Kafka consumer ({group}/{consumer_name}) to "
-                f"{config.bootstrap_servers}: {type(exc).__name__}: {exc}"
-            ) from exc
+        self._consumer = _new_client(
+            KafkaConsumer,
+            config.consumer_config(group=group, consumer_name=consumer_name),
+            f"consumer ({group}/{consumer_name})",
+            config.bootstrap_servers,
+        )
         self._consumer.subscribe([topic], listener=_Listener())
         logger.info("Kafka consumer %s joined group %s on %s", consumer_name, group, topic)
 
