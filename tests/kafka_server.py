@@ -8,6 +8,7 @@ tests that need it, naming the service and address; it never skips them.
 
 from __future__ import annotations
 
+import socket
 import warnings
 from collections.abc import Iterator
 
@@ -22,6 +23,39 @@ with warnings.catch_warnings():
 
 from outboxkit.testing import services
 from outboxkit.testing.tansu import TansuError, TansuServer
+
+#: Loopback port of the session's Tansu, chosen in pytest_configure (None: external Kafka).
+_tansu_port: int | None = None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Fix the broker's port now, so one warnings filter can name it for every test.
+
+    kafka-python 3.0 orphans sockets to the broker when a client is closed while its
+    network thread is still connecting; the garbage collector reaps them during some later
+    test, and the suite turns that ResourceWarning into a failure there. Only unclosed
+    sockets to the test broker's port are ignored: any other leak still fails.
+    """
+    global _tansu_port  # noqa: PLW0603 - one broker per test session
+    external = services.external_kafka_bootstrap()
+    if external is None:
+        _tansu_port = _free_port()
+        ports = [_tansu_port]
+    else:
+        ports = [int(p.rsplit(":", 1)[1]) for p in external.split(",") if ":" in p]
+    for port in ports:
+        config.addinivalue_line(
+            "filterwarnings",
+            rf"ignore:unclosed <socket\.socket fd=\d+, family=\d+, type=1, proto=\d+, "
+            rf"laddr=\([^)]*\), raddr=\('[^']*', {port}\)>:ResourceWarning",
+        )
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +75,7 @@ def kafka_bootstrap() -> Iterator[str]:
             pytest.fail(str(exc), pytrace=False)
         yield external
         return
-    server = TansuServer()
+    server = TansuServer(port=_tansu_port)
     try:
         server.start()
     except TansuError as exc:

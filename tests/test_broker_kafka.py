@@ -79,14 +79,6 @@ class TestKafkaBrokerContract(BrokerContract):
     ) -> None:
         super().test_receive_from_an_unreachable_broker_raises_unavailable(request, unique)
 
-    # kafka-python 3.0 orphans a socket its network thread is still connecting when a
-    # consumer is closed right after it was created; reap it here, not in a later test.
-    @pytest.mark.filterwarnings("ignore::ResourceWarning")
-    def test_close_is_idempotent(self, other_broker: Callable[[], Broker], unique: str) -> None:
-        super().test_close_is_idempotent(other_broker, unique)
-        time.sleep(0.5)  # let the closed client's network thread finish
-        _collect_leaked_sockets()
-
     @pytest.fixture
     def broker(self, kafka_bootstrap: str) -> Iterator[Broker]:
         with KafkaBroker(KafkaConfig.from_bootstrap(kafka_bootstrap)) as instance:
