@@ -90,6 +90,18 @@ class Subscription(abc.ABC):
         reached; the delivery then stays unacknowledged and will come again.
         """
 
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge a handled batch at once, in the order given (the order received).
+
+        The same rules as :meth:`ack`, for several deliveries in as few round trips as the
+        broker allows (Redis: one ``XACK`` per stream; Kafka: one offset commit covering the
+        highest offset of each partition). On :class:`~outboxkit.errors.BrokerUnavailableError`
+        any of them may stay unacknowledged and come again. The default acknowledges one by
+        one; brokers override it.
+        """
+        for delivery in deliveries:
+            self.ack(delivery)
+
     @abc.abstractmethod
     def close(self) -> None:
         """Leave the group and release the connection. Idempotent, callable from any thread.

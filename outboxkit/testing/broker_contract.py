@@ -367,6 +367,36 @@ class BrokerContract:
         again = subscribe(topic, group, "m")
         assert receive_until([again], 1, self._deadline(min(2.0, self.receive_deadline))) == []
 
+    def test_ack_many_acknowledges_a_whole_batch(
+        self,
+        broker: Broker,
+        subscribe: Callable[..., Subscription],
+        unique: str,
+    ) -> None:
+        topic = self.topic_name(unique)
+        group = f"g.{unique}"
+        broker.ensure_topic(topic, group)
+        self._publish_ok(broker, _messages(topic, 6, keys=2))
+        first = subscribe(topic, group, "m")
+        got = receive_until([first], 6, self._deadline(self.receive_deadline), ack=False)
+        assert len(got) == 6
+        first.ack_many([delivery for _, delivery in got])
+        first.close()
+        # A restart with the same stable name gets nothing: the batch was acknowledged
+        again = subscribe(topic, group, "m")
+        assert receive_until([again], 1, self._deadline(min(2.0, self.receive_deadline))) == []
+
+    def test_ack_many_of_nothing_is_a_no_op(
+        self, broker: Broker, subscribe: Callable[..., Subscription], unique: str
+    ) -> None:
+        topic = self.topic_name(unique)
+        group = f"g.{unique}"
+        broker.ensure_topic(topic, group)
+        subscription = subscribe(topic, group, "m")
+        subscription.ack_many([])
+        self._publish_ok(broker, _messages(topic, 1))
+        assert len(receive_until([subscription], 1, self._deadline(self.receive_deadline))) == 1
+
     # ------------------------------------------------------------------ closing
     def test_close_from_another_thread_unblocks_a_receive(
         self, broker: Broker, subscribe: Callable[..., Subscription], unique: str
