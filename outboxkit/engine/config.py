@@ -1,0 +1,39 @@
+"""What an :class:`~outboxkit.engine.Engine` can be told: one frozen value with working defaults."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import attrs
+
+from outboxkit.consumer import ConsumerConfig
+from outboxkit.outbox import PublisherConfig
+from outboxkit.relay import RelayConfig
+from outboxkit.retry import RetryPolicy
+
+
+def default_consumer_name() -> str:
+    """``<host>-<pid>``: stable for the life of a process, distinct between processes."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@attrs.frozen(kw_only=True)
+class EngineConfig:
+    """Everything an :class:`Engine` can be told; all parts have working defaults."""
+
+    relay: RelayConfig = attrs.field(factory=RelayConfig)
+    consumer: ConsumerConfig = attrs.field(factory=ConsumerConfig)
+    retry: RetryPolicy = attrs.field(factory=RetryPolicy)
+    publisher: PublisherConfig = attrs.field(factory=PublisherConfig)
+    #: Services whose rows this process relays; ``None`` means those it has handlers for.
+    relay_services: tuple[str, ...] | None = None
+    #: Services whose topic this process consumes; ``None`` means those it has handlers for.
+    consumer_services: tuple[str, ...] | None = None
+    relay_threads: int = attrs.field(default=1, validator=attrs.validators.ge(0))
+    consumer_threads: int = attrs.field(default=1, validator=attrs.validators.ge(0))
+    #: Stable member name in the consumer groups (suffixed with the thread number).
+    consumer_name: str = attrs.field(factory=default_consumer_name)
+    #: ``False`` mirrors the Go ``kafka.enabled=false`` fallback: no threads, no broker,
+    #: and :meth:`Engine.publish` runs the local handler at once in the caller's transaction.
+    enabled: bool = True

@@ -1,0 +1,106 @@
+"""The bodies of the engine's threads: one relay loop and one consumer loop per service.
+
+Each loop repeats one deterministic step (:meth:`Relay.run_once`, :meth:`Consumer.run_once`)
+until the engine stops. A broker or database outage pauses the loop with exponential backoff
+(the attempt is not counted against any row); an unexpected exception is logged with the
+service's name and the loop goes on, so one bug never silently stops a worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from outboxkit.broker import Broker, Subscription
+from outboxkit.consumer import Consumer
+from outboxkit.engine.stats import StatsRecorder
+from outboxkit.errors import BrokerUnavailableError, RepositoryError
+from outboxkit.relay import Relay
+from outboxkit.routing import Route
+
+logger = logging.getLogger(__name__)
+
+
+def run_relay(
+    relay: Relay,
+    broker: Broker,
+    *,
+    stopping: threading.Event,
+    wake: threading.Event,
+    stats: StatsRecorder,
+) -> None:
+    """Claim and publish the service's due rows until ``stopping`` is set."""
+    route = relay.route
+    config = relay.config
+    backoff = config.outage_backoff
+    next_rescue = time.monotonic() + config.republish_interval
+    topic_ready = False
+    while not stopping.is_set():
+        try:
+            if not topic_ready:
+                broker.ensure_topic(route.topic)
+                topic_ready = True
+            wake.clear()
+            step = relay.run_once()
+            stats.count_published(step.published)
+            backoff = config.outage_backoff
+            if time.monotonic() >= next_rescue:
+                next_rescue = time.monotonic() + config.republish_interval
+                relay.republish_stale()
+            if step.claimed < config.batch_size:
+                wake.wait(config.idle_interval)
+        except (BrokerUnavailableError, RepositoryError) as exc:
+            logger.warning("relay %s paused %.1f s: %s", route.service, backoff, exc, exc_info=True)
+            stopping.wait(backoff)
+            backoff = min(backoff * 2, config.outage_backoff_max)
+        except Exception:
+            logger.exception("relay %s step failed unexpectedly; going on", route.service)
+            stopping.wait(config.outage_backoff)
+
+
+def run_consumer(
+    consumer: Consumer,
+    broker: Broker,
+    member: str,
+    *,
+    stopping: threading.Event,
+) -> None:
+    """Receive and handle the service's deliveries as ``member`` until ``stopping`` is set."""
+    route: Route = consumer.route
+    config = consumer.config
+    backoff = config.outage_backoff
+    subscription: Subscription | None = None
+    try:
+        while not stopping.is_set():
+            try:
+                if subscription is None:
+                    broker.ensure_topic(route.topic, route.group)
+                    subscription = broker.subscribe(route.topic, route.group, member)
+                consumer.run_once(subscription, should_stop=stopping.is_set)
+                backoff = config.outage_backoff
+            except Exception as exc:
+                outage = isinstance(exc, (BrokerUnavailableError, RepositoryError))
+                if outage:
+                    logger.warning("consumer %s paused %.1f s: %s", route.service, backoff, exc)
+                else:
+                    logger.exception(
+                        "consumer %s step failed unexpectedly; going on", route.service
+                    )
+                # Unacknowledged deliveries must come again: drop the subscription so
+                # a later acknowledgement can never cover them.
+                if subscription is not None:
+                    close_quietly(subscription)
+                    subscription = None
+                stopping.wait(backoff)
+                backoff = min(backoff * 2, config.outage_backoff_max)
+    finally:
+        if subscription is not None:
+            close_quietly(subscription)
+
+
+def close_quietly(subscription: Subscription) -> None:
+    try:
+        subscription.close()
+    except Exception:
+        logger.exception("closing a subscription failed")
