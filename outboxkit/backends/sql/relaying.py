@@ -1,0 +1,198 @@
+"""The relay's statements: fenced claims, guarded marks, retries, the stale rescue."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+
+from outboxkit.backends.sql.store import (
+    DEAD,
+    OPEN_STATUSES,
+    PENDING,
+    PUBLISHED,
+    SqlStore,
+    as_delay,
+    row_message,
+)
+from outboxkit.repository import (
+    Claim,
+    RetryOutcome,
+    truncate_error,
+)
+from outboxkit.routing import Route
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class RelaySide(SqlStore):
+    """The relay's statements: fenced claims, guarded marks, retries, the stale rescue."""
+
+    def claim_due(self, route: Route, *, limit: int, lease_seconds: float) -> Claim:
+        token = str(uuid.uuid4())
+        if limit <= 0:
+            return Claim(token=token, messages=[])
+        table = self.table(route)
+        with self._begin("claiming due rows", route) as conn:
+            now = self.dialect.now()
+            query = (
+                sa.select(*table.c, now.label("db_now"))
+                .where(table.c.status == PENDING, table.c.next_retry_at <= now)
+                .order_by(table.c.next_retry_at, table.c.id)
+                .limit(limit)
+            )
+            rows = conn.execute(self._lock(query, skip_locked=True)).mappings().all()
+            if not rows:
+                return Claim(token=token, messages=[])
+            db_now: datetime = rows[0]["db_now"]
+            lease_until = db_now + as_delay(lease_seconds)
+            ids = [int(r["id"]) for r in rows]
+            conn.execute(
+                sa.update(table)
+                .where(table.c.id.in_(ids))
+                .values(lease_token=token, next_retry_at=lease_until, updated_at=db_now)
+            )
+        messages = [
+            row_message(r, lease_token=token, next_retry_at=lease_until, updated_at=db_now)
+            for r in rows
+        ]
+        logger.debug("claimed %d rows of %s under lease %s", len(messages), route.table, token)
+        return Claim(token=token, messages=messages)
+
+    def mark_published(self, route: Route, ids: Sequence[int], *, token: str) -> set[int]:
+        if not ids:
+            return set()
+        table = self.table(route)
+        with self._begin("marking rows published", route) as conn:
+            now = self.dialect.now()
+            return self._guarded_update(
+                conn,
+                table,
+                sa.and_(
+                    table.c.id.in_(list(ids)),
+                    table.c.status == PENDING,
+                    table.c.lease_token == token,
+                ),
+                {
+                    "status": PUBLISHED,
+                    "published_at": now,
+                    "next_retry_at": None,
+                    "last_error": None,
+                    "lease_token": None,
+                    "updated_at": now,
+                },
+            )
+
+    def release(self, route: Route, ids: Sequence[int], *, token: str, delay: float) -> set[int]:
+        if not ids:
+            return set()
+        table = self.table(route)
+        with self._begin("releasing claimed rows", route) as conn:
+            now = self._now(conn)
+            return self._guarded_update(
+                conn,
+                table,
+                sa.and_(
+                    table.c.id.in_(list(ids)),
+                    table.c.status == PENDING,
+                    table.c.lease_token == token,
+                ),
+                {"next_retry_at": now + as_delay(delay), "lease_token": None, "updated_at": now},
+            )
+
+    def schedule_retry(
+        self,
+        route: Route,
+        outbox_id: int,
+        *,
+        reason: str,
+        backoff: Callable[[int], float],
+        token: str | None = None,
+    ) -> RetryOutcome:
+        table = self.table(route)
+        with self._begin("scheduling a retry", route) as conn:
+            now = self.dialect.now()
+            row = conn.execute(
+                self._lock(
+                    sa.select(
+                        table.c.status,
+                        table.c.retry_count,
+                        table.c.max_retry,
+                        table.c.lease_token,
+                        now.label("db_now"),
+                    ).where(table.c.id == outbox_id)
+                )
+            ).first()
+            if row is None:
+                return RetryOutcome.SKIPPED
+            status, retry_count, max_retry, lease, db_now = row
+            if token is not None:
+                expected = status == PENDING and lease == token
+            else:
+                expected = status in OPEN_STATUSES
+            if not expected:
+                return RetryOutcome.SKIPPED
+            attempt = int(retry_count) + 1
+            dead = attempt >= int(max_retry)
+            values: dict[str, Any] = {
+                "status": DEAD if dead else PENDING,
+                "next_retry_at": None if dead else db_now + as_delay(backoff(attempt)),
+                "retry_count": attempt,
+                "last_error": truncate_error(reason),
+                "lease_token": None,
+                "updated_at": db_now,
+            }
+            conn.execute(sa.update(table).where(table.c.id == outbox_id).values(**values))
+        outcome = RetryOutcome.DEAD if dead else RetryOutcome.SCHEDULED
+        logger.debug("row %s of %s: retry %d -> %s", outbox_id, route.table, attempt, outcome)
+        return outcome
+
+    def republish_stale(self, route: Route, *, older_than: float, limit: int) -> int:
+        if limit <= 0:
+            return 0
+        table = self.table(route)
+        with self._begin("republishing stale rows", route) as conn:
+            now = self._now(conn)
+            cutoff = now - as_delay(older_than)
+            ids = [
+                int(r[0])
+                for r in conn.execute(
+                    self._lock(
+                        sa.select(table.c.id)
+                        .where(table.c.status == PUBLISHED, table.c.published_at <= cutoff)
+                        .order_by(table.c.published_at, table.c.id)
+                        .limit(limit),
+                        skip_locked=True,
+                    )
+                )
+            ]
+            if not ids:
+                return 0
+            exhausted = table.c.retry_count + 1 >= table.c.max_retry
+            # retry_count is assigned last: MySQL evaluates SET left to right with the new
+            # values, PostgreSQL and SQLite with the old ones; this order agrees on both.
+            stmt = (
+                sa.update(table)
+                .where(table.c.id.in_(ids), table.c.status == PUBLISHED)
+                .ordered_values(
+                    (table.c.status, sa.case((exhausted, DEAD), else_=PENDING)),
+                    (table.c.next_retry_at, sa.case((exhausted, None), else_=now)),
+                    (
+                        table.c.last_error,
+                        f"published over {older_than:g}s ago with no outcome recorded",
+                    ),
+                    (table.c.lease_token, None),
+                    (table.c.updated_at, now),
+                    (table.c.retry_count, table.c.retry_count + 1),
+                )
+            )
+            count = int(conn.execute(stmt).rowcount)
+        if count:
+            logger.warning("sent %d stale published rows of %s back", count, route.table)
+        return count

@@ -1,0 +1,48 @@
+"""The SQL repository: the concern modules of this package combined into one Repository."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from outboxkit.backends.sql.consuming import ConsumerSide
+from outboxkit.backends.sql.operations import Operations
+from outboxkit.backends.sql.publishing import Publishing
+from outboxkit.backends.sql.relaying import RelaySide
+from outboxkit.backends.sql.schema_ops import SchemaOps
+from outboxkit.repository import Repository
+
+
+class SqlRepository(Publishing, RelaySide, ConsumerSide, Operations, SchemaOps, Repository):
+    """:class:`~outboxkit.repository.Repository` on PostgreSQL 9.5+, MySQL 8.0.1+ /
+    MariaDB 10.6+ or SQLite 3.35+ (one relay at a time), through a SQLAlchemy engine.
+
+    Thread-safe: it holds the engine (a pool), never a connection. The server version is
+    checked on first use and an unsupported server raises
+    :class:`~outboxkit.errors.UnsupportedDatabaseError`. ``owns_engine=True`` makes
+    :meth:`close` dispose the engine; an engine passed in by the application is left alone.
+    """
+
+    @classmethod
+    def from_url(cls, url: str, **engine_kwargs: Any) -> SqlRepository:
+        """A repository on a new engine for ``url``, disposed by :meth:`close`.
+
+        SQLite URLs get :func:`~outboxkit.backends.sqlite.create_sqlite_engine`; others
+        :func:`sqlalchemy.create_engine` with ``pool_pre_ping`` on unless given.
+        """
+        if url.startswith("sqlite"):
+            from outboxkit.backends.sqlite import create_sqlite_engine
+
+            engine = create_sqlite_engine(url, **engine_kwargs)
+        else:
+            engine_kwargs.setdefault("pool_pre_ping", True)
+            engine = sa.create_engine(url, **engine_kwargs)
+        return cls(engine, owns_engine=True)
+
+    def describe(self) -> dict[str, Any]:
+        facts = super().describe()
+        facts.update(self.dialect.describe())
+        facts["server_version"] = self._server_version
+        facts["url"] = self.engine.url.render_as_string(hide_password=True)
+        return facts

@@ -1,0 +1,177 @@
+"""The plumbing every SQL statement of the repository shares: engine, dialect, tables, clock.
+
+See :mod:`outboxkit.backends.sql` for how the contract is met.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.elements import ColumnElement
+
+from outboxkit.backends.dialect import Dialect, dialect_for
+from outboxkit.backends.schema import build_table
+from outboxkit.errors import RepositoryError
+from outboxkit.messages import OutboxMessage, Status
+from outboxkit.routing import Route
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PENDING = Status.PENDING.value
+PUBLISHED = Status.PUBLISHED.value
+CONSUMED = Status.CONSUMED.value
+DEAD = Status.DEAD.value
+#: Statuses a consumer may still act on (``consumed`` and ``dead`` are final).
+OPEN_STATUSES = (PENDING, PUBLISHED)
+#: Longest delay accepted from a backoff function; beyond it the datetime would overflow.
+_MAX_DELAY = timedelta(days=3650)
+
+
+def as_delay(seconds: float) -> timedelta:
+    """``seconds`` as a timedelta: 0 when not positive (or NaN), capped at :data:`_MAX_DELAY`."""
+    if not seconds > 0:
+        return timedelta(0)
+    if seconds >= _MAX_DELAY.total_seconds():
+        return _MAX_DELAY
+    return timedelta(seconds=seconds)
+
+
+def row_message(row: RowMapping, **overrides: Any) -> OutboxMessage:
+    """The row as a value; ``overrides`` replace columns (cheaper than ``attrs.evolve``)."""
+    values: dict[str, Any] = dict(
+        id=int(row["id"]),
+        event_id=row["event_id"],
+        event_type=row["biz_type"],
+        service_name=row["service_name"],
+        topic=row["topic"],
+        message_key=row["message_key"],
+        payload=row["payload"],
+        status=Status(row["status"]),
+        retry_count=int(row["retry_count"]),
+        max_retry=int(row["max_retry"]),
+        next_retry_at=row["next_retry_at"],
+        last_error=row["last_error"],
+        published_at=row["published_at"],
+        consumed_at=row["consumed_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        lease_token=row["lease_token"],
+    )
+    values.update(overrides)
+    return OutboxMessage(**values)
+
+
+class SqlStore:
+    """The engine, its dialect, the table cache and the helpers every statement uses.
+
+    The concern modules of this package extend it; :class:`SqlRepository` combines them.
+    """
+
+    def __init__(self, engine: sa.Engine, *, owns_engine: bool = False) -> None:
+        self.engine = engine
+        self.dialect: Dialect = dialect_for(engine)
+        # The engine our own transactions use: same pool, dialect's isolation level.
+        level = self.dialect.own_isolation_level
+        self._own: sa.Engine = engine.execution_options(isolation_level=level) if level else engine
+        self._owns_engine = owns_engine
+        self._metadata = sa.MetaData()
+        self._tables: dict[str, sa.Table] = {}
+        self._tables_lock = threading.Lock()
+        self._version_lock = threading.Lock()
+        self._server_version: str | None = None
+
+    # ------------------------------------------------------------------ plumbing
+
+    def table(self, route: Route | str) -> sa.Table:
+        """The (cached) Core table of ``route``, for queries of your own."""
+        name = route if isinstance(route, str) else route.table
+        with self._tables_lock:
+            table = self._tables.get(name)
+            if table is None:
+                table = build_table(name, self._metadata, self.dialect)
+                self._tables[name] = table
+            return table
+
+    @property
+    def server_version(self) -> str:
+        """The checked server version, e.g. ``"MariaDB 10.11.19"`` (connects if needed)."""
+        self._check_server()
+        assert self._server_version is not None
+        return self._server_version
+
+    def _is_checked(self) -> bool:
+        return self._server_version is not None
+
+    def _check_server(self) -> None:
+        if self._server_version is not None:
+            return
+        with self._version_lock:
+            if self._is_checked():  # another thread checked while we waited
+                return
+            try:
+                with self.engine.connect() as conn:
+                    text = conn.exec_driver_sql(self.dialect.version_query).scalar()
+            except SQLAlchemyError as exc:
+                raise RepositoryError(
+                    f"cannot read the {self.dialect.name} server version: {exc}"
+                ) from exc
+            self._server_version = self.dialect.check_version(str(text))
+            logger.info("outbox repository on %s", self._server_version)
+
+    @contextlib.contextmanager
+    def _begin(self, what: str, route: Route | None = None) -> Iterator[Connection]:
+        """A short transaction of our own; driver errors become :class:`RepositoryError`."""
+        self._check_server()
+        try:
+            with self._own.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            where = f" on table {route.table!r}" if route is not None else ""
+            raise RepositoryError(f"{what}{where} failed: {exc}") from exc
+
+    def _now(self, conn: Connection) -> datetime:
+        value: datetime = conn.execute(sa.select(self.dialect.now())).scalar_one()
+        return value
+
+    def _lock(self, select: sa.Select[Any], *, skip_locked: bool = False) -> sa.Select[Any]:
+        """Add the row-locking clause (rendered as nothing on SQLite, where BEGIN IMMEDIATE
+        already holds the database's single write lock)."""
+        return select.with_for_update(skip_locked=skip_locked and self.dialect.supports_skip_locked)
+
+    def _guarded_update(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        condition: ColumnElement[bool],
+        values: Mapping[str, Any],
+    ) -> set[int]:
+        """``UPDATE table SET values WHERE condition`` and the ids it changed."""
+        if self.engine.dialect.update_returning:
+            stmt = sa.update(table).where(condition).values(**values).returning(table.c.id)
+            return {int(r[0]) for r in conn.execute(stmt)}
+        locked = [
+            int(r[0]) for r in conn.execute(self._lock(sa.select(table.c.id).where(condition)))
+        ]
+        if locked:
+            conn.execute(sa.update(table).where(table.c.id.in_(locked), condition).values(**values))
+        return set(locked)
+
+    # ------------------------------------------------------------------ schema
+
+    def now(self) -> datetime:
+        with self._begin("reading the database clock") as conn:
+            return self._now(conn)
+
+    def close(self) -> None:
+        if self._owns_engine:
+            self.engine.dispose()
