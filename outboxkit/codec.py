@@ -184,6 +184,21 @@ def envelope_from_row(row: OutboxMessage, *, published_at: datetime) -> Envelope
     )
 
 
+def row_event_id(outbox_id: int, event_id: str | None, payload: str | None) -> str:
+    """The event id a row stands for: its ``event_id`` column, else (a Go row) its shell's
+    event id, else the row id as a string — the rule :func:`envelope_from_row` publishes by."""
+    if event_id:
+        return event_id
+    if payload is not None:
+        try:
+            shell_id = decode_shell(payload, outbox_id=outbox_id).event_id
+        except DecodeError:
+            shell_id = ""
+        if shell_id:
+            return shell_id
+    return str(outbox_id)
+
+
 def encode_envelope(envelope: Envelope) -> bytes:
     """The broker message value: UTF-8 JSON with Go's field names (empty strings omitted)."""
     obj: dict[str, Any] = {

@@ -9,8 +9,18 @@ Every delivery ends in exactly one recorded outcome before it is acknowledged:
   relay publishes it again (retries flow through the database, as in the Go design, so a
   poison message never blocks the partition);
 * row already ``consumed``/``dead`` -> duplicate, nothing runs;
-* undecodable message or unknown event type -> ``dead`` when the row can be identified,
+* the message names a row that holds another event (event id or type differ: a forged or
+  stray message, a topic that outlived its table) -> logged with both ids and acknowledged,
+  the row untouched;
+* undecodable message or unknown event type -> ``dead`` when the row is that very event,
   else logged; either way acknowledged, so one bad message never stops the consumer.
+
+Transactional handlers of a received batch run in **one** database transaction
+(:meth:`~outboxkit.repository.Repository.consume_batch`: one lock statement, one mark, one
+commit, a savepoint per handler only after a failure), and the batch is acknowledged with
+one :meth:`~outboxkit.broker.Subscription.ack_many`. Only a handler's own exception counts
+as a failed attempt: a database that is down or a connection killed under the batch
+leaves every delivery unacknowledged and every row uncounted.
 
 If the outcome cannot be recorded (the database is down), the delivery is **not**
 acknowledged and :class:`~outboxkit.errors.RepositoryError` propagates: the engine then
@@ -22,18 +32,24 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 from sqlalchemy.engine import Connection
 
 from outboxkit.broker import Delivery, Subscription
-from outboxkit.codec import Envelope, decode_envelope
+from outboxkit.codec import Envelope, decode_envelope, row_event_id
 from outboxkit.errors import DecodeError, PermanentError
 from outboxkit.messages import Event
 from outboxkit.registry import HandlerRegistry, HandlerSpec
-from outboxkit.repository import ConsumeOutcome, Repository, RetryOutcome
+from outboxkit.repository import (
+    ConsumeItem,
+    ConsumeOutcome,
+    ConsumeResult,
+    Repository,
+    RetryOutcome,
+)
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Route
 
@@ -90,27 +106,71 @@ class Consumer:
         timeout: float | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> int:
-        """Receive one batch, handle and acknowledge each delivery; return how many handled.
+        """Receive one batch, handle it, acknowledge what was handled; return how many.
 
-        Stops at the first delivery whose outcome could not be recorded and raises, leaving
-        it and the rest of the batch unacknowledged. When ``should_stop`` turns true, the
-        rest of the batch is left unacknowledged too (it is delivered again later).
+        The batch's transactional handlers run in one database transaction and the batch is
+        acknowledged at once (:meth:`Subscription.ack_many`). If the outcomes cannot be
+        recorded, nothing is acknowledged and the error propagates (the deliveries come
+        again). When ``should_stop`` turns true, the rest of the batch is left
+        unacknowledged too (it is delivered again later).
         """
         deliveries = subscription.receive(
             timeout=self.config.receive_timeout if timeout is None else timeout,
             max_messages=self.config.batch_size,
         )
-        handled = 0
-        for delivery in deliveries:
-            if should_stop is not None and should_stop():
-                break
-            self.handle(delivery)
-            subscription.ack(delivery)
-            handled += 1
-        return handled
+        if not deliveries or (should_stop is not None and should_stop()):
+            return 0
+        outcomes = self.handle_batch(deliveries, should_stop=should_stop)
+        handled = deliveries[: len(outcomes)]
+        if handled:
+            subscription.ack_many(handled)
+        return len(handled)
 
     def handle(self, delivery: Delivery) -> Outcome:
         """Record the outcome of one delivery in the database (does not acknowledge it)."""
+        return self.handle_batch([delivery])[0]
+
+    def handle_batch(
+        self, deliveries: Sequence[Delivery], *, should_stop: Callable[[], bool] | None = None
+    ) -> list[Outcome]:
+        """Record the outcome of each delivery, in order; does not acknowledge them.
+
+        Returns the outcomes of the deliveries handled, a prefix of ``deliveries`` (shorter
+        only when ``should_stop`` turned true). Consecutive deliveries with transactional
+        handlers go to :meth:`Repository.consume_batch` together; a side-effect handler is
+        run on its own, between them, so every key's events run in the order received.
+        Raises :class:`~outboxkit.errors.RepositoryError` when the database cannot record
+        an outcome; nothing was acknowledged and the deliveries will come again.
+        """
+        outcomes: list[Outcome] = []
+        segment: list[tuple[Event, HandlerSpec]] = []
+
+        def flush() -> bool:
+            done = self._consume_segment(segment, should_stop)
+            outcomes.extend(done)
+            complete = len(done) == len(segment)
+            segment.clear()
+            return complete
+
+        for delivery in deliveries:
+            prepared = self._prepare(delivery)
+            if isinstance(prepared, Outcome):
+                outcomes.append(prepared)
+                continue
+            event, spec = prepared
+            if spec.transactional:
+                segment.append((event, spec))
+                continue
+            if not flush() or (should_stop is not None and should_stop()):
+                return outcomes
+            outcomes.append(self._report(event, self._run_side_effect(spec, event)))
+        flush()
+        return outcomes
+
+    # ----------------------------------------------------------------- internals
+
+    def _prepare(self, delivery: Delivery) -> Outcome | tuple[Event, HandlerSpec]:
+        """Decode and route one delivery; an outcome when nothing is left to run."""
         try:
             envelope = decode_envelope(delivery.value)
         except DecodeError as exc:
@@ -130,28 +190,43 @@ class Consumer:
         if spec is None or spec.service != self.route.service:
             reason = f"no handler registered in service {self.route.service}: {event.event_type}"
             return self._report(event, self._dead(event, reason))
-        return self._report(event, self._run(spec, event))
+        return event, spec
 
-    # ----------------------------------------------------------------- internals
+    def _consume_segment(
+        self, segment: Sequence[tuple[Event, HandlerSpec]], should_stop: Callable[[], bool] | None
+    ) -> list[Outcome]:
+        """Run a run of transactional handlers in one transaction; outcomes of those handled."""
+        if not segment:
+            return []
+        items = [
+            ConsumeItem(
+                outbox_id=event.outbox_id,
+                event_id=event.event_id,
+                event_type=event.event_type,
+                run=_bind(spec.func, event),
+            )
+            for event, spec in segment
+        ]
+        results = self.repository.consume_batch(self.route, items, should_stop=should_stop)
+        outcomes: list[Outcome] = []
+        for (event, _spec), result in zip(segment, results, strict=True):
+            if result.outcome is ConsumeOutcome.NOT_RUN:
+                break
+            outcomes.append(self._report(event, self._settle(event, result)))
+        return outcomes
 
-    def _run(self, spec: HandlerSpec, event: Event) -> Outcome:
-        try:
-            if spec.transactional:
-                result = self.repository.consume(
-                    self.route, event.outbox_id, _bind(spec.func, event)
-                )
-                outcome = result.outcome
-            else:
-                outcome = self._run_side_effect(spec, event)
-        except PermanentError as exc:
-            return self._dead(event, f"permanent failure: {exc}")
-        except Exception as exc:
-            # Also a RepositoryError from consume(): if the database is down, recording
-            # the retry fails too and propagates, leaving the delivery unacknowledged.
-            return self._retry(event, exc)
+    def _settle(self, event: Event, result: ConsumeResult[Any]) -> Outcome:
+        """Turn one :meth:`Repository.consume_batch` result into a recorded outcome."""
+        outcome = result.outcome
         if outcome is ConsumeOutcome.CONSUMED:
             logger.debug("event %s (%s) consumed", event.event_id, event.event_type)
             return Outcome.CONSUMED
+        if outcome is ConsumeOutcome.FAILED:
+            error = result.error
+            assert error is not None
+            if isinstance(error, PermanentError):
+                return self._dead(event, f"permanent failure: {error}")
+            return self._retry(event, error)
         if outcome is ConsumeOutcome.MISSING:
             logger.warning(
                 "event %s (%s): outbox row %s not found in %s; acknowledged without handling",
@@ -161,19 +236,43 @@ class Consumer:
                 self.route.table,
             )
             return Outcome.SKIPPED
+        if outcome is ConsumeOutcome.MISMATCH:
+            logger.warning(
+                "event %s (%s) names outbox row %s of %s, which holds another event; "
+                "acknowledged without handling, the row untouched (a forged or stray "
+                "message, or a topic that outlived its table)",
+                event.event_id,
+                event.event_type,
+                event.outbox_id,
+                self.route.table,
+            )
+            return Outcome.SKIPPED
         logger.debug("event %s (%s) is a duplicate", event.event_id, event.event_type)
         return Outcome.DUPLICATE
 
-    def _run_side_effect(self, spec: HandlerSpec, event: Event) -> ConsumeOutcome:
+    def _run_side_effect(self, spec: HandlerSpec, event: Event) -> Outcome:
+        """Run a non-transactional handler, then mark the row consumed (at-least-once).
+
+        Only the handler's own exception counts as a failed attempt; a database error
+        while reading or marking the row propagates uncounted.
+        """
         row = self.repository.get(self.route, event.outbox_id)
         if row is None:
-            return ConsumeOutcome.MISSING
+            return self._settle(event, ConsumeResult(ConsumeOutcome.MISSING))
+        same = row.event_type == event.event_type and (
+            row_event_id(row.id, row.event_id, row.payload) == event.event_id
+        )
+        if not same:
+            return self._settle(event, ConsumeResult(ConsumeOutcome.MISMATCH))
         if row.status.value in ("consumed", "dead"):
-            return ConsumeOutcome.DUPLICATE
-        spec.func(event)
-        if self.repository.mark_consumed(self.route, event.outbox_id):
-            return ConsumeOutcome.CONSUMED
-        return ConsumeOutcome.DUPLICATE
+            return self._settle(event, ConsumeResult(ConsumeOutcome.DUPLICATE))
+        try:
+            spec.func(event)
+        except Exception as exc:
+            return self._settle(event, ConsumeResult(ConsumeOutcome.FAILED, error=exc))
+        if self.repository.mark_consumed(self.route, event.outbox_id, event_id=event.event_id):
+            return self._settle(event, ConsumeResult(ConsumeOutcome.CONSUMED))
+        return self._settle(event, ConsumeResult(ConsumeOutcome.DUPLICATE))
 
     def _retry(self, event: Event, exc: BaseException) -> Outcome:
         reason = f"consume handling failed: {type(exc).__name__}: {exc}"
@@ -187,6 +286,7 @@ class Consumer:
                 event.event_type,
                 event.attempt,
                 reason,
+                exc_info=exc,
             )
             return Outcome.DEAD
         if outcome is RetryOutcome.SCHEDULED:
@@ -196,30 +296,48 @@ class Consumer:
                 event.event_type,
                 event.attempt,
                 reason,
+                exc_info=exc,
             )
-            logger.debug("traceback of event %s's failure", event.event_id, exc_info=exc)
             return Outcome.RETRY
         return Outcome.DUPLICATE
 
     def _dead(self, event: Event, reason: str) -> Outcome:
-        if self.repository.mark_dead(self.route, event.outbox_id, reason=reason):
+        marked = self.repository.mark_dead(
+            self.route, event.outbox_id, reason=reason, event_id=event.event_id
+        )
+        if marked:
             logger.error("event %s (%s) marked dead: %s", event.event_id, event.event_type, reason)
             return Outcome.DEAD
+        logger.warning(
+            "event %s (%s) not marked dead (%s): outbox row %s of %s is final, missing or "
+            "another event",
+            event.event_id,
+            event.event_type,
+            reason,
+            event.outbox_id,
+            self.route.table,
+        )
         return Outcome.DUPLICATE
 
     def _undecodable(self, delivery: Delivery, exc: DecodeError) -> Outcome:
         same_service = exc.service_name in (None, self.route.service)
-        if exc.outbox_id is not None and same_service:
+        if exc.outbox_id is not None and exc.event_id and same_service:
+            # Only a message that names the row's own event id may condemn it.
             reason = f"undecodable message: {exc.reason}"
-            if self.repository.mark_dead(self.route, exc.outbox_id, reason=reason):
+            marked = self.repository.mark_dead(
+                self.route, exc.outbox_id, reason=reason, event_id=exc.event_id
+            )
+            if marked:
                 logger.error(
                     "outbox row %s of %s marked dead: %s", exc.outbox_id, self.route.table, reason
                 )
                 return Outcome.DEAD
         logger.error(
-            "undecodable message on %s (receipt %r, event id %s), acknowledged: %s",
+            "undecodable message on %s (receipt %r, outbox id %s, event id %s), acknowledged "
+            "without touching any row: %s",
             delivery.topic,
             delivery.receipt,
+            exc.outbox_id,
             exc.event_id,
             exc.reason,
         )

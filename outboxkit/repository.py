@@ -18,7 +18,8 @@ Rules that hold for every method:
 * **Thread safety.** A repository is shared by all threads; it holds a connection pool,
   never a connection.
 * Database errors are raised as :class:`~outboxkit.errors.RepositoryError` with the cause
-  chained.
+  chained. A deadlock, a serialization failure or a connection found dead is retried at
+  once on a fresh transaction (a few times) before that: it says nothing about the rows.
 """
 
 from __future__ import annotations
@@ -79,17 +80,42 @@ class RetryOutcome(str, enum.Enum):
 
 
 class ConsumeOutcome(str, enum.Enum):
-    """What :meth:`Repository.consume` did."""
+    """What :meth:`Repository.consume` / :meth:`Repository.consume_batch` did with one event."""
 
     CONSUMED = "consumed"  # fn ran and its writes committed with status=consumed
     DUPLICATE = "duplicate"  # row already consumed or dead: fn was not called
     MISSING = "missing"  # no such row: fn was not called
+    #: The row exists but is another event (its event id or type differ from the message's:
+    #: a forged or stray message, or a topic that outlived its table): fn was not called
+    #: and the row was left untouched.
+    MISMATCH = "mismatch"
+    #: fn raised (batch only): its writes were rolled back, ``error`` holds the exception,
+    #: the row is unchanged; the caller decides between a retry and ``dead``.
+    FAILED = "failed"
+    #: Not attempted because the caller asked to stop (batch only): the row is unchanged.
+    NOT_RUN = "not_run"
 
 
 @attrs.frozen
 class ConsumeResult(Generic[T]):
     outcome: ConsumeOutcome
     value: T | None = None
+    error: BaseException | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ConsumeItem:
+    """One event of a batch for :meth:`Repository.consume_batch`.
+
+    ``event_id`` and ``event_type`` are what the message claims; the row is acted on only
+    when they match it (for a Go row without an ``event_id`` column value, the event id of
+    its JSON shell, else its row id). ``None`` skips that check (trusted internal callers).
+    """
+
+    outbox_id: int
+    event_id: str | None
+    event_type: str | None
+    run: Callable[[Connection], Any]
 
 
 def truncate_error(reason: str, limit: int = MAX_LAST_ERROR) -> str:
@@ -155,7 +181,8 @@ class Repository(abc.ABC):
 
         Sets ``published_at=now`` and clears ``next_retry_at``, ``last_error`` and the lease.
         Returns the ids that changed; a row consumed, retried, dead or re-claimed meanwhile
-        is left alone.
+        is left alone. Locks rows in id order (as :meth:`consume_batch` does), so it never
+        deadlocks with a consumer.
         """
 
     @abc.abstractmethod
@@ -199,17 +226,48 @@ class Repository(abc.ABC):
 
     @abc.abstractmethod
     def consume(
-        self, route: Route, outbox_id: int, fn: Callable[[Connection], T]
+        self,
+        route: Route,
+        outbox_id: int,
+        fn: Callable[[Connection], T],
+        *,
+        event_id: str | None = None,
+        event_type: str | None = None,
     ) -> ConsumeResult[T]:
         """Run ``fn`` and mark the row ``consumed`` in one transaction.
 
         This is the Go ``ConsumeAndMarkConsumed``.
 
-        Locks the row first. A missing row gives ``MISSING`` and a ``consumed``/``dead``
-        row ``DUPLICATE``, without calling ``fn``. Otherwise (``pending`` or ``published``)
-        ``fn(connection)`` runs inside the transaction; if it raises, everything rolls back
-        and the exception propagates unchanged. Concurrent calls for one row serialize on
-        the lock, so ``fn`` takes effect at most once.
+        Locks the row first. A missing row gives ``MISSING``, a row whose identity differs
+        from ``event_id``/``event_type`` (see :class:`ConsumeItem`) ``MISMATCH`` and a
+        ``consumed``/``dead`` row ``DUPLICATE``, without calling ``fn``. Otherwise
+        (``pending`` or ``published``) ``fn(connection)`` runs inside the transaction; if
+        it raises, everything rolls back and the exception propagates unchanged.
+        Concurrent calls for one row serialize on the lock, so ``fn`` takes effect at most
+        once.
+        """
+
+    @abc.abstractmethod
+    def consume_batch(
+        self,
+        route: Route,
+        items: Sequence[ConsumeItem],
+        *,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[ConsumeResult[Any]]:
+        """:meth:`consume` for a received batch, in one transaction; one result per item.
+
+        Locks the batch's rows in one statement (in id order, the order every other
+        writer locks them in), runs each item's ``run`` in the order given, marks every
+        successful row ``consumed`` in one statement and commits once. A ``run`` that
+        raises rolls back only its own writes (a savepoint) and gives ``FAILED`` with the
+        exception; the other items are unaffected. Items after ``should_stop()`` turned
+        true are ``NOT_RUN``. Exactly once in effect holds per item, as in :meth:`consume`:
+        a ``run`` may be *called* more than once (the batch is replayed after a deadlock
+        or a handler failure), but only one call's writes ever commit.
+
+        Raises :class:`~outboxkit.errors.RepositoryError` when the outcome cannot be
+        recorded (database unreachable, connection lost): nothing of the batch committed.
         """
 
     @abc.abstractmethod
@@ -221,12 +279,21 @@ class Repository(abc.ABC):
         """The row with this event id, or ``None``."""
 
     @abc.abstractmethod
-    def mark_consumed(self, route: Route, outbox_id: int) -> bool:
-        """``pending``/``published`` -> ``consumed`` (after a side effect outside any tx)."""
+    def mark_consumed(self, route: Route, outbox_id: int, *, event_id: str | None = None) -> bool:
+        """``pending``/``published`` -> ``consumed`` (after a side effect outside any tx).
+
+        With ``event_id``, only if the row is that event (see :class:`ConsumeItem`).
+        """
 
     @abc.abstractmethod
-    def mark_dead(self, route: Route, outbox_id: int, *, reason: str) -> bool:
-        """``pending``/``published`` -> ``dead`` with ``last_error=reason``; never from final."""
+    def mark_dead(
+        self, route: Route, outbox_id: int, *, reason: str, event_id: str | None = None
+    ) -> bool:
+        """``pending``/``published`` -> ``dead`` with ``last_error=reason``; never from final.
+
+        With ``event_id``, only if the row is that event (see :class:`ConsumeItem`): a
+        message naming a row must never condemn another event.
+        """
 
     # ------------------------------------------------------------------ operations
 

@@ -139,7 +139,7 @@ def _delivery(value: bytes) -> Delivery:
     return Delivery(topic="t", key="k", value=value, headers={}, receipt=None)
 
 
-def test_an_undecodable_message_naming_its_row_marks_that_row_dead(
+def test_an_undecodable_message_naming_its_row_and_event_marks_that_row_dead(
     engine: Engine, routing: Routing
 ) -> None:
     engine.register_handler("order.placed", lambda event, conn: None)
@@ -149,7 +149,14 @@ def test_an_undecodable_message_naming_its_row_marks_that_row_dead(
     row = engine.repository.get_by_event_id(route, request.event_id)
     assert row is not None
     consumer = Consumer(engine.repository, route, engine.registry)
-    garbled = dumps({"outbox_id": row.id, "service_name": "orders", "payload": {}})  # no type
+    garbled = dumps(  # no type
+        {
+            "outbox_id": row.id,
+            "event_id": request.event_id,
+            "service_name": "orders",
+            "payload": {},
+        }
+    )
 
     outcome = consumer.handle(_delivery(garbled.encode()))
 

@@ -77,6 +77,10 @@ class Dialect:
       ``FOR UPDATE`` scan takes next-key (gap) locks on the status index, and a caller's
       concurrent ``INSERT`` of a new pending row then deadlocks with it, aborting the
       caller's business transaction. ``READ COMMITTED`` takes no gap locks for scans.
+    * ``is_transient``: whether a driver exception (the DBAPI error SQLAlchemy wraps) says
+      "try the whole transaction again": a deadlock, a serialization failure, a lock wait
+      that timed out. Such a failure says nothing about the rows, so the repository retries
+      at once instead of reporting an outage or counting an attempt.
     * ``version_query``/``minimum_version``/``check_version``: the server check done on the
       first connection, raising :class:`UnsupportedDatabaseError` naming what is required.
     """
@@ -90,6 +94,7 @@ class Dialect:
     index_names_per_table: bool
     extra_indexes: ExtraIndexFactory = attrs.field(default=lambda _table, _name: [])
     own_isolation_level: str | None = None
+    is_transient: Callable[[BaseException], bool] = attrs.field(default=lambda _exc: False)
     version_query: str
     check_version: Callable[[str], str]
 

@@ -10,6 +10,7 @@ The clock is ``UTC_TIMESTAMP(6)``: the server's clock in UTC whatever the sessio
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
@@ -28,6 +29,21 @@ def _now() -> ColumnElement[datetime]:
 
 def _insert_ignore(table: sa.Table) -> Insert:
     return mysql.insert(table).on_duplicate_key_update(id=table.c.id)
+
+
+#: Server error numbers after which the whole transaction may simply run again.
+_TRANSIENT_ERRNOS = frozenset(
+    {
+        1213,  # ER_LOCK_DEADLOCK: InnoDB rolled the transaction back
+        1205,  # ER_LOCK_WAIT_TIMEOUT
+        1020,  # ER_CHECKREAD: record changed since last read (MariaDB snapshot isolation)
+    }
+)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    args: tuple[Any, ...] = getattr(exc, "args", ())
+    return bool(args) and args[0] in _TRANSIENT_ERRNOS
 
 
 def is_mariadb(version: str) -> bool:
@@ -60,6 +76,7 @@ MYSQL = Dialect(
     index_names_per_table=True,
     # No gap locks in our own transactions: see Dialect.own_isolation_level.
     own_isolation_level="READ COMMITTED",
+    is_transient=_is_transient,
     version_query="SELECT VERSION()",
     check_version=check_version,
 )

@@ -43,6 +43,20 @@ def _extra_indexes(table: sa.Table, name: Callable[[str], str]) -> list[sa.Index
     ]
 
 
+#: SQLSTATEs after which the whole transaction may simply run again.
+_TRANSIENT_SQLSTATES = frozenset(
+    {
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "55P03",  # lock_not_available (lock_timeout)
+    }
+)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return getattr(exc, "pgcode", None) in _TRANSIENT_SQLSTATES
+
+
 def _check_version(text: str) -> str:
     version = require_version(
         "PostgreSQL", text, MINIMUM_VERSION, why="INSERT ... ON CONFLICT and SKIP LOCKED"
@@ -59,6 +73,7 @@ POSTGRESQL = Dialect(
     supports_concurrent_claims=True,
     index_names_per_table=False,
     extra_indexes=_extra_indexes,
+    is_transient=_is_transient,
     version_query="SHOW server_version",
     check_version=_check_version,
 )

@@ -42,6 +42,11 @@ def _check_version(text: str) -> str:
     return "SQLite " + ".".join(str(p) for p in version)
 
 
+def _is_transient(exc: BaseException) -> bool:
+    # The busy timeout ran out while another connection held the write lock.
+    return "database is locked" in str(exc)
+
+
 SQLITE = Dialect(
     name="sqlite",
     now=_now,
@@ -50,6 +55,7 @@ SQLITE = Dialect(
     supports_skip_locked=False,
     supports_concurrent_claims=False,
     index_names_per_table=False,
+    is_transient=_is_transient,
     version_query="SELECT sqlite_version()",
     check_version=_check_version,
 )

@@ -41,6 +41,7 @@ from outboxkit.messages import PublishRequest, Status
 from outboxkit.outbox import Publisher, PublisherConfig
 from outboxkit.repository import (
     MAX_LAST_ERROR,
+    ConsumeItem,
     ConsumeOutcome,
     NewMessage,
     Repository,
@@ -883,6 +884,128 @@ class RepositoryContract:
         assert self.status(repository, route, outbox_id) is Status.PENDING
         with engine.connect() as conn:
             assert conn.execute(sa.select(sa.func.count()).select_from(business)).scalar() == 0
+
+    # ------------------------------------------------------------------ batches
+
+    def _item(self, outbox_id: int, run: Callable[[Connection], Any], **kwargs: Any) -> Any:
+        return ConsumeItem(
+            outbox_id=outbox_id,
+            event_id=kwargs.get("event_id"),
+            event_type=kwargs.get("event_type"),
+            run=run,
+        )
+
+    def test_consume_batch_commits_every_handler_and_marks_every_row_at_once(
+        self, engine: sa.Engine, repository: Repository, route: Route, business: sa.Table
+    ) -> None:
+        ids = self.add(repository, route, 4)
+        order: list[int] = []
+
+        def handler(outbox_id: int) -> Callable[[Connection], int]:
+            def run(conn: Connection) -> int:
+                order.append(outbox_id)
+                conn.execute(business.insert().values(id=outbox_id, note=f"n{outbox_id}"))
+                return outbox_id
+
+            return run
+
+        batch = list(reversed(ids))  # the order given, not id order, is the order run
+        results = repository.consume_batch(route, [self._item(i, handler(i)) for i in batch])
+        assert [r.outcome for r in results] == [ConsumeOutcome.CONSUMED] * 4
+        assert [r.value for r in results] == batch
+        assert order == batch
+        assert {self.status(repository, route, i) for i in ids} == {Status.CONSUMED}
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(business)).scalar() == 4
+
+    def test_a_handler_failing_mid_batch_rolls_back_only_its_own_writes(
+        self, engine: sa.Engine, repository: Repository, route: Route, business: sa.Table
+    ) -> None:
+        first, middle, last = self.add(repository, route, 3)
+        error = ValueError("the middle one breaks")
+        calls: list[int] = []
+
+        def handler(outbox_id: int) -> Callable[[Connection], None]:
+            def run(conn: Connection) -> None:
+                calls.append(outbox_id)
+                conn.execute(business.insert().values(id=outbox_id, note="written"))
+                if outbox_id == middle:
+                    raise error
+
+            return run
+
+        results = repository.consume_batch(
+            route, [self._item(i, handler(i)) for i in (first, middle, last)]
+        )
+        assert [r.outcome for r in results] == [
+            ConsumeOutcome.CONSUMED,
+            ConsumeOutcome.FAILED,
+            ConsumeOutcome.CONSUMED,
+        ]
+        assert results[1].error is error
+        assert calls.count(middle) == 1  # a failed handler is not run again in the replay
+        assert self.status(repository, route, first) is Status.CONSUMED
+        assert self.status(repository, route, middle) is Status.PENDING
+        assert self.status(repository, route, last) is Status.CONSUMED
+        with engine.connect() as conn:
+            written = set(conn.execute(sa.select(business.c.id)).scalars())
+        assert written == {first, last}  # each effect exactly once, the failed one's none
+
+    def test_consume_batch_acts_only_on_rows_that_are_the_named_event(
+        self, repository: Repository, route: Route
+    ) -> None:
+        [outbox_id] = self.add(repository, route)
+        row = repository.get(route, outbox_id)
+        assert row is not None and row.event_id is not None
+        calls: list[Connection] = []
+        results = repository.consume_batch(
+            route,
+            [
+                self._item(outbox_id, calls.append, event_id="forged"),
+                self._item(outbox_id, calls.append, event_id=row.event_id, event_type="other"),
+                self._item(987654321, calls.append, event_id=row.event_id),
+            ],
+        )
+        assert [r.outcome for r in results] == [
+            ConsumeOutcome.MISMATCH,
+            ConsumeOutcome.MISMATCH,
+            ConsumeOutcome.MISSING,
+        ]
+        assert calls == []
+        assert self.status(repository, route, outbox_id) is Status.PENDING
+        assert not repository.mark_dead(route, outbox_id, reason="x", event_id="forged")
+        assert not repository.mark_consumed(route, outbox_id, event_id="forged")
+        assert self.status(repository, route, outbox_id) is Status.PENDING
+        assert repository.mark_dead(route, outbox_id, reason="x", event_id=row.event_id)
+
+    def test_consume_batch_runs_a_row_once_and_stops_when_asked(
+        self, repository: Repository, route: Route
+    ) -> None:
+        first, second, third = self.add(repository, route, 3)
+        calls: list[int] = []
+
+        def handler(outbox_id: int) -> Callable[[Connection], None]:
+            return lambda _conn: calls.append(outbox_id)
+
+        results = repository.consume_batch(
+            route,
+            [
+                self._item(first, handler(first)),
+                self._item(first, handler(first)),  # delivered twice in one batch
+                self._item(second, handler(second)),
+                self._item(third, handler(third)),
+            ],
+            should_stop=lambda: len(calls) >= 2,
+        )
+        assert [r.outcome for r in results] == [
+            ConsumeOutcome.CONSUMED,
+            ConsumeOutcome.DUPLICATE,
+            ConsumeOutcome.CONSUMED,
+            ConsumeOutcome.NOT_RUN,
+        ]
+        assert calls == [first, second]
+        assert self.status(repository, route, third) is Status.PENDING
+        assert repository.consume_batch(route, []) == []
 
     def test_consume_skips_final_and_missing_rows(
         self, repository: Repository, route: Route

@@ -1,11 +1,26 @@
-"""The consumer's statements: consume in one transaction, reads, final marks."""
+"""The consumer's statements: consume a batch in one transaction, reads, final marks.
+
+**Identity.** A message names its row by ``outbox_id``, but ids are only unique within a
+table's life (a rebuilt table reuses them, a Go relay or a stray producer may share the
+topic), so a row is acted on only when it *is* the message's event: same event id (for a Go
+row without ``event_id``, the shell's event id, else the row id) and same type. Anything else
+is ``MISMATCH`` and the row is left untouched.
+
+**Batches.** :meth:`ConsumerSide.consume_batch` locks the batch's rows in one statement, in id
+order (the order a relay's mark locks them in, so the two never deadlock), runs each handler,
+marks every successful row in one statement and commits once. The first pass runs the
+handlers without savepoints (two round trips saved per event); if one raises, that pass is
+rolled back and the batch is replayed with a savepoint around each handler, the failed one
+not run again, so one failure rolls back only its own writes. A replay can only call a
+handler again, never commit its writes twice.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -18,9 +33,10 @@ from outboxkit.backends.sql.store import (
     SqlStore,
     row_message,
 )
-from outboxkit.errors import RepositoryError
+from outboxkit.codec import row_event_id
 from outboxkit.messages import OutboxMessage
 from outboxkit.repository import (
+    ConsumeItem,
     ConsumeOutcome,
     ConsumeResult,
     truncate_error,
@@ -32,58 +48,146 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class ConsumerSide(SqlStore):
-    """The consumer's statements: consume in one transaction, reads, final marks."""
+class _HandlerFailedError(Exception):
+    """A handler raised during a pass without savepoints: replay the batch with them."""
 
-    def consume(
-        self, route: Route, outbox_id: int, fn: Callable[[Connection], T]
-    ) -> ConsumeResult[T]:
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(index, error)
+        self.index = index
+        self.error = error
+
+
+def is_same_event(row: Any, event_id: str | None, event_type: str | None) -> bool:
+    """Whether the locked ``(id, status, event_id, biz_type, payload-if-no-event-id)`` row is
+    the event a message claims to be (``None`` means "not checked")."""
+    if event_type is not None and row[3] != event_type:
+        return False
+    if event_id is None:
+        return True
+    return row_event_id(int(row[0]), row[2], row[4]) == event_id
+
+
+class ConsumerSide(SqlStore):
+    """The consumer's statements: consume a batch in one transaction, reads, final marks."""
+
+    def _lock_rows(self, conn: Connection, table: sa.Table, ids: Sequence[int]) -> dict[int, Any]:
+        """Lock ``ids`` by primary key in id order; ``id -> (id, status, event_id, type,
+        payload only when event_id is NULL)``."""
+        query = (
+            sa.select(
+                table.c.id,
+                table.c.status,
+                table.c.event_id,
+                table.c.biz_type,
+                sa.case((table.c.event_id.is_(None), table.c.payload), else_=sa.null()),
+            )
+            .where(table.c.id.in_(sorted(set(ids))))
+            .order_by(table.c.id)
+        )
+        return {int(row[0]): row for row in conn.execute(self._lock(query))}
+
+    def _consumed_values(self) -> dict[str, Any]:
+        now = self.dialect.now()
+        return {
+            "status": CONSUMED,
+            "consumed_at": now,
+            "last_error": None,
+            "next_retry_at": None,
+            "lease_token": None,
+            "updated_at": now,
+        }
+
+    def consume_batch(
+        self,
+        route: Route,
+        items: Sequence[ConsumeItem],
+        *,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[ConsumeResult[Any]]:
+        if not items:
+            return []
         table = self.table(route)
-        self._check_server()
-        what = f"consuming row {outbox_id} of {route.table!r}"
-        try:
-            conn = self._own.connect()
-            trans = conn.begin()
-        except SQLAlchemyError as exc:
-            raise RepositoryError(f"{what} failed: {exc}") from exc
-        try:
-            try:
-                status = conn.execute(
-                    self._lock(sa.select(table.c.status).where(table.c.id == outbox_id))
-                ).scalar_one_or_none()
-            except SQLAlchemyError as exc:
-                raise RepositoryError(f"{what} failed: {exc}") from exc
-            if status is None or status not in OPEN_STATUSES:
-                trans.rollback()
-                if status is None:
-                    return ConsumeResult(ConsumeOutcome.MISSING)
-                return ConsumeResult(ConsumeOutcome.DUPLICATE)
-            value = fn(conn)  # may raise anything: rolled back below, propagated unchanged
-            try:
-                now = self.dialect.now()
+        what = f"consuming {len(items)} rows of {route.table!r}"
+        failed: dict[int, Exception] = {}
+
+        def one_pass(conn: Connection, savepoints: bool) -> list[ConsumeResult[Any]]:
+            rows = self._lock_rows(conn, table, [item.outbox_id for item in items])
+            results: list[ConsumeResult[Any]] = []
+            consumed: list[int] = []
+            stopped = False
+            for index, item in enumerate(items):
+                row = rows.get(item.outbox_id)
+                if not stopped and should_stop is not None and should_stop():
+                    stopped = True
+                if stopped:
+                    results.append(ConsumeResult(ConsumeOutcome.NOT_RUN))
+                elif row is None:
+                    results.append(ConsumeResult(ConsumeOutcome.MISSING))
+                elif not is_same_event(row, item.event_id, item.event_type):
+                    results.append(ConsumeResult(ConsumeOutcome.MISMATCH))
+                elif row[1] not in OPEN_STATUSES or item.outbox_id in consumed:
+                    results.append(ConsumeResult(ConsumeOutcome.DUPLICATE))
+                elif index in failed:
+                    results.append(ConsumeResult(ConsumeOutcome.FAILED, error=failed[index]))
+                else:
+                    results.append(self._run_one(conn, index, item, savepoints))
+                    if results[-1].outcome is ConsumeOutcome.CONSUMED:
+                        consumed.append(item.outbox_id)
+            if consumed:
                 conn.execute(
                     sa.update(table)
-                    .where(table.c.id == outbox_id)
-                    .values(
-                        status=CONSUMED,
-                        consumed_at=now,
-                        last_error=None,
-                        next_retry_at=None,
-                        lease_token=None,
-                        updated_at=now,
-                    )
+                    .where(table.c.id.in_(consumed))
+                    .values(**self._consumed_values())
                 )
-                trans.commit()
-            except SQLAlchemyError as exc:
-                raise RepositoryError(f"{what} failed: {exc}") from exc
-            return ConsumeResult(ConsumeOutcome.CONSUMED, value)
-        except BaseException:
-            if trans.is_active:
-                with contextlib.suppress(SQLAlchemyError):
-                    trans.rollback()
-            raise
-        finally:
-            conn.close()
+            return results
+
+        savepoints = False
+        while True:
+            try:
+                return self._transact(
+                    what, route, functools.partial(one_pass, savepoints=savepoints)
+                )
+            except _HandlerFailedError as failure:
+                failed[failure.index] = failure.error
+                if len(items) == 1:
+                    return [ConsumeResult(ConsumeOutcome.FAILED, error=failure.error)]
+                savepoints = True
+
+    def _run_one(
+        self, conn: Connection, index: int, item: ConsumeItem, savepoints: bool
+    ) -> ConsumeResult[Any]:
+        """Run one handler; a failure either aborts the pass or rolls back its savepoint."""
+        savepoint = conn.begin_nested() if savepoints else None
+        try:
+            value = item.run(conn)
+        except Exception as exc:
+            if isinstance(exc, SQLAlchemyError) and self._is_transient(exc):
+                # A deadlock or a dead connection under the handler says nothing about the
+                # event: the whole transaction runs again (or fails uncounted).
+                raise
+            if savepoint is None:
+                raise _HandlerFailedError(index, exc) from exc
+            savepoint.rollback()
+            return ConsumeResult(ConsumeOutcome.FAILED, error=exc)
+        if savepoint is not None:
+            savepoint.commit()
+        return ConsumeResult(ConsumeOutcome.CONSUMED, value)
+
+    def consume(
+        self,
+        route: Route,
+        outbox_id: int,
+        fn: Callable[[Connection], T],
+        *,
+        event_id: str | None = None,
+        event_type: str | None = None,
+    ) -> ConsumeResult[T]:
+        item = ConsumeItem(outbox_id=outbox_id, event_id=event_id, event_type=event_type, run=fn)
+        result = self.consume_batch(route, [item])[0]
+        if result.outcome is ConsumeOutcome.FAILED:
+            assert result.error is not None
+            raise result.error
+        return ConsumeResult(result.outcome, result.value)
 
     def get(self, route: Route, outbox_id: int) -> OutboxMessage | None:
         table = self.table(route)
@@ -101,36 +205,42 @@ class ConsumerSide(SqlStore):
             )
         return None if row is None else row_message(row)
 
-    def mark_consumed(self, route: Route, outbox_id: int) -> bool:
+    def _final_mark(
+        self,
+        what: str,
+        route: Route,
+        outbox_id: int,
+        event_id: str | None,
+        values: Callable[[], dict[str, Any]],
+    ) -> bool:
+        """``pending``/``published`` -> a final state, only if the row is ``event_id``."""
         table = self.table(route)
-        with self._begin("marking a row consumed", route) as conn:
-            now = self.dialect.now()
-            result = conn.execute(
-                sa.update(table)
-                .where(table.c.id == outbox_id, table.c.status.in_(OPEN_STATUSES))
-                .values(
-                    status=CONSUMED,
-                    consumed_at=now,
-                    last_error=None,
-                    next_retry_at=None,
-                    lease_token=None,
-                    updated_at=now,
-                )
-            )
-            return bool(result.rowcount)
+        guard = sa.and_(table.c.id == outbox_id, table.c.status.in_(OPEN_STATUSES))
 
-    def mark_dead(self, route: Route, outbox_id: int, *, reason: str) -> bool:
-        table = self.table(route)
-        with self._begin("marking a row dead", route) as conn:
-            result = conn.execute(
-                sa.update(table)
-                .where(table.c.id == outbox_id, table.c.status.in_(OPEN_STATUSES))
-                .values(
-                    status=DEAD,
-                    last_error=truncate_error(reason),
-                    next_retry_at=None,
-                    lease_token=None,
-                    updated_at=self.dialect.now(),
-                )
-            )
-            return bool(result.rowcount)
+        def mark(conn: Connection) -> bool:
+            if event_id is not None:
+                row = self._lock_rows(conn, table, [outbox_id]).get(outbox_id)
+                if row is None or not is_same_event(row, event_id, None):
+                    return False
+            return bool(conn.execute(sa.update(table).where(guard).values(**values())).rowcount)
+
+        return self._transact(what, route, mark)
+
+    def mark_consumed(self, route: Route, outbox_id: int, *, event_id: str | None = None) -> bool:
+        return self._final_mark(
+            "marking a row consumed", route, outbox_id, event_id, self._consumed_values
+        )
+
+    def mark_dead(
+        self, route: Route, outbox_id: int, *, reason: str, event_id: str | None = None
+    ) -> bool:
+        def values() -> dict[str, Any]:
+            return {
+                "status": DEAD,
+                "last_error": truncate_error(reason),
+                "next_retry_at": None,
+                "lease_token": None,
+                "updated_at": self.dialect.now(),
+            }
+
+        return self._final_mark("marking a row dead", route, outbox_id, event_id, values)

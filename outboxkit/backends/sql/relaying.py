@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from outboxkit.backends.sql.store import (
     DEAD,
@@ -39,7 +40,8 @@ class RelaySide(SqlStore):
         if limit <= 0:
             return Claim(token=token, messages=[])
         table = self.table(route)
-        with self._begin("claiming due rows", route) as conn:
+
+        def claim(conn: Connection) -> Claim:
             now = self.dialect.now()
             query = (
                 sa.select(*table.c, now.label("db_now"))
@@ -58,53 +60,51 @@ class RelaySide(SqlStore):
                 .where(table.c.id.in_(ids))
                 .values(lease_token=token, next_retry_at=lease_until, updated_at=db_now)
             )
-        messages = [
-            row_message(r, lease_token=token, next_retry_at=lease_until, updated_at=db_now)
-            for r in rows
-        ]
-        logger.debug("claimed %d rows of %s under lease %s", len(messages), route.table, token)
-        return Claim(token=token, messages=messages)
+            messages = [
+                row_message(r, lease_token=token, next_retry_at=lease_until, updated_at=db_now)
+                for r in rows
+            ]
+            return Claim(token=token, messages=messages)
+
+        result = self._transact("claiming due rows", route, claim)
+        if result.messages:
+            logger.debug(
+                "claimed %d rows of %s under lease %s", len(result.messages), route.table, token
+            )
+        return result
 
     def mark_published(self, route: Route, ids: Sequence[int], *, token: str) -> set[int]:
-        if not ids:
-            return set()
-        table = self.table(route)
-        with self._begin("marking rows published", route) as conn:
+        def values(_conn: Connection) -> dict[str, Any]:
             now = self.dialect.now()
-            return self._guarded_update(
-                conn,
-                table,
-                sa.and_(
-                    table.c.id.in_(list(ids)),
-                    table.c.status == PENDING,
-                    table.c.lease_token == token,
-                ),
-                {
-                    "status": PUBLISHED,
-                    "published_at": now,
-                    "next_retry_at": None,
-                    "last_error": None,
-                    "lease_token": None,
-                    "updated_at": now,
-                },
-            )
+            return {
+                "status": PUBLISHED,
+                "published_at": now,
+                "next_retry_at": None,
+                "last_error": None,
+                "lease_token": None,
+                "updated_at": now,
+            }
+
+        return self._guarded_update(
+            "marking rows published",
+            route,
+            ids,
+            lambda table: sa.and_(table.c.status == PENDING, table.c.lease_token == token),
+            values,
+        )
 
     def release(self, route: Route, ids: Sequence[int], *, token: str, delay: float) -> set[int]:
-        if not ids:
-            return set()
-        table = self.table(route)
-        with self._begin("releasing claimed rows", route) as conn:
+        def values(conn: Connection) -> dict[str, Any]:
             now = self._now(conn)
-            return self._guarded_update(
-                conn,
-                table,
-                sa.and_(
-                    table.c.id.in_(list(ids)),
-                    table.c.status == PENDING,
-                    table.c.lease_token == token,
-                ),
-                {"next_retry_at": now + as_delay(delay), "lease_token": None, "updated_at": now},
-            )
+            return {"next_retry_at": now + as_delay(delay), "lease_token": None, "updated_at": now}
+
+        return self._guarded_update(
+            "releasing claimed rows",
+            route,
+            ids,
+            lambda table: sa.and_(table.c.status == PENDING, table.c.lease_token == token),
+            values,
+        )
 
     def schedule_retry(
         self,
@@ -116,7 +116,8 @@ class RelaySide(SqlStore):
         token: str | None = None,
     ) -> RetryOutcome:
         table = self.table(route)
-        with self._begin("scheduling a retry", route) as conn:
+
+        def retry(conn: Connection) -> tuple[RetryOutcome, int]:
             now = self.dialect.now()
             row = conn.execute(
                 self._lock(
@@ -130,14 +131,14 @@ class RelaySide(SqlStore):
                 )
             ).first()
             if row is None:
-                return RetryOutcome.SKIPPED
+                return RetryOutcome.SKIPPED, 0
             status, retry_count, max_retry, lease, db_now = row
             if token is not None:
                 expected = status == PENDING and lease == token
             else:
                 expected = status in OPEN_STATUSES
             if not expected:
-                return RetryOutcome.SKIPPED
+                return RetryOutcome.SKIPPED, 0
             attempt = int(retry_count) + 1
             dead = attempt >= int(max_retry)
             values: dict[str, Any] = {
@@ -149,15 +150,19 @@ class RelaySide(SqlStore):
                 "updated_at": db_now,
             }
             conn.execute(sa.update(table).where(table.c.id == outbox_id).values(**values))
-        outcome = RetryOutcome.DEAD if dead else RetryOutcome.SCHEDULED
-        logger.debug("row %s of %s: retry %d -> %s", outbox_id, route.table, attempt, outcome)
+            return (RetryOutcome.DEAD if dead else RetryOutcome.SCHEDULED), attempt
+
+        outcome, attempt = self._transact("scheduling a retry", route, retry)
+        if outcome is not RetryOutcome.SKIPPED:
+            logger.debug("row %s of %s: retry %d -> %s", outbox_id, route.table, attempt, outcome)
         return outcome
 
     def republish_stale(self, route: Route, *, older_than: float, limit: int) -> int:
         if limit <= 0:
             return 0
         table = self.table(route)
-        with self._begin("republishing stale rows", route) as conn:
+
+        def rescue(conn: Connection) -> int:
             now = self._now(conn)
             cutoff = now - as_delay(older_than)
             ids = [
@@ -192,7 +197,9 @@ class RelaySide(SqlStore):
                     (table.c.retry_count, table.c.retry_count + 1),
                 )
             )
-            count = int(conn.execute(stmt).rowcount)
+            return int(conn.execute(stmt).rowcount)
+
+        count = self._transact("republishing stale rows", route, rescue)
         if count:
             logger.warning("sent %d stale published rows of %s back", count, route.table)
         return count

@@ -8,13 +8,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, RowMapping
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
 from outboxkit.backends.dialect import Dialect, dialect_for
@@ -33,6 +33,9 @@ CONSUMED = Status.CONSUMED.value
 DEAD = Status.DEAD.value
 #: Statuses a consumer may still act on (``consumed`` and ``dead`` are final).
 OPEN_STATUSES = (PENDING, PUBLISHED)
+#: Attempts of one of our transactions that failed transiently (deadlock, serialization
+#: failure, a pooled connection found dead) before the failure is reported.
+TRANSACTION_ATTEMPTS = 3
 #: Longest delay accepted from a backoff function; beyond it the datetime would overflow.
 _MAX_DELAY = timedelta(days=3650)
 
@@ -69,6 +72,10 @@ def row_message(row: RowMapping, **overrides: Any) -> OutboxMessage:
     )
     values.update(overrides)
     return OutboxMessage(**values)
+
+
+class _PartialUpdateError(Exception):
+    """A guarded ``UPDATE`` without ``RETURNING`` changed some of its rows: redo it exactly."""
 
 
 class SqlStore:
@@ -139,6 +146,43 @@ class SqlStore:
             where = f" on table {route.table!r}" if route is not None else ""
             raise RepositoryError(f"{what}{where} failed: {exc}") from exc
 
+    def _is_transient(self, exc: BaseException) -> bool:
+        """Whether ``exc`` only says "run the transaction again" (see ``Dialect.is_transient``):
+        a deadlock or serialization failure, or a connection that died (killed by the server,
+        a restart, a stale pooled connection)."""
+        if not isinstance(exc, DBAPIError):
+            return False
+        if exc.connection_invalidated:
+            return True
+        return exc.orig is not None and self.dialect.is_transient(exc.orig)
+
+    def _transact(self, what: str, route: Route | None, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn(connection)`` in a short transaction of our own and commit.
+
+        A transient failure (:meth:`_is_transient`) rolls back and runs ``fn`` again on a
+        fresh transaction, up to :data:`TRANSACTION_ATTEMPTS` times; other driver errors, and
+        transient ones that persist, become :class:`RepositoryError`. Exceptions that are not
+        driver errors propagate unchanged after the rollback.
+        """
+        self._check_server()
+        for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
+            try:
+                with self._own.begin() as conn:
+                    return fn(conn)
+            except SQLAlchemyError as exc:
+                if attempt < TRANSACTION_ATTEMPTS and self._is_transient(exc):
+                    logger.info(
+                        "%s%s: transient failure, running it again (attempt %d): %s",
+                        what,
+                        f" on {route.table!r}" if route is not None else "",
+                        attempt + 1,
+                        type(exc.orig if isinstance(exc, DBAPIError) else exc).__name__,
+                    )
+                    continue
+                where = f" on table {route.table!r}" if route is not None else ""
+                raise RepositoryError(f"{what}{where} failed: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def _now(self, conn: Connection) -> datetime:
         value: datetime = conn.execute(sa.select(self.dialect.now())).scalar_one()
         return value
@@ -150,21 +194,68 @@ class SqlStore:
 
     def _guarded_update(
         self,
-        conn: Connection,
-        table: sa.Table,
-        condition: ColumnElement[bool],
-        values: Mapping[str, Any],
+        what: str,
+        route: Route,
+        ids: Sequence[int],
+        condition: Callable[[sa.Table], ColumnElement[bool]],
+        values: Callable[[Connection], Mapping[str, Any]],
     ) -> set[int]:
-        """``UPDATE table SET values WHERE condition`` and the ids it changed."""
+        """``UPDATE table SET values WHERE id IN ids AND condition`` and the ids it changed.
+
+        With ``RETURNING`` that is one statement. Without it (MySQL/MariaDB) one ``UPDATE``
+        usually tells everything: when it changed every row or none. Only when it changed
+        some is it rolled back and done again behind a ``SELECT ... FOR UPDATE`` of the
+        rows by primary key, in id order, so the exact ids are known. Rows are locked by
+        primary key in id order in every case (the order the consumer locks them in too),
+        which is what keeps a relay's mark and a consumer's batch from deadlocking.
+        """
+        table = self.table(route)
+        wanted = sorted(set(ids))
+        if not wanted:
+            return set()
+        where = sa.and_(table.c.id.in_(wanted), condition(table))
         if self.engine.dialect.update_returning:
-            stmt = sa.update(table).where(condition).values(**values).returning(table.c.id)
-            return {int(r[0]) for r in conn.execute(stmt)}
-        locked = [
-            int(r[0]) for r in conn.execute(self._lock(sa.select(table.c.id).where(condition)))
-        ]
-        if locked:
-            conn.execute(sa.update(table).where(table.c.id.in_(locked), condition).values(**values))
-        return set(locked)
+
+            def returning(conn: Connection) -> set[int]:
+                stmt = sa.update(table).where(where).values(**values(conn)).returning(table.c.id)
+                return {int(r[0]) for r in conn.execute(stmt)}
+
+            return self._transact(what, route, returning)
+
+        def single(conn: Connection) -> set[int]:
+            changed = int(
+                conn.execute(sa.update(table).where(where).values(**values(conn))).rowcount
+            )
+            if changed == len(wanted):
+                return set(wanted)
+            if changed == 0:
+                return set()
+            raise _PartialUpdateError
+
+        try:
+            return self._transact(what, route, single)
+        except _PartialUpdateError:
+            pass
+
+        def locked(conn: Connection) -> set[int]:
+            # Lock every named row by primary key (not through the status index), then pick.
+            rows = conn.execute(
+                self._lock(
+                    sa.select(table.c.id, sa.case((condition(table), 1), else_=0))
+                    .where(table.c.id.in_(wanted))
+                    .order_by(table.c.id)
+                )
+            )
+            matching = [int(r[0]) for r in rows if r[1]]
+            if matching:
+                conn.execute(
+                    sa.update(table)
+                    .where(table.c.id.in_(matching), condition(table))
+                    .values(**values(conn))
+                )
+            return set(matching)
+
+        return self._transact(what, route, locked)
 
     # ------------------------------------------------------------------ schema
 
