@@ -40,8 +40,12 @@ class RelayConfig:
     batch_size: int = attrs.field(default=200, validator=attrs.validators.gt(0))
     #: How long a claim protects rows from other relays; longer than a broker batch takes.
     lease_seconds: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
-    #: Pause when there was nothing to do (the Go scan interval was 1 s).
+    #: Longest pause when there was nothing to do (the Go scan interval was 1 s); a wake-up
+    #: (a commit in this process, a PostgreSQL notification from another) ends it at once.
     idle_interval: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
+    #: First pause after an empty claim; doubles up to ``idle_interval`` while idle, so a
+    #: busy relay without notifications (MySQL/MariaDB, SQLite) still picks rows up fast.
+    min_poll_interval: float = attrs.field(default=0.01, validator=attrs.validators.ge(0))
     #: First and longest pause while the broker or database is unreachable.
     outage_backoff: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
     outage_backoff_max: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))

@@ -123,6 +123,25 @@ def truncate_error(reason: str, limit: int = MAX_LAST_ERROR) -> str:
     return reason if len(reason) <= limit else reason[: limit - 1] + "\u2026"
 
 
+class NewRowListener(abc.ABC):
+    """Notifications that rows became claimable, sent by publishers in other processes.
+
+    Used by one thread. A listener may miss notifications (a reconnect, a full queue): it
+    only shortens the wait of a relay that polls anyway.
+    """
+
+    @abc.abstractmethod
+    def wait(self, timeout: float) -> set[str]:
+        """Block up to ``timeout`` seconds; the tables that got new rows meanwhile.
+
+        Raises :class:`~outboxkit.errors.RepositoryError` when the connection is lost.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop listening and release the connection. Idempotent."""
+
+
 class Repository(abc.ABC):
     """Storage of outbox rows, one table per :class:`~outboxkit.routing.Route`."""
 
@@ -321,6 +340,16 @@ class Repository(abc.ABC):
     @abc.abstractmethod
     def now(self) -> datetime:
         """The clock every due-ness decision uses (naive UTC)."""
+
+    @property
+    def notifies_new_rows(self) -> bool:
+        """Whether :meth:`new_row_listener` gives a listener (without connecting)."""
+        return False
+
+    def new_row_listener(self) -> NewRowListener | None:
+        """A listener for rows committed by any process, where the database can notify
+        (PostgreSQL ``LISTEN``); ``None`` where relays must poll (the default)."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook, default does nothing
         """Release pooled connections this repository created itself."""

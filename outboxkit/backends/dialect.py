@@ -81,6 +81,9 @@ class Dialect:
       "try the whole transaction again": a deadlock, a serialization failure, a lock wait
       that timed out. Such a failure says nothing about the rows, so the repository retries
       at once instead of reporting an outage or counting an attempt.
+    * ``notify``: a SQL expression that, evaluated in the publishing transaction, notifies
+      listeners in other processes once the transaction commits (PostgreSQL ``pg_notify``;
+      delivered on commit, dropped on rollback), or ``None`` where relays poll.
     * ``version_query``/``minimum_version``/``check_version``: the server check done on the
       first connection, raising :class:`UnsupportedDatabaseError` naming what is required.
     """
@@ -95,6 +98,7 @@ class Dialect:
     extra_indexes: ExtraIndexFactory = attrs.field(default=lambda _table, _name: [])
     own_isolation_level: str | None = None
     is_transient: Callable[[BaseException], bool] = attrs.field(default=lambda _exc: False)
+    notify: Callable[[str], ColumnElement[Any]] | None = None
     version_query: str
     check_version: Callable[[str], str]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -57,6 +58,15 @@ def _is_transient(exc: BaseException) -> bool:
     return getattr(exc, "pgcode", None) in _TRANSIENT_SQLSTATES
 
 
+#: The channel publishers notify and relays listen on; the payload is the table name.
+NOTIFY_CHANNEL = "outboxkit_new_rows"
+
+
+def _notify(table: str) -> ColumnElement[Any]:
+    # Identical notifications of one transaction are folded into one by the server.
+    return sa.func.pg_notify(NOTIFY_CHANNEL, table)
+
+
 def _check_version(text: str) -> str:
     version = require_version(
         "PostgreSQL", text, MINIMUM_VERSION, why="INSERT ... ON CONFLICT and SKIP LOCKED"
@@ -74,6 +84,7 @@ POSTGRESQL = Dialect(
     index_names_per_table=False,
     extra_indexes=_extra_indexes,
     is_transient=_is_transient,
+    notify=_notify,
     version_query="SHOW server_version",
     check_version=_check_version,
 )

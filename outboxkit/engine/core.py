@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from outboxkit.broker import Broker, Subscription
 from outboxkit.consumer import Consumer
 from outboxkit.engine.config import EngineConfig
-from outboxkit.engine.loops import run_consumer, run_relay
+from outboxkit.engine.loops import run_consumer, run_listener, run_relay
 from outboxkit.engine.stats import EngineStats, StatsRecorder
 from outboxkit.engine.wakeups import Wakeups
 from outboxkit.errors import ConfigurationError
@@ -202,6 +202,9 @@ class Engine:
             for route in self.relay_routes():
                 for n in range(self.config.relay_threads):
                     self._spawn(f"outboxkit-relay-{route.service}-{n}", self._relay_loop, route)
+            relayed = {r.table: r.service for r in self.relay_routes()}
+            if relayed and self.config.relay_threads and self.repository.notifies_new_rows:
+                self._spawn("outboxkit-listener", self._listener_loop, relayed)
             for route in self.consumer_routes():
                 for n in range(self.config.consumer_threads):
                     name = f"{self.config.consumer_name}-{n}"
@@ -333,6 +336,11 @@ class Engine:
             stopping=self._stopping,
             wake=self._wakeups.event(route.service),
             stats=self._stats,
+        )
+
+    def _listener_loop(self, services_by_table: dict[str, str]) -> None:
+        run_listener(
+            self.repository, services_by_table, stopping=self._stopping, wakeups=self._wakeups
         )
 
     def _consumer_loop(self, route: Route, member: str) -> None:

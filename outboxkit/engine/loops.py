@@ -11,12 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 
 from outboxkit.broker import Broker, Subscription
 from outboxkit.consumer import Consumer
 from outboxkit.engine.stats import StatsRecorder
+from outboxkit.engine.wakeups import Wakeups
 from outboxkit.errors import BrokerUnavailableError, RepositoryError
 from outboxkit.relay import Relay
+from outboxkit.repository import NewRowListener, Repository
 from outboxkit.routing import Route
 
 logger = logging.getLogger(__name__)
@@ -30,10 +33,17 @@ def run_relay(
     wake: threading.Event,
     stats: StatsRecorder,
 ) -> None:
-    """Claim and publish the service's due rows until ``stopping`` is set."""
+    """Claim and publish the service's due rows until ``stopping`` is set.
+
+    Never sleeps after a claim that returned rows. After an empty claim it polls adaptively:
+    ``min_poll_interval`` at first (right after work or a wake-up the next rows are likely
+    close), doubling up to ``idle_interval`` while nothing comes. A wake-up (a commit in this
+    process, a notification from another) ends the wait at once.
+    """
     route = relay.route
     config = relay.config
     backoff = config.outage_backoff
+    poll = config.min_poll_interval
     next_rescue = time.monotonic() + config.republish_interval
     topic_ready = False
     while not stopping.is_set():
@@ -48,15 +58,58 @@ def run_relay(
             if time.monotonic() >= next_rescue:
                 next_rescue = time.monotonic() + config.republish_interval
                 relay.republish_stale()
-            if step.claimed < config.batch_size:
-                wake.wait(config.idle_interval)
+            if step.claimed:
+                poll = config.min_poll_interval
+                continue
+            woken = wake.wait(poll)
+            poll = config.min_poll_interval if woken else min(poll * 2, config.idle_interval)
         except (BrokerUnavailableError, RepositoryError) as exc:
-            logger.warning("relay %s paused %.1f s: %s", route.service, backoff, exc, exc_info=True)
+            if isinstance(exc, BrokerUnavailableError):
+                topic_ready = False  # a broker back from a restart may have lost the topic
+            logger.warning("relay %s paused %.1f s: %s", route.service, backoff, exc)
             stopping.wait(backoff)
             backoff = min(backoff * 2, config.outage_backoff_max)
         except Exception:
             logger.exception("relay %s step failed unexpectedly; going on", route.service)
             stopping.wait(config.outage_backoff)
+
+
+def run_listener(
+    repository: Repository,
+    services_by_table: Mapping[str, str],
+    *,
+    stopping: threading.Event,
+    wakeups: Wakeups,
+    backoff: float = 1.0,
+    backoff_max: float = 30.0,
+) -> None:
+    """Wake this process's relays when another process commits new rows (PostgreSQL).
+
+    Losing the listening connection only costs latency (relays poll anyway): it is opened
+    again after a pause, logged once per loss.
+    """
+    pause = backoff
+    listener: NewRowListener | None = None
+    try:
+        while not stopping.is_set():
+            try:
+                if listener is None:
+                    listener = repository.new_row_listener()
+                    if listener is None:
+                        return
+                    pause = backoff
+                tables = listener.wait(0.5)
+                wakeups.wake(services_by_table[t] for t in tables if t in services_by_table)
+            except RepositoryError as exc:
+                logger.warning("new-row listener paused %.1f s: %s", pause, exc)
+                if listener is not None:
+                    listener.close()
+                    listener = None
+                stopping.wait(pause)
+                pause = min(pause * 2, backoff_max)
+    finally:
+        if listener is not None:
+            listener.close()
 
 
 def run_consumer(

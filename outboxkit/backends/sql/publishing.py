@@ -109,11 +109,14 @@ class Publishing(SqlStore):
     ) -> tuple[dict[str, int], dict[str, int]]:
         """One multi-row insert whose RETURNING names exactly the rows it inserted."""
         now = self.dialect.now()
-        stmt = (
-            self.dialect.insert_ignore(table)
-            .values(next_retry_at=now, created_at=now, updated_at=now)
-            .returning(table.c.id, table.c.event_id)
+        returned: list[Any] = [table.c.id, table.c.event_id]
+        if self.dialect.notify is not None:
+            # Wakes relays in other processes on commit, in the same round trip.
+            returned.append(self.dialect.notify(table.name))
+        stmt = self.dialect.insert_ignore(table).values(
+            next_retry_at=now, created_at=now, updated_at=now
         )
+        stmt = stmt.returning(*returned)
         created = {str(r[1]): int(r[0]) for r in conn.execute(stmt, rows)}
         missing = [r["event_id"] for r in rows if r["event_id"] not in created]
         existing = self._ids_by_event_id(conn, table, missing, lock=False) if missing else {}

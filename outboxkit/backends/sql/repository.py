@@ -11,7 +11,7 @@ from outboxkit.backends.sql.operations import Operations
 from outboxkit.backends.sql.publishing import Publishing
 from outboxkit.backends.sql.relaying import RelaySide
 from outboxkit.backends.sql.schema_ops import SchemaOps
-from outboxkit.repository import Repository
+from outboxkit.repository import NewRowListener, Repository
 
 
 class SqlRepository(Publishing, RelaySide, ConsumerSide, Operations, SchemaOps, Repository):
@@ -39,6 +39,19 @@ class SqlRepository(Publishing, RelaySide, ConsumerSide, Operations, SchemaOps, 
             engine_kwargs.setdefault("pool_pre_ping", True)
             engine = sa.create_engine(url, **engine_kwargs)
         return cls(engine, owns_engine=True)
+
+    @property
+    def notifies_new_rows(self) -> bool:
+        return self.dialect.notify is not None
+
+    def new_row_listener(self) -> NewRowListener | None:
+        """A ``LISTEN`` connection on PostgreSQL (see :mod:`.listening`); ``None`` elsewhere."""
+        if self.dialect.notify is None:
+            return None
+        self._check_server()
+        from outboxkit.backends.sql.listening import PostgresListener
+
+        return PostgresListener(self.engine)
 
     def describe(self) -> dict[str, Any]:
         facts = super().describe()
