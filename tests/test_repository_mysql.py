@@ -12,6 +12,7 @@ from outboxkit.backends.mysql import check_version, is_mariadb
 from outboxkit.errors import UnsupportedDatabaseError
 from outboxkit.messages import PublishRequest, Status
 from outboxkit.outbox import Publisher
+from outboxkit.repository import NewMessage
 from outboxkit.routing import Route, Routing, ServiceCatalog
 from outboxkit.testing.repository_contract import RepositoryContract
 
@@ -165,3 +166,49 @@ def test_last_error_with_four_byte_characters_is_stored_on_utf8mb4(
     finally:
         with mysql_engine.begin() as conn:
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {route.table}")
+
+
+def test_a_claim_locks_about_its_limit_and_concurrent_claimers_both_get_full_batches(
+    mysql_engine: sa.Engine, unique: str
+) -> None:
+    """With a due backlog 20 times the batch, a claim held open locks about ``limit`` rows
+    (the claim index serves its order), so a second claimer still gets a full batch."""
+    route = Route.by_convention(f"t{unique}")
+    repository = SqlRepository(mysql_engine)
+    repository.create_schema([route])
+    table = repository.table(route)
+    limit = 50
+    try:
+        with repository.transaction() as conn:
+            repository.add(
+                conn,
+                route,
+                [
+                    NewMessage(event_id=f"e{n}", event_type="t", message_key=f"k{n}", payload="{}")
+                    for n in range(limit * 20)
+                ],
+            )
+        query = (
+            sa.select(table.c.id)
+            .where(table.c.status == "pending", table.c.next_retry_at <= sa.func.utc_timestamp(6))
+            .order_by(table.c.next_retry_at, table.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        with mysql_engine.connect() as holder:
+            holder.exec_driver_sql("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            holder.commit()
+            with holder.begin():
+                held = holder.execute(query).scalars().all()
+                assert len(held) == limit
+                locked = holder.exec_driver_sql(
+                    "SELECT trx_rows_locked FROM information_schema.INNODB_TRX "
+                    "WHERE trx_mysql_thread_id = CONNECTION_ID()"
+                ).scalar_one()
+                assert locked <= 2 * limit + 2, f"a claim of {limit} locked {locked} rows"
+                claim = repository.claim_due(route, limit=limit, lease_seconds=30)
+                assert len(claim.messages) == limit
+                assert not {m.id for m in claim.messages} & set(held)
+    finally:
+        with mysql_engine.begin() as conn:
+            conn.execute(sa.text(f"DROP TABLE {route.table}"))

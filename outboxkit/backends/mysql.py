@@ -9,6 +9,7 @@ The clock is ``UTC_TIMESTAMP(6)``: the server's clock in UTC whatever the sessio
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -46,6 +47,18 @@ def _is_transient(exc: BaseException) -> bool:
     return bool(args) and args[0] in _TRANSIENT_ERRNOS
 
 
+#: Index that serves the claim's ``WHERE status = 'pending' AND next_retry_at <= now ORDER BY
+#: next_retry_at, id`` in order (InnoDB appends the primary key), so a claim reads and locks
+#: about ``limit`` rows. The Go index ``(status, next_retry_at, biz_type)`` cannot serve
+#: ``ORDER BY next_retry_at, id``: the claim filesorted and locked the whole due backlog, and
+#: a concurrent claimer skipped every locked row and came back empty.
+IDX_CLAIM = "idx_outbox_claim"
+
+
+def _extra_indexes(table: sa.Table, name: Callable[[str], str]) -> list[sa.Index]:
+    return [sa.Index(name(IDX_CLAIM), table.c.status, table.c.next_retry_at)]
+
+
 def is_mariadb(version: str) -> bool:
     """True for a MariaDB ``VERSION()`` string such as ``10.11.19-MariaDB-0+deb12u1``."""
     return "mariadb" in version.lower()
@@ -74,6 +87,7 @@ MYSQL = Dialect(
     # Index names are per table on MySQL: keep the Go names, so a Go AutoMigrate run
     # against one of our tables recognises its indexes instead of adding copies.
     index_names_per_table=True,
+    extra_indexes=_extra_indexes,
     # No gap locks in our own transactions: see Dialect.own_isolation_level.
     own_isolation_level="READ COMMITTED",
     is_transient=_is_transient,

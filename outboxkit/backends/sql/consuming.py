@@ -218,11 +218,15 @@ class ConsumerSide(SqlStore):
         guard = sa.and_(table.c.id == outbox_id, table.c.status.in_(OPEN_STATUSES))
 
         def mark(conn: Connection) -> bool:
-            if event_id is not None:
-                row = self._lock_rows(conn, table, [outbox_id]).get(outbox_id)
-                if row is None or not is_same_event(row, event_id, None):
-                    return False
-            return bool(conn.execute(sa.update(table).where(guard).values(**values())).rowcount)
+            # Lock first, then decide: the affected-row count of a guarded UPDATE that waited
+            # on a lock is not to be trusted on MySQL (see SqlStore._guarded_update).
+            row = self._lock_rows(conn, table, [outbox_id]).get(outbox_id)
+            if row is None or row[1] not in OPEN_STATUSES:
+                return False
+            if event_id is not None and not is_same_event(row, event_id, None):
+                return False
+            conn.execute(sa.update(table).where(guard).values(**values()))
+            return True
 
         return self._transact(what, route, mark)
 

@@ -74,10 +74,6 @@ def row_message(row: RowMapping, **overrides: Any) -> OutboxMessage:
     return OutboxMessage(**values)
 
 
-class _PartialUpdateError(Exception):
-    """A guarded ``UPDATE`` without ``RETURNING`` changed some of its rows: redo it exactly."""
-
-
 class SqlStore:
     """The engine, its dialect, the table cache and the helpers every statement uses.
 
@@ -202,12 +198,13 @@ class SqlStore:
     ) -> set[int]:
         """``UPDATE table SET values WHERE id IN ids AND condition`` and the ids it changed.
 
-        With ``RETURNING`` that is one statement. Without it (MySQL/MariaDB) one ``UPDATE``
-        usually tells everything: when it changed every row or none. Only when it changed
-        some is it rolled back and done again behind a ``SELECT ... FOR UPDATE`` of the
-        rows by primary key, in id order, so the exact ids are known. Rows are locked by
-        primary key in id order in every case (the order the consumer locks them in too),
-        which is what keeps a relay's mark and a consumer's batch from deadlocking.
+        With ``RETURNING`` that is one statement. Without it (MySQL/MariaDB) the rows are
+        locked first with a ``SELECT ... FOR UPDATE`` by primary key, in id order, and the
+        ``UPDATE`` names exactly those that match. (The affected-row count cannot stand in
+        for the ids: an ``UPDATE`` that waited on a row lock through a secondary index was
+        seen to count a row that no longer matched.) Rows are locked by primary key in id
+        order in every case, the order the consumer locks them in too, which is what keeps
+        a relay's mark and a consumer's batch from deadlocking.
         """
         table = self.table(route)
         wanted = sorted(set(ids))
@@ -221,21 +218,6 @@ class SqlStore:
                 return {int(r[0]) for r in conn.execute(stmt)}
 
             return self._transact(what, route, returning)
-
-        def single(conn: Connection) -> set[int]:
-            changed = int(
-                conn.execute(sa.update(table).where(where).values(**values(conn))).rowcount
-            )
-            if changed == len(wanted):
-                return set(wanted)
-            if changed == 0:
-                return set()
-            raise _PartialUpdateError
-
-        try:
-            return self._transact(what, route, single)
-        except _PartialUpdateError:
-            pass
 
         def locked(conn: Connection) -> set[int]:
             # Lock every named row by primary key (not through the status index), then pick.
