@@ -15,9 +15,9 @@ import redis
 from redis.commands.core import Script
 
 from outboxkit.broker import BrokerMessage, SendResult
-from outboxkit.brokers.redis_streams.errors import is_unavailable_reply, unavailable
+from outboxkit.brokers.redis_streams.errors import is_unavailable_reply, send_error
 from outboxkit.brokers.redis_streams.wire import encode_fields, text
-from outboxkit.errors import BrokerError, BrokerUnavailableError, MessageRejectedError
+from outboxkit.errors import BrokerUnavailableError, MessageRejectedError
 
 # KEYS: the streams. ARGV[1]: MAXLEN (0 = none); then per message: stream index, message
 # key, number of field pairs, fields. Returns per message "ok", "err" or "skip" followed by
@@ -60,28 +60,56 @@ return out
 def publish_batch(
     client: redis.Redis, script: Script, maxlen: int | None, messages: Sequence[BrokerMessage]
 ) -> list[SendResult]:
-    """Run :data:`PUBLISH_SCRIPT` for ``messages`` and return one result per message."""
+    """Run :data:`PUBLISH_SCRIPT` for ``messages`` and return one result per message.
+
+    A message redis-py could not encode is rejected on its own before anything is sent, and
+    the later messages of its key are not sent; errors are classified as in :mod:`.errors`.
+    """
+    results: list[SendResult | None] = [None] * len(messages)
+    failed_keys: dict[str, str] = {}
     streams: dict[str, int] = {}
+    sent: list[int] = []
     args: list[bytes | str | int] = [maxlen or 0]
-    for message in messages:
+    for position, message in enumerate(messages):
+        if message.key in failed_keys:
+            reason = f"not sent: an earlier message of key {message.key!r} failed: "
+            results[position] = SendResult(
+                message=message, error=MessageRejectedError(reason + failed_keys[message.key])
+            )
+            continue
+        try:
+            fields = encode_fields(message)
+        except MessageRejectedError as exc:
+            failed_keys[message.key] = str(exc)
+            results[position] = SendResult(message=message, error=exc)
+            continue
         index = streams.setdefault(message.topic, len(streams) + 1)
-        fields = encode_fields(message)
         args.extend((index, message.key, len(fields) // 2))
         args.extend(fields)
+        sent.append(position)
+    if sent:
+        batch = [messages[position] for position in sent]
+        sent_results = _run(client, script, list(streams), args, batch)
+        for position, result in zip(sent, sent_results, strict=True):
+            results[position] = result
+    return [result for result in results if result is not None]
+
+
+def _run(
+    client: redis.Redis,
+    script: Script,
+    keys: list[str],
+    args: list[bytes | str | int],
+    batch: list[BrokerMessage],
+) -> list[SendResult]:
     try:
-        replies = script(keys=list(streams), args=args, client=client)
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        error: BrokerError = unavailable(exc, f"publishing {len(messages)} messages")
-        return [SendResult(message=m, error=error) for m in messages]
-    except redis.exceptions.ResponseError as exc:
-        # The whole script was refused (OOM, a read-only replica, ...): nothing written.
-        reason = str(exc)
-        if is_unavailable_reply(reason):
-            error = BrokerUnavailableError(f"Redis refused the batch: {reason}")
-        else:
-            error = MessageRejectedError(f"Redis refused the batch: {reason}")
-        return [SendResult(message=m, error=error) for m in messages]
-    return [_result(message, reply) for message, reply in zip(messages, replies, strict=True)]
+        # redis-py answers NOSCRIPT (a restarted server) by loading the script and retrying.
+        replies = script(keys=keys, args=args, client=client)
+    except redis.exceptions.RedisError as exc:
+        # The whole script was refused or lost: nothing or all of it was written.
+        error = send_error(exc, f"a batch of {len(batch)} messages")
+        return [SendResult(message=m, error=error) for m in batch]
+    return [_result(message, reply) for message, reply in zip(batch, replies, strict=True)]
 
 
 def _result(message: BrokerMessage, reply: Sequence[bytes]) -> SendResult:

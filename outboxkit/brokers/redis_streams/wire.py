@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from outboxkit.broker import BrokerMessage, Delivery
+from outboxkit.errors import MessageRejectedError
 
 FIELD_KEY = b"key"
 FIELD_VALUE = b"value"
@@ -21,11 +22,26 @@ def text(value: bytes | str) -> str:
 
 
 def encode_fields(message: BrokerMessage) -> list[bytes | str]:
-    """The field/value pairs of ``message``'s entry, flattened as ``XADD`` takes them."""
+    """The field/value pairs of ``message``'s entry, flattened as ``XADD`` takes them.
+
+    Raises :class:`~outboxkit.errors.MessageRejectedError` for a field of the wrong type
+    (redis-py would raise ``DataError`` for the whole batch, or send ``str(value)``).
+    """
+    _check_type("key", message.key, str)
+    _check_type("value", message.value, (bytes, bytearray))
     fields: list[bytes | str] = [FIELD_KEY, message.key, FIELD_VALUE, message.value]
     for name, value in message.headers.items():
+        _check_type("header name", name, str)
+        _check_type(f"header {name!r}", value, str)
         fields.extend((HEADER_PREFIX + name.encode(), value))
     return fields
+
+
+def _check_type(what: str, value: object, expected: type | tuple[type, ...]) -> None:
+    if not isinstance(value, expected):
+        raise MessageRejectedError(
+            f"message {what} is a {type(value).__name__}, which Redis cannot carry as is"
+        )
 
 
 def decode_entry(
