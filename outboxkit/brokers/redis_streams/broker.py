@@ -11,8 +11,10 @@ import redis
 from outboxkit.broker import Broker, BrokerMessage, SendResult
 from outboxkit.brokers.redis_streams.config import RedisStreamsConfig
 from outboxkit.brokers.redis_streams.errors import unavailable
+from outboxkit.brokers.redis_streams.liveness import Heartbeat, Member
 from outboxkit.brokers.redis_streams.publish import PUBLISH_SCRIPT, publish_batch
 from outboxkit.brokers.redis_streams.subscription import RedisStreamsSubscription
+from outboxkit.brokers.redis_streams.takeover import TAKEOVER_SCRIPT
 from outboxkit.errors import (
     BrokerClosedError,
     BrokerError,
@@ -24,7 +26,11 @@ __all__ = ["RedisStreamsBroker"]
 
 
 class RedisStreamsBroker(Broker):
-    """:class:`~outboxkit.broker.Broker` on Redis Streams; see the package docstring."""
+    """:class:`~outboxkit.broker.Broker` on Redis Streams; see the package docstring.
+
+    Owns one daemon thread, started with the first subscription and ended by :meth:`close`:
+    the heartbeat that keeps the liveness keys of its open subscriptions (:mod:`.liveness`).
+    """
 
     def __init__(self, config: RedisStreamsConfig, *, client: redis.Redis | None = None) -> None:
         self.config = config
@@ -35,6 +41,10 @@ class RedisStreamsBroker(Broker):
                 "RedisStreamsBroker needs a client with decode_responses=False: values are bytes"
             )
         self._publish_script = self._client.register_script(PUBLISH_SCRIPT)
+        self.takeover_script = self._client.register_script(TAKEOVER_SCRIPT)
+        self._heartbeat = Heartbeat(
+            self._client, config.member_ttl_seconds, name=f"outboxkit-redis-heartbeat-{id(self):x}"
+        )
         self._lock = threading.Lock()
         self._closed = False
         self._subscriptions: list[RedisStreamsSubscription] = []
@@ -67,7 +77,11 @@ class RedisStreamsBroker(Broker):
     def subscribe(self, topic: str, group: str, consumer_name: str) -> RedisStreamsSubscription:
         _check_name("consumer name", consumer_name)
         self.ensure_topic(topic, group)
-        subscription = RedisStreamsSubscription(self, topic, group, consumer_name)
+        try:
+            token = self._heartbeat.add(Member(topic, group, consumer_name))
+        except redis.exceptions.RedisError as exc:
+            raise unavailable(exc, f"marking {consumer_name} alive on {topic}") from exc
+        subscription = RedisStreamsSubscription(self, topic, group, consumer_name, token)
         with self._lock:
             if self._closed:
                 subscription.close()
@@ -95,7 +109,8 @@ class RedisStreamsBroker(Broker):
                 raise BrokerError(f"creating group {group} on {topic} failed: {exc}") from exc
 
     def close(self) -> None:
-        """Stop every subscription, then release the connections (if the client is ours)."""
+        """Stop every subscription and the heartbeat (deleting the liveness keys, so the
+        other members take over at once), then release the connections if they are ours."""
         with self._lock:
             if self._closed:
                 return
@@ -103,6 +118,8 @@ class RedisStreamsBroker(Broker):
             subscriptions, self._subscriptions = self._subscriptions, []
         for subscription in subscriptions:
             subscription.close()
+        # Bounded: with Redis unreachable the keys expire on their own.
+        self._heartbeat.stop(timeout=self.config.socket_connect_timeout + 1.0)
         if self._owns_client:
             self._client.close()
             self._client.connection_pool.disconnect()
@@ -112,10 +129,12 @@ class RedisStreamsBroker(Broker):
     def closed(self) -> bool:
         return self._closed
 
-    def _forget(self, subscription: RedisStreamsSubscription) -> None:
+    def _forget(self, subscription: RedisStreamsSubscription, token: int) -> None:
+        """Called by a closing subscription: stop keeping it alive (never blocks)."""
         with self._lock:
             if subscription in self._subscriptions:
                 self._subscriptions.remove(subscription)
+        self._heartbeat.remove(token)
 
     def _check_open(self) -> None:
         if self._closed:

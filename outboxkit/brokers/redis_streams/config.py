@@ -13,6 +13,7 @@ __all__ = [
     "DEFAULT_BLOCK_MS",
     "DEFAULT_CLAIM_IDLE_SECONDS",
     "DEFAULT_CLAIM_INTERVAL_SECONDS",
+    "DEFAULT_MEMBER_TTL_SECONDS",
     "DEFAULT_SOCKET_CONNECT_TIMEOUT",
     "DEFAULT_SOCKET_TIMEOUT",
     "RedisStreamsConfig",
@@ -24,6 +25,8 @@ DEFAULT_BLOCK_MS = 500
 DEFAULT_CLAIM_IDLE_SECONDS = 60.0
 #: How often a member looks for idle entries to claim (watermill uses 5 s).
 DEFAULT_CLAIM_INTERVAL_SECONDS = 5.0
+#: How long a member counts as alive after its last heartbeat (refreshed every third of it).
+DEFAULT_MEMBER_TTL_SECONDS = 10.0
 #: An unreachable server must fail fast: the relay pauses and retries on its own.
 DEFAULT_SOCKET_CONNECT_TIMEOUT = 3.0
 #: Longest wait for an answer; must exceed the block slice.
@@ -44,6 +47,14 @@ class RedisStreamsConfig:
     )
     claim_interval_seconds: float = attrs.field(
         default=DEFAULT_CLAIM_INTERVAL_SECONDS, validator=attrs.validators.gt(0)
+    )
+    #: A member's liveness key lives this long; the broker's heartbeat thread refreshes it
+    #: every third of it. Once it expired (a process killed, a host gone), the other members
+    #: take the member's pending entries at once instead of after ``claim_idle_seconds``,
+    #: and remove it from the group. Keep it above the longest pause of a process (a GC, a
+    #: stalled VM): a false verdict costs a duplicate delivery, which handling absorbs.
+    member_ttl_seconds: float = attrs.field(
+        default=DEFAULT_MEMBER_TTL_SECONDS, validator=attrs.validators.ge(0.1)
     )
     socket_connect_timeout: float = attrs.field(
         default=DEFAULT_SOCKET_CONNECT_TIMEOUT, validator=attrs.validators.gt(0)

@@ -13,6 +13,7 @@ import redis
 
 from outboxkit.broker import Delivery, Subscription
 from outboxkit.brokers.redis_streams.errors import unavailable
+from outboxkit.brokers.redis_streams.takeover import take_over_dead_members
 from outboxkit.brokers.redis_streams.wire import decode_entry
 from outboxkit.errors import BrokerClosedError, BrokerError
 
@@ -28,9 +29,15 @@ class RedisStreamsSubscription(Subscription):
     """A Redis consumer ``consumer_name`` of ``group`` on stream ``topic``."""
 
     def __init__(
-        self, broker: RedisStreamsBroker, topic: str, group: str, consumer_name: str
+        self,
+        broker: RedisStreamsBroker,
+        topic: str,
+        group: str,
+        consumer_name: str,
+        heartbeat_token: int,
     ) -> None:
         self._broker = broker
+        self._heartbeat_token = heartbeat_token
         self._config = broker.config
         self.topic = topic
         self.group = group
@@ -75,12 +82,14 @@ class RedisStreamsSubscription(Subscription):
             raise BrokerError(f"XACK on {self.topic} failed: {exc}") from exc
 
     def close(self) -> None:
-        """Stop receiving. Pending entries stay in the PEL, to be re-read by this name or
-        claimed by another member after ``claim_idle_seconds`` (Redis has no "give back")."""
+        """Stop receiving and stop being alive. Pending entries stay in the PEL (Redis has no
+        "give back"): re-read by this name if it subscribes again, or taken over by another
+        member's next sweep once the liveness key is deleted (at once, from the broker's
+        heartbeat thread) or expired."""
         if self._closed:
             return
         self._closed = True
-        self._broker._forget(self)
+        self._broker._forget(self, self._heartbeat_token)
         # A blocked receive notices the flag within one block slice and drops the
         # connection itself; otherwise release it now.
         if self._io.acquire(blocking=False):
@@ -131,13 +140,17 @@ class RedisStreamsSubscription(Subscription):
         return []
 
     def _recover(self, max_messages: int) -> list[Delivery]:
-        """Our own pending entries first (after a restart), then idle ones of others."""
+        """Our own pending entries first (after a restart), then those of dead members, then
+        idle ones of anyone."""
         if self._own_cursor is not None:
             own = self._read(self._own_cursor, max_messages, None)
             if own:
                 self._own_cursor = own[-1].receipt
                 return self._with_counts(own)
             self._own_cursor = None
+        taken = self._take_over(max_messages)
+        if taken:
+            return taken  # the next receive sweeps again: there may be more
         reply = self._with_group(
             lambda c: c.xautoclaim(
                 self.topic,
@@ -164,6 +177,27 @@ class RedisStreamsSubscription(Subscription):
                 self.group,
             )
         return self._with_counts(claimed)
+
+    def _take_over(self, max_messages: int) -> list[Delivery]:
+        """The pending entries of dead members (see :mod:`.takeover`), counts included."""
+        try:
+            taken = self._with_group(
+                lambda c: take_over_dead_members(
+                    c,
+                    self._broker.takeover_script,
+                    stream=self.topic,
+                    group=self.group,
+                    me=self.consumer_name,
+                    idle_ms=int(self._config.claim_idle_seconds * 1000),
+                    count=max_messages,
+                )
+            )
+        except redis.exceptions.ResponseError as exc:
+            if "no such key" not in str(exc):
+                raise
+            return []  # the stream is gone; the read that follows creates it again
+        deliveries = self._deliveries(taken.entries)
+        return [attrs.evolve(d, delivery_count=taken.counts.get(d.receipt, 2)) for d in deliveries]
 
     def _read(self, start: bytes, count: int, block: int | None) -> list[Delivery]:
         reply = self._with_group(
