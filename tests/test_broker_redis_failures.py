@@ -1,4 +1,5 @@
-"""How the Redis Streams broker classifies what can go wrong on send, on real servers.
+"""The Redis Streams broker on private servers: what it makes of failures and restarts
+(how it classifies what can go wrong on send), and how many round trips a receive costs.
 
 Each test that breaks a server (fills it, demotes it, restarts it empty) starts its own
 ``redis-server`` on a free loopback port: the shared Redis is never touched that way. The
@@ -291,3 +292,40 @@ def _receive_until(subscription: Subscription, wanted: Callable[[Delivery], bool
             if wanted(delivery):
                 return delivery
     pytest.fail(f"nothing wanted arrived; outages seen: {outages[-3:]}")
+
+
+# ---------------------------------------------------------------------- round trips
+def _commands(admin: redis.Redis) -> dict[str, int]:
+    """Calls per command since the server started, without our own ``INFO``."""
+    stats = admin.info("commandstats")
+    return {name: int(row["calls"]) for name, row in stats.items() if name != "cmdstat_info"}
+
+
+def _spent(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
+
+
+def test_a_receive_with_entries_waiting_costs_one_read_and_a_batch_one_ack(
+    redis_server: Callable[..., RedisServer],
+    own_broker: Callable[..., RedisStreamsBroker],
+) -> None:
+    # Given a member past its first sweep, with sweeps and heartbeats far away
+    server = redis_server()
+    broker = own_broker(server, claim_interval_seconds=600.0, member_ttl_seconds=600.0)
+    subscription = broker.subscribe("s", "g", "m")
+    assert subscription.receive(timeout=0) == []
+    broker.publish([BrokerMessage(topic="s", key=f"k{i}", value=b"v") for i in range(30)])
+    admin = redis.Redis.from_url(server.url)
+    before = _commands(admin)
+    # When it receives three batches that are already waiting, with a long timeout
+    started = time.monotonic()
+    batches = [subscription.receive(timeout=30, max_messages=10) for _ in range(3)]
+    elapsed = time.monotonic() - started
+    subscription.ack_many([d for batch in batches for d in batch])
+    # Then each receive returned at once, with one XREADGROUP each: no XPENDING, no
+    # heartbeat, no sweep on the way; and the whole batch took one XACK
+    assert [len(batch) for batch in batches] == [10, 10, 10]
+    assert elapsed < 10  # generous: it must not have waited for the 30 s timeout
+    assert _spent(before, _commands(admin)) == {"cmdstat_xreadgroup": 3, "cmdstat_xack": 1}
+    assert admin.xpending("s", "g")["pending"] == 0
+    admin.close()

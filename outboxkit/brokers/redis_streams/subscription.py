@@ -81,6 +81,22 @@ class RedisStreamsSubscription(Subscription):
         except redis.exceptions.ResponseError as exc:
             raise BrokerError(f"XACK on {self.topic} failed: {exc}") from exc
 
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """One ``XACK stream group id1 id2 ...`` for the whole batch (all on this stream)."""
+        if not deliveries:
+            return
+        if self._closed:
+            raise BrokerClosedError(f"subscription {self.consumer_name} to {self.topic} is closed")
+        receipts = [delivery.receipt for delivery in deliveries]
+        try:
+            self._broker.client.xack(self.topic, self.group, *receipts)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise unavailable(
+                exc, f"acknowledging {len(receipts)} entries on {self.topic}"
+            ) from exc
+        except redis.exceptions.ResponseError as exc:
+            raise BrokerError(f"XACK on {self.topic} failed: {exc}") from exc
+
     def close(self) -> None:
         """Stop receiving and stop being alive. Pending entries stay in the PEL (Redis has no
         "give back"): re-read by this name if it subscribes again, or taken over by another
