@@ -69,8 +69,9 @@ class Subscription(abc.ABC):
     """A named member of a consumer group reading one topic.
 
     Used by one thread only. Messages not acknowledged are delivered again to some member
-    of the group (after a rebalance for Kafka, after the idle time for Redis Streams), so a
-    consumer that dies mid-message loses nothing.
+    of the group (after a rebalance for Kafka; for Redis Streams as soon as the member is
+    known dead, else after the idle time), so a consumer that dies mid-message loses
+    nothing.
     """
 
     @abc.abstractmethod

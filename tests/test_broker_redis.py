@@ -89,7 +89,7 @@ def test_an_entry_of_a_crashed_consumer_is_claimed_after_the_idle_time(
         assert pending["pending"] == 0  # acked by receive_until
     finally:
         survivor.close()
-        crashed.client.connection_pool.disconnect()
+        crashed.close()  # its heartbeat kept it alive: only the idle rule could claim
 
 
 def test_a_restarted_consumer_re_reads_its_own_pending_entries_at_once(

@@ -1,0 +1,89 @@
+"""redis-py errors translated to the :mod:`outboxkit.errors` tree, at the boundary.
+
+A failed send is either "the broker is unwell" (:class:`BrokerUnavailableError`: the relay
+releases the rows uncounted and backs off) or "this message is bad"
+(:class:`MessageRejectedError`: one counted retry, ``dead`` in the end). The rule: unless
+Redis said something is wrong with *this* command as given, nothing is known to be wrong
+with the message, and it is the broker that is unwell.
+
+=====================================================  ===========  ==========================
+What redis-py raises, or the script's ``XADD`` returns  Class        Why
+=====================================================  ===========  ==========================
+``ConnectionError`` (refused, reset, ``AUTH`` failed,   unavailable  the server cannot be used;
+``LOADING``, "max number of clients reached", pool                   the script is atomic, so
+exhausted), ``TimeoutError``, ``InvalidResponse``                    all or nothing was written
+``OOM`` (maxmemory with ``noeviction``)                 unavailable  full until consumers catch
+                                                                     up or memory is freed
+``READONLY`` (a replica, e.g. during a failover),       unavailable  writes go elsewhere or come
+``MASTERDOWN``, ``NOREPLICAS``, ``MISCONF`` (snapshot                back when the server heals
+failing), ``BUSY`` (a long script), ``TRYAGAIN``,
+``CLUSTERDOWN``
+``NOSCRIPT`` (script cache empty after a restart or     never seen   redis-py loads the script
+``SCRIPT FLUSH``)                                                    and runs it again
+``WRONGTYPE`` (the stream key holds another type)       rejected     this topic cannot take it
+``NOPERM`` (an ACL forbids the key or command)          rejected     a retry cannot fix it; the
+                                                                     row dies with the reason
+                                                                     instead of stalling the
+                                                                     relay forever
+a message field redis-py cannot encode (``DataError``;  rejected     the message itself is bad
+checked before sending, for that message only)
+any other error reply (``ERR ...``)                     rejected     Redis refused the command
+                                                                     as given
+any other ``RedisError``                                unavailable  a client-side failure says
+                                                                     nothing about the message
+=====================================================  ===========  ==========================
+
+redis-py strips the code from the replies it maps to a class (``ReadOnlyError("You can't
+write ...")``), so exceptions are classified by class first, by reply code second.
+"""
+
+from __future__ import annotations
+
+import redis
+
+from outboxkit.errors import BrokerError, BrokerUnavailableError, MessageRejectedError
+
+__all__ = ["UNAVAILABLE_REPLIES", "is_unavailable_reply", "send_error", "unavailable"]
+
+#: Error reply codes that say the server cannot work right now, not that the message is bad.
+UNAVAILABLE_REPLIES = (
+    "OOM",
+    "LOADING",
+    "BUSY",
+    "READONLY",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "NOREPLICAS",
+    "MISCONF",
+)
+
+#: redis-py's classes for the replies above (they no longer carry the code in ``str()``).
+_UNAVAILABLE_REPLY_CLASSES: tuple[type[redis.exceptions.ResponseError], ...] = (
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.ClusterDownError,  # and MasterDownError
+    redis.exceptions.TryAgainError,
+)
+
+
+def unavailable(exc: Exception, what: str) -> BrokerUnavailableError:
+    return BrokerUnavailableError(f"Redis unavailable while {what}: {exc}")
+
+
+def is_unavailable_reply(text: str) -> bool:
+    """Whether an error reply (``"OOM command not allowed ..."``) means the broker is unwell."""
+    return text.startswith(UNAVAILABLE_REPLIES)
+
+
+def send_error(exc: redis.exceptions.RedisError, what: str) -> BrokerError:
+    """The error to report for every message of a batch whose send raised ``exc``."""
+    if not isinstance(exc, redis.exceptions.ResponseError):
+        # ConnectionError (and its LOADING, AUTH, pool subclasses), TimeoutError,
+        # InvalidResponse, ...: nothing reached Redis, or all of the batch did.
+        return unavailable(exc, what)
+    code = getattr(exc, "status_code", None) or ""
+    reply = f"{code} {exc}".strip() if code and not str(exc).startswith(code) else str(exc)
+    if isinstance(exc, _UNAVAILABLE_REPLY_CLASSES) or is_unavailable_reply(reply):
+        return BrokerUnavailableError(f"Redis refused {what}: {reply}")
+    return MessageRejectedError(f"Redis refused {what}: {reply}")

@@ -1,0 +1,126 @@
+"""Publishing a batch: one Lua script ``XADD``s every message, in order, atomically.
+
+Once a message fails, the script skips the later messages of the same key, so a failure
+never reorders a key (a plain pipeline would already have written the later ones). The
+script is atomic, so a lost connection means "all or nothing of the batch was written":
+every message is then reported :class:`~outboxkit.errors.BrokerUnavailableError` and a
+retry may duplicate, never reorder, what was written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import redis
+from redis.commands.core import Script
+
+from outboxkit.broker import BrokerMessage, SendResult
+from outboxkit.brokers.redis_streams.errors import is_unavailable_reply, send_error
+from outboxkit.brokers.redis_streams.wire import encode_fields, text
+from outboxkit.errors import BrokerUnavailableError, MessageRejectedError
+
+# KEYS: the streams. ARGV[1]: MAXLEN (0 = none); then per message: stream index, message
+# key, number of field pairs, fields. Returns per message "ok", "err" or "skip" followed by
+# the entry id or error text. A failed key skips its later messages: never reorder a key.
+PUBLISH_SCRIPT = """
+local out = {}
+local failed = {}
+local maxlen = tonumber(ARGV[1])
+local i = 2
+while i <= #ARGV do
+  local stream = KEYS[tonumber(ARGV[i])]
+  local key = ARGV[i + 1]
+  local nfields = tonumber(ARGV[i + 2])
+  local fields = {}
+  for f = 1, nfields * 2 do
+    fields[f] = ARGV[i + 2 + f]
+  end
+  i = i + 3 + nfields * 2
+  if failed[key] then
+    out[#out + 1] = {"skip", failed[key]}
+  else
+    local reply
+    if maxlen > 0 then
+      reply = redis.pcall("XADD", stream, "MAXLEN", "~", maxlen, "*", unpack(fields))
+    else
+      reply = redis.pcall("XADD", stream, "*", unpack(fields))
+    end
+    if type(reply) == "table" and reply.err then
+      failed[key] = reply.err
+      out[#out + 1] = {"err", reply.err}
+    else
+      out[#out + 1] = {"ok", reply}
+    end
+  end
+end
+return out
+"""
+
+
+def publish_batch(
+    client: redis.Redis, script: Script, maxlen: int | None, messages: Sequence[BrokerMessage]
+) -> list[SendResult]:
+    """Run :data:`PUBLISH_SCRIPT` for ``messages`` and return one result per message.
+
+    A message redis-py could not encode is rejected on its own before anything is sent, and
+    the later messages of its key are not sent; errors are classified as in :mod:`.errors`.
+    """
+    results: list[SendResult | None] = [None] * len(messages)
+    failed_keys: dict[str, str] = {}
+    streams: dict[str, int] = {}
+    sent: list[int] = []
+    args: list[bytes | str | int] = [maxlen or 0]
+    for position, message in enumerate(messages):
+        if message.key in failed_keys:
+            reason = f"not sent: an earlier message of key {message.key!r} failed: "
+            results[position] = SendResult(
+                message=message, error=MessageRejectedError(reason + failed_keys[message.key])
+            )
+            continue
+        try:
+            fields = encode_fields(message)
+        except MessageRejectedError as exc:
+            failed_keys[message.key] = str(exc)
+            results[position] = SendResult(message=message, error=exc)
+            continue
+        index = streams.setdefault(message.topic, len(streams) + 1)
+        args.extend((index, message.key, len(fields) // 2))
+        args.extend(fields)
+        sent.append(position)
+    if sent:
+        batch = [messages[position] for position in sent]
+        sent_results = _run(client, script, list(streams), args, batch)
+        for position, result in zip(sent, sent_results, strict=True):
+            results[position] = result
+    return [result for result in results if result is not None]
+
+
+def _run(
+    client: redis.Redis,
+    script: Script,
+    keys: list[str],
+    args: list[bytes | str | int],
+    batch: list[BrokerMessage],
+) -> list[SendResult]:
+    try:
+        # redis-py answers NOSCRIPT (a restarted server) by loading the script and retrying.
+        replies = script(keys=keys, args=args, client=client)
+    except redis.exceptions.RedisError as exc:
+        # The whole script was refused or lost: nothing or all of it was written.
+        error = send_error(exc, f"a batch of {len(batch)} messages")
+        return [SendResult(message=m, error=error) for m in batch]
+    return [_result(message, reply) for message, reply in zip(batch, replies, strict=True)]
+
+
+def _result(message: BrokerMessage, reply: Sequence[bytes]) -> SendResult:
+    status, detail = text(reply[0]), text(reply[1])
+    if status == "ok":
+        return SendResult(message=message)
+    if status == "skip":
+        detail = f"not sent: an earlier message of key {message.key!r} failed: {detail}"
+    if is_unavailable_reply(text(reply[1])):
+        return SendResult(message=message, error=BrokerUnavailableError(detail))
+    return SendResult(
+        message=message,
+        error=MessageRejectedError(f"XADD to {message.topic} refused: {detail}"),
+    )
