@@ -26,7 +26,7 @@ from benchmarks.faults.scenarios import BY_NAME, QUICK, SCENARIOS
 #: Database + broker pairs of the full soak when none is chosen.
 FULL_COMBOS = (("pg", "kafka"), ("mariadb", "redis"))
 QUICK_COMBOS = (("pg", "redis"),)
-QUICK_EVENTS = 300
+QUICK_EVENTS = 600
 QUICK_OUTAGE = 10.0
 QUICK_DRAIN = 60.0
 
@@ -34,7 +34,7 @@ QUICK_DRAIN = 60.0
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.faults", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="the CI subset (few minutes)")
-    parser.add_argument("--events", type=int, help="events per scenario (default 1000; quick 300)")
+    parser.add_argument("--events", type=int, help="events per scenario (default 1000; quick 600)")
     parser.add_argument("--rate", type=float, default=100.0, help="events/s published (100)")
     parser.add_argument(
         "--scenario", action="append", choices=sorted(BY_NAME), help="repeatable; default all"

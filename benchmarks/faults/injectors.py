@@ -38,6 +38,12 @@ class FaultContext:
     outage_seconds: float
     say: Callable[[str], None]
     rng: random.Random = attrs.field(factory=lambda: random.Random(os.getpid()))
+    #: When the last fault action ended (monotonic); drain time is measured from it.
+    last_fault: float | None = None
+
+    def faulted(self) -> None:
+        """Record that a fault action just ended."""
+        self.last_fault = time.monotonic()
 
     def publishing(self) -> bool:
         return self.publisher.alive
@@ -79,6 +85,7 @@ def kill_workers(role: str, pause: tuple[float, float] = (1.5, 3.0)) -> Injector
             victim = ctx.rng.choice(candidates)
             ctx.procs.kill9(victim)
             kills += 1
+            ctx.faulted()
             ctx.procs.start_worker(role)
         ctx.say(f"killed {kills} {role} workers with SIGKILL")
         return {f"kill -9 ({role} workers)": kills}
@@ -94,6 +101,7 @@ def broker_outage(ctx: FaultContext) -> dict[str, object]:
     ctx.say(f"broker {ctx.broker.kind} stopped for {ctx.outage_seconds:.0f} s")
     time.sleep(ctx.outage_seconds)
     ctx.broker.start()
+    ctx.faulted()
     ctx.say(f"broker {ctx.broker.kind} restarted empty")
     return {"broker stopped, restarted empty (s)": ctx.outage_seconds}
 
@@ -104,6 +112,7 @@ def terminate_connections(ctx: FaultContext) -> dict[str, object]:
     for _ in ctx.windows((0.5, 1.5), tail=2.0):
         killed += ctx.db.terminate_connections()
         rounds += 1
+        ctx.faulted()
     ctx.say(f"terminated {killed} connections in {rounds} rounds")
     return {"connection-kill rounds": rounds, "connections terminated": killed}
 
@@ -170,6 +179,7 @@ def garbage_and_forged(ctx: FaultContext) -> dict[str, object]:
         try:
             ctx.broker.inject(ctx.db.route.topic, b"garbage", bad_message(kind, ctx, n))
             sent[kind] += 1
+            ctx.faulted()
         except Exception as exc:
             failed += 1
             ctx.say(f"could not inject {kind}: {type(exc).__name__}: {exc}")

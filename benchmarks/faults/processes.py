@@ -119,12 +119,22 @@ class ProcessGroup:
         count, seen = 0, []
         for child in self.children:
             text = child.log.read_text(errors="replace") if child.log.exists() else ""
+            in_traceback = False
             for line in text.splitlines():
-                if any(e in line for e in expected):
+                if line.startswith("Traceback"):
+                    in_traceback = True
                     continue
-                if " ERROR " in line or line.startswith("Traceback"):
-                    count += 1
+                if in_traceback:
+                    # The exception line ends a traceback: the first unindented line.
+                    if not line or line.startswith((" ", "During handling", "The above")):
+                        continue
+                    in_traceback = False
+                    short = "raised " + line[:160]
+                elif " ERROR " in line and not any(e in line for e in expected):
                     short = line.split(": ", 1)[-1][:160]
-                    if short not in seen and len(seen) < limit:
-                        seen.append(short)
+                else:
+                    continue
+                count += 1
+                if short not in seen and len(seen) < limit:
+                    seen.append(short)
         return count, seen

@@ -185,8 +185,9 @@ def _execute(
         say=say,
     )
     result.faults = scenario.inject(ctx)
-    last_fault = time.monotonic()
     publisher.process.wait(timeout=run.events / run.rate + 300)
+    # No fault at all: drain time counts from the end of publishing.
+    last_fault = ctx.last_fault or time.monotonic()
     result.publisher_ok = publisher.process.returncode == 0
     published = report.read_published(published_log(spec.workdir))
     say(f"faults over, publisher exited {publisher.process.returncode}; draining")

@@ -52,9 +52,11 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         name="broker-restart-empty",
         description="broker stopped a third into publishing, restarted EMPTY after the outage; "
-        "the stuck-published rescue must deliver everything",
+        "handlers take 30 ms so a backlog of published-unconsumed messages is lost with it, "
+        "and the stuck-published rescue must deliver everything",
         workers=("both", "both"),
         inject=injectors.broker_outage,
+        handler_sleep=0.03,
     ),
     Scenario(
         name="db-terminate",
