@@ -148,6 +148,9 @@ def evaluate(
         unexpected=unexpected,
         foreign=foreign,
     )
+    stuck = [r for r in rows if r.status in ("pending", "published") and r.last_error]
+    for reason, n in collections.Counter(_reason(r.last_error) for r in stuck).most_common(3):
+        result.evidence.append(f"left {n} open rows whose last error is: {reason}")
     not_final = [r for r in rows if r.event_id in poison and r.status != "dead"]
     if not_final:
         statuses = dict(collections.Counter(r.status for r in not_final))
