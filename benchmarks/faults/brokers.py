@@ -1,0 +1,167 @@
+"""The run's own brokers: a ``redis-server`` or a Tansu, on a free loopback port.
+
+Never the shared system Redis: a scenario stops and restarts its broker, and a restart must
+come back **empty** (no persistence), which is what "the broker lost everything" means.
+Each broker also offers a raw client to put bytes on a topic behind outboxkit's back, for
+the garbage and forged messages.
+"""
+
+from __future__ import annotations
+
+import abc
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from outboxkit.testing.tansu import TansuServer
+
+#: How long a started broker may take to answer.
+START_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class OwnBroker(abc.ABC):
+    """A broker process this run owns: start, stop (the outage), start again empty."""
+
+    kind: str
+
+    def __init__(self, workdir: str) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start on :attr:`port` and wait until it serves; the broker holds no data."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Kill the broker process (its data goes with it). Idempotent."""
+
+    @abc.abstractmethod
+    def inject(self, topic: str, key: bytes, value: bytes) -> None:
+        """Append one raw message to ``topic``, bypassing outboxkit entirely."""
+
+
+class OwnRedis(OwnBroker):
+    """``redis-server --save "" --appendonly no`` on a free port: a restart is empty."""
+
+    kind = "redis"
+
+    def __init__(self, workdir: str) -> None:
+        super().__init__(workdir)
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server not found on PATH; the fault suite starts its own")
+        self.binary = binary
+        self._process: subprocess.Popen[bytes] | None = None
+        self._starts = 0
+
+    def start(self) -> None:
+        self._starts += 1
+        log = Path(self.workdir) / f"redis-{self._starts}.log"
+        with log.open("wb") as out:
+            self._process = subprocess.Popen(
+                [
+                    self.binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    self.workdir,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._accepts() and self._ping():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"own redis-server on {self.address} did not start; see {log}")
+
+    def _accepts(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def _client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def _ping(self) -> bool:
+        client = self._client()
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+    def inject(self, topic: str, key: bytes, value: bytes) -> None:
+        client = self._client()
+        try:
+            client.xadd(topic, {b"key": key, b"value": value})
+        finally:
+            client.close()
+
+
+class OwnTansu(OwnBroker):
+    """A Tansu with memory storage: a restart on the same port is an empty Kafka."""
+
+    kind = "kafka"
+
+    def __init__(self, workdir: str) -> None:
+        super().__init__(workdir)
+        self._server: TansuServer | None = None
+
+    def start(self) -> None:
+        self._server = TansuServer(port=self.port, start_timeout=START_TIMEOUT).start()
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop(timeout=2.0)
+
+    def inject(self, topic: str, key: bytes, value: bytes) -> None:
+        from kafka import KafkaProducer
+
+        producer = KafkaProducer(
+            bootstrap_servers=self.address,
+            client_id="okf-injector",
+            max_request_size=2_000_000,
+            request_timeout_ms=10_000,
+        )
+        try:
+            producer.send(topic, key=key, value=value).get(timeout=15)
+        finally:
+            producer.close(timeout=5)
+
+
+def own_broker(kind: str, workdir: str) -> OwnBroker:
+    return OwnRedis(workdir) if kind == "redis" else OwnTansu(workdir)
