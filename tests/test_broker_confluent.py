@@ -363,3 +363,13 @@ def test_unknown_librdkafka_settings_are_configuration_errors() -> None:
         pytest.raises(ConfigurationError, match=r"no\.such"),
     ):
         broker.publish([BrokerMessage(topic="t", key="k", value=b"v")])
+
+
+def test_a_confluent_url_gives_a_librdkafka_broker() -> None:
+    from outboxkit.urls import broker_from_url
+
+    with broker_from_url("confluent://h1:9092,h2:9093/") as broker:
+        assert isinstance(broker, ConfluentKafkaBroker)
+        assert broker.config.bootstrap_servers == "h1:9092,h2:9093"
+    with pytest.raises(ConfigurationError):
+        broker_from_url("confluent://")
