@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--broker-url",
         default="memory://",
-        help="memory:// (default), redis://host:port/db or kafka://host:port",
+        help="memory:// (default), redis://host:port/db, kafka://host:port or confluent://host:port",
     )
     demo.add_argument("--orders", type=int, default=200, help="orders to write (default 200)")
     demo.add_argument("--timeout", type=float, default=120.0, help="give up after seconds")

@@ -5,7 +5,8 @@ Applications with real configuration should construct ``KafkaBroker`` or
 ``RedisStreamsBroker`` themselves; this helper covers the common cases only.
 
 Broker URLs: ``memory://``, ``redis://host:port/db`` (also ``rediss://``),
-``kafka://host:port[,host:port...]``.
+``kafka://host:port[,host:port...]`` (kafka-python), ``confluent://host:port[,...]``
+(librdkafka, needs the ``confluent`` extra).
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ def broker_from_url(url: str) -> Broker:
         if not bootstrap:
             raise ConfigurationError(f"kafka URL needs host:port: {url!r}")
         return KafkaBroker(KafkaConfig.from_bootstrap(bootstrap))
+    if scheme == "confluent":
+        from outboxkit.brokers.confluent import ConfluentKafkaBroker
+
+        bootstrap = url.split("://", 1)[1].strip("/")
+        if not bootstrap:
+            raise ConfigurationError(f"confluent URL needs host:port: {url!r}")
+        return ConfluentKafkaBroker.from_bootstrap(bootstrap)
     raise ConfigurationError(
-        f"unknown broker URL {url!r}: use memory://, redis://host:port/db or kafka://host:port"
+        f"unknown broker URL {url!r}: use memory://, redis://host:port/db, kafka://host:port "
+        "or confluent://host:port"
     )
