@@ -289,36 +289,45 @@ def kafka_consume(db: sa.Engine, table: str, bootstrap: str, topic: str, expecte
 
 
 def kafka_round_trip(
-    bootstrap: str, topic: str, samples: int, *, fetch_max_wait_ms: int
+    bootstrap: str, topic: str, samples: int, *, fetch_max_wait_ms: int, spacing: float = 0.02
 ) -> list[float]:
-    """Seconds from ``send()`` to ``poll()`` returning it, one message at a time.
+    """Seconds from ``send()`` to ``poll()`` returning it, at one message per ``spacing``.
 
-    The consumer is assigned every partition (no group, so no join to wait for) and the
-    producer flushes each message at once, as a relay does per batch.
+    A thread sends (and flushes) one message every ``spacing`` seconds carrying its send
+    time while this thread polls continuously, so a fetch is usually waiting at the broker
+    when a message arrives, as in a live consumer. The consumer is assigned every partition
+    (no group, so no join to wait for).
     """
+    import threading
+
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
     producer = KafkaProducer(bootstrap_servers=bootstrap, **PRODUCER_SETTINGS)
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=fetch_max_wait_ms
     )
+    times: list[float] = []
     try:
         producer.partitions_for(topic)
         partitions = consumer.partitions_for_topic(topic) or {0}
         consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
         consumer.seek_to_end()
         consumer.poll(timeout_ms=100)
-        times: list[float] = []
-        for i in range(samples):
-            started = time.perf_counter()
-            producer.send(topic, key=f"k{i % KEYS}".encode(), value=envelope(i + 1))
-            producer.flush()
-            got = 0
-            for _ in range(200):  # bounded: 200 polls of up to 100 ms
-                got += sum(len(v) for v in consumer.poll(timeout_ms=100).values())
-                if got:
-                    break
-            times.append(time.perf_counter() - started)
+
+        def send_all() -> None:
+            for i in range(samples):
+                time.sleep(spacing)
+                producer.send(topic, key=f"k{i % KEYS}".encode(), value=repr(time.time()).encode())
+                producer.flush()
+
+        sender = threading.Thread(target=send_all, name="bench-rt-sender")
+        sender.start()
+        deadline = time.monotonic() + samples * spacing + 30
+        while len(times) < samples and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=100).values():
+                now = time.time()
+                times.extend(now - float(r.value) for r in records)
+        sender.join(timeout=30)
         return times
     finally:
         consumer.close()

@@ -3,7 +3,8 @@ baseline measured in the same run.
 
     .venv/bin/python -m benchmarks.run [--quick] [--only GROUP,...] [--json PATH]
 
-Groups: publish, relay, consume, latency, claim, workers (default: all). ``--quick`` uses
+Groups: publish, relay, consume, latency, claim, workers (default: all); ``--only`` also
+takes any part of a figure's title, e.g. ``--only "PG + Kafka"``. ``--quick`` uses
 small sizes and finishes in under 3 minutes; the full run takes about 15. The machines this
 runs on are shared and noisy, so absolute figures mean little: each outboxkit figure is
 reported as a ratio to the raw building block measured in the same run (interleaved with
@@ -125,6 +126,12 @@ def plan() -> list[tuple[str, str, Measure]]:
     ]  # fmt: skip
 
 
+def _picks(wanted: str, entry: tuple[str, str, Measure]) -> bool:
+    """``--only`` takes a group name or any part of a figure's title."""
+    group, title, _ = entry
+    return wanted == group or wanted.lower() in title.lower()
+
+
 def machine() -> dict[str, Any]:
     """Where the run was made (the versions of the servers are in docs/performance.md)."""
     return {
@@ -138,15 +145,17 @@ def machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, under 3 minutes")
-    parser.add_argument("--only", default="", help="comma-separated groups (default: all)")
+    parser.add_argument(
+        "--only", default="", help="comma-separated groups or parts of titles (default: all)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
-    groups = {g for g in args.only.split(",") if g}
-    chosen = [entry for entry in plan() if not groups or entry[0] in groups]
-    unknown = groups - {group for group, _, _ in plan()}
+    wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+    chosen = [entry for entry in plan() if not wanted or any(_picks(w, entry) for w in wanted)]
+    unknown = [w for w in wanted if not any(_picks(w, entry) for entry in plan())]
     if unknown:
-        parser.error(f"unknown groups {sorted(unknown)}")
+        parser.error(f"--only: nothing matches {unknown}")
     started = time.monotonic()
     figures: list[Figure] = []
     with open_env(quick=args.quick) as env:
