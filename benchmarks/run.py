@@ -1,281 +1,182 @@
-"""Throughput of outboxkit against the raw limit measured in the same run.
+"""The performance benchmark: every figure of the Performance issue, each with its raw
+baseline measured in the same run.
 
-    .venv/bin/python -m benchmarks.run [--rows 5000] [--only postgres,mysql,kafka,redis]
+    .venv/bin/python -m benchmarks.run [--quick] [--only GROUP,...] [--json PATH]
 
-The machines this runs on are shared and noisy, so absolute figures mean little; each
-outboxkit figure is reported as a ratio to the raw building block measured right before it
-(raw executemany INSERT for publishing, raw producer / pipelined XADD for relaying), with
-the same row shape (~300 B payload) and batch sizes. Needs the services the tests need;
-starts its own Tansu for Kafka unless ``OUTBOXKIT_TEST_KAFKA_BOOTSTRAP`` is set.
+Groups: publish, relay, consume, latency, claim, workers (default: all); ``--only`` also
+takes any part of a figure's title, e.g. ``--only "PG + Kafka"``. ``--quick`` uses
+small sizes and finishes in under 3 minutes; the full run takes about 15. The machines this
+runs on are shared and noisy, so absolute figures mean little: each outboxkit figure is
+reported as a ratio to the raw building block measured in the same run (interleaved with
+it, medians over the rounds), with the same row shape (~300 B payload) and batch sizes.
+Needs PostgreSQL, MariaDB and Redis as the tests do; starts its own Tansu for Kafka unless
+``OUTBOXKIT_TEST_KAFKA_BOOTSTRAP`` is set. Progress goes to stderr, the table to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
+import os
+import platform
+import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-import sqlalchemy as sa
+import attrs
 
-from outboxkit.backends import SqlRepository
-from outboxkit.broker import Broker
-from outboxkit.messages import PublishRequest, Status
-from outboxkit.outbox import Publisher
-from outboxkit.relay import Relay, RelayConfig
-from outboxkit.routing import Routing, ServiceCatalog
-from outboxkit.testing import services
-
-PAYLOAD = {"order_id": 0, "customer": "c" * 40, "items": [{"sku": "x" * 20, "qty": 2}] * 4}
-BATCH = 100
+from benchmarks import claim, consume, latency, publish, relay, workers
+from benchmarks.common import progress
+from benchmarks.env import Env, open_env
+from benchmarks.figures import Figure, skipped, table, write_json
 
 
-def _rate(count: int, seconds: float) -> float:
-    return count / seconds if seconds > 0 else float("inf")
+@attrs.frozen(kw_only=True)
+class Sizes:
+    """How much work each figure does; ``--quick`` trades precision for time."""
+
+    rounds: int
+    publish_single: int
+    publish_many: int
+    relay_rows: int
+    consume_rows: int
+    latency_seconds: float
+    latency_rate: int
+    claim_small: int
+    claim_large: int
+    worker_rows: int
 
 
-def _timed(fn: Callable[[], int]) -> float:
-    started = time.perf_counter()
-    count = fn()
-    return _rate(count, time.perf_counter() - started)
+QUICK = Sizes(
+    rounds=1,
+    publish_single=300,
+    publish_many=2_000,
+    relay_rows=2_000,
+    consume_rows=2_000,
+    latency_seconds=3.0,
+    latency_rate=500,
+    claim_small=10_000,
+    claim_large=100_000,
+    worker_rows=3_000,
+)
+FULL = Sizes(
+    rounds=3,
+    publish_single=1_000,
+    publish_many=10_000,
+    relay_rows=10_000,
+    consume_rows=10_000,
+    latency_seconds=15.0,
+    latency_rate=500,
+    claim_small=10_000,
+    claim_large=1_000_000,
+    worker_rows=20_000,
+)
+
+#: One entry per figure: (group, the function measuring it).
+Measure = Callable[[Env, Sizes], Figure | list[Figure]]
 
 
-@contextlib.contextmanager
-def _scratch(db: sa.Engine) -> Iterator[tuple[Routing, SqlRepository, sa.Table]]:
-    run = uuid.uuid4().hex[:8]
-    catalog = ServiceCatalog(namespace=f"bench-{run}")
-    catalog.configure("bench", table=f"bench_{run}_outbox")
-    routing = Routing(catalog)
-    routing.register("bench.event", "bench")
-    repository = SqlRepository(db)
-    route = routing.route_of("bench.event")
-    repository.create_schema([route])
-    raw = sa.Table(
-        f"bench_{run}_raw",
-        sa.MetaData(),
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
-        sa.Column("biz_type", sa.String(64), nullable=False),
-        sa.Column("topic", sa.String(128), nullable=False),
-        sa.Column("message_key", sa.String(128), nullable=False),
-        sa.Column("payload", sa.Text, nullable=False),
-        sa.Column("status", sa.String(32), nullable=False),
-        sa.Column("next_retry_at", sa.DateTime),
-    )
-    raw.create(db)
-    try:
-        yield routing, repository, raw
-    finally:
-        raw.drop(db)
-        with db.begin() as conn:
-            conn.execute(sa.text(f"DROP TABLE {route.table}"))
+def plan() -> list[tuple[str, str, Measure]]:
+    """Every figure of the issue's table, in its order, then the additions of item 8."""
+    s = "PG"
+    m = "MariaDB"
+    return [
+        ("consume", "consumer PG + Redis",
+         lambda e, z: consume.consumer_redis(e, s, z.consume_rows, z.rounds)),
+        ("consume", "consumer PG + Kafka",
+         lambda e, z: consume.consumer_kafka(e, s, z.consume_rows, z.rounds)),
+        ("relay", "relay PG -> Redis",
+         lambda e, z: relay.relay_to_redis(e, s, z.relay_rows, z.rounds)),
+        ("relay", "relay MariaDB -> Redis",
+         lambda e, z: relay.relay_to_redis(e, m, z.relay_rows, z.rounds)),
+        ("relay", "relay PG -> Kafka",
+         lambda e, z: relay.relay_to_kafka(e, s, z.relay_rows, z.rounds)),
+        ("relay", "relay MariaDB -> Kafka",
+         lambda e, z: relay.relay_to_kafka(e, m, z.relay_rows, z.rounds)),
+        ("relay", "relay PG -> Kafka (librdkafka)",
+         lambda e, z: relay.relay_to_kafka_librdkafka(e, s, z.relay_rows, z.rounds)),
+        ("publish", "publish() 1 row/tx PG",
+         lambda e, z: publish.publish_one_per_tx(e, s, z.publish_single, z.rounds)),
+        ("publish", "publish() 1 row/tx MariaDB",
+         lambda e, z: publish.publish_one_per_tx(e, m, z.publish_single, z.rounds)),
+        ("publish", "publish_many(100) PG",
+         lambda e, z: publish.publish_many(e, s, z.publish_many, z.rounds)),
+        ("publish", "publish_many(100) MariaDB",
+         lambda e, z: publish.publish_many(e, m, z.publish_many, z.rounds)),
+        ("latency", "latency PG + Redis, same process",
+         lambda e, z: latency.latency(e, s, "Redis", z, same_process=True)),
+        ("latency", "latency PG + Redis, other process",
+         lambda e, z: latency.latency(e, s, "Redis", z, same_process=False)),
+        ("latency", "latency MariaDB + Redis, other process",
+         lambda e, z: latency.latency(e, m, "Redis", z, same_process=False)),
+        ("latency", "latency PG + Kafka, other process",
+         lambda e, z: latency.latency(e, s, "Kafka", z, same_process=False)),
+        ("claim", "MariaDB claim locks",
+         lambda e, z: claim.claim_locks(e, m)),
+        ("claim", "PG concurrent claims",
+         lambda e, z: claim.concurrent_claims(e, s)),
+        ("claim", "claim at 10k vs large, PG",
+         lambda e, z: claim.claim_scaling(e, s, z.claim_small, z.claim_large)),
+        ("claim", "claim at 10k vs large, MariaDB",
+         lambda e, z: claim.claim_scaling(e, m, z.claim_small, z.claim_large)),
+        ("workers", "1 vs 2 worker processes, PG + Redis",
+         lambda e, z: workers.one_vs_two(e, s, z.worker_rows)),
+    ]  # fmt: skip
 
 
-def bench_publish(name: str, db: sa.Engine, rows: int) -> list[tuple[str, float, float]]:
-    """Raw executemany INSERT vs publish_many, 100 rows per transaction; 1 row per commit."""
-    results = []
-    with _scratch(db) as (routing, repository, raw):
-        publisher = Publisher(repository, routing)
-        body = json.dumps(PAYLOAD)
-
-        def raw_batched() -> int:
-            now = datetime.now(timezone.utc).replace(tzinfo=None)
-            for start in range(0, rows, BATCH):
-                values = [
-                    {
-                        "biz_type": "bench.event",
-                        "topic": "t",
-                        "message_key": f"k{i % 50}",
-                        "payload": body,
-                        "status": "pending",
-                        "next_retry_at": now,
-                    }
-                    for i in range(start, min(rows, start + BATCH))
-                ]
-                with db.begin() as conn:
-                    conn.execute(raw.insert(), values)
-            return rows
-
-        def outbox_batched() -> int:
-            for start in range(0, rows, BATCH):
-                requests = [
-                    PublishRequest(
-                        event_type="bench.event", message_key=f"k{i % 50}", payload=PAYLOAD
-                    )
-                    for i in range(start, min(rows, start + BATCH))
-                ]
-                with db.begin() as conn:
-                    publisher.publish_many(requests, connection=conn)
-            return rows
-
-        single = max(rows // 5, 200)
-
-        def raw_single() -> int:
-            for i in range(single):
-                with db.begin() as conn:
-                    conn.execute(
-                        raw.insert(),
-                        {
-                            "biz_type": "bench.event",
-                            "topic": "t",
-                            "message_key": f"k{i}",
-                            "payload": body,
-                            "status": "pending",
-                            "next_retry_at": None,
-                        },
-                    )
-            return single
-
-        def outbox_single() -> int:
-            for i in range(single):
-                with db.begin() as conn:
-                    publisher.publish(
-                        PublishRequest(
-                            event_type="bench.event", message_key=f"k{i}", payload=PAYLOAD
-                        ),
-                        connection=conn,
-                    )
-            return single
-
-        raw_rate = _timed(raw_batched)
-        ours = _timed(outbox_batched)
-        results.append((f"{name}: publish, {BATCH} rows/tx", ours, raw_rate))
-        raw_rate = _timed(raw_single)
-        ours = _timed(outbox_single)
-        results.append((f"{name}: publish, 1 row/tx", ours, raw_rate))
-    return results
+def _picks(wanted: str, entry: tuple[str, str, Measure]) -> bool:
+    """``--only`` takes a group name or any part of a figure's title."""
+    group, title, _ = entry
+    return wanted == group or wanted.lower() in title.lower()
 
 
-def bench_relay(
-    name: str,
-    db: sa.Engine,
-    broker: Broker,
-    raw_send: Callable[[int, str], int],
-    rows: int,
-) -> tuple[str, float, float]:
-    """Raw producer vs relay draining ``rows`` due rows to the same broker."""
-    with _scratch(db) as (routing, repository, _raw):
-        route = routing.route_of("bench.event")
-        publisher = Publisher(repository, routing)
-        for start in range(0, rows, 500):
-            with db.begin() as conn:
-                publisher.publish_many(
-                    [
-                        PublishRequest(
-                            event_type="bench.event", message_key=f"k{i % 50}", payload=PAYLOAD
-                        )
-                        for i in range(start, min(rows, start + 500))
-                    ],
-                    connection=conn,
-                )
-        broker.ensure_topic(route.topic)
-        raw_rate = _timed(lambda: raw_send(rows, f"{route.topic}-raw"))
-        relay = Relay(repository, broker, route, config=RelayConfig(batch_size=500))
-
-        def drain() -> int:
-            done = 0
-            while done < rows:
-                step = relay.run_once()
-                if step.claimed == 0:
-                    break
-                done += step.published
-            return done
-
-        ours = _timed(drain)
-        counts = repository.count_by_status(route)
-        assert counts[Status.PUBLISHED] == rows, counts
-    return (f"{name}: relay", ours, raw_rate)
-
-
-def _kafka(rows_value: bytes) -> tuple[Broker, Callable[[int, str], int], Callable[[], None]]:
-    from kafka import KafkaProducer
-
-    from outboxkit.brokers.kafka import KafkaBroker, KafkaConfig
-    from outboxkit.testing.tansu import TansuServer
-
-    server = None
-    bootstrap = services.external_kafka_bootstrap()
-    if bootstrap is None:
-        server = TansuServer()
-        server.start()
-        bootstrap = server.bootstrap
-    broker = KafkaBroker(KafkaConfig.from_bootstrap(bootstrap))
-
-    def raw_send(count: int, topic: str) -> int:
-        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-        for i in range(count):
-            producer.send(topic, key=f"k{i % 50}".encode(), value=rows_value)
-        producer.flush()
-        producer.close()
-        return count
-
-    def stop() -> None:
-        broker.close()
-        if server is not None:
-            server.stop()
-
-    return broker, raw_send, stop
-
-
-def _redis(rows_value: bytes) -> tuple[Broker, Callable[[int, str], int], Callable[[], None]]:
-    import redis
-
-    from outboxkit.brokers.redis_streams import RedisStreamsBroker
-
-    url = services.redis_url()
-    broker = RedisStreamsBroker.from_url(url)
-    client = redis.Redis.from_url(url)
-    streams: list[str] = []
-
-    def raw_send(count: int, stream: str) -> int:
-        streams.append(stream)
-        streams.append(stream.removesuffix("-raw"))  # the relay's stream of the same run
-        for start in range(0, count, 500):
-            pipe = client.pipeline(transaction=False)
-            for i in range(start, min(count, start + 500)):
-                pipe.xadd(stream, {"key": f"k{i % 50}", "value": rows_value})
-            pipe.execute()
-        return count
-
-    def stop() -> None:
-        if streams:
-            client.delete(*streams)
-        client.close()
-        broker.close()
-
-    return broker, raw_send, stop
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=5000)
-    parser.add_argument("--only", default="postgres,mysql,kafka,redis")
-    args = parser.parse_args()
-    only = set(args.only.split(","))
-    databases = {
-        name: sa.create_engine(url)
-        for name, url in (("postgres", services.postgres_url()), ("mysql", services.mysql_url()))
-        if name in only
+def machine() -> dict[str, Any]:
+    """Where the run was made (the versions of the servers are in docs/performance.md)."""
+    return {
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg": os.getloadavg(),
     }
-    value = json.dumps({"payload": PAYLOAD, "outbox_id": 1, "event_type": "bench.event"}).encode()
-    results: list[tuple[str, float, float]] = []
-    for name, db in databases.items():
-        results.extend(bench_publish(name, db, args.rows))
-    for kind, factory in (("kafka", _kafka), ("redis", _redis)):
-        if kind not in only:
-            continue
-        broker, raw_send, stop = factory(value)
-        try:
-            for name, db in databases.items():
-                results.append(bench_relay(f"{name} -> {kind}", db, broker, raw_send, args.rows))
-        finally:
-            stop()
-    print(f"{'what':<36} {'outboxkit/s':>12} {'raw/s':>10} {'ratio':>6}")
-    for what, ours, raw in results:
-        print(f"{what:<36} {ours:>12,.0f} {raw:>10,.0f} {ours / raw:>6.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, under 3 minutes")
+    parser.add_argument(
+        "--only", default="", help="comma-separated groups or parts of titles (default: all)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+    chosen = [entry for entry in plan() if not wanted or any(_picks(w, entry) for w in wanted)]
+    unknown = [w for w in wanted if not any(_picks(w, entry) for entry in plan())]
+    if unknown:
+        parser.error(f"--only: nothing matches {unknown}")
+    started = time.monotonic()
+    figures: list[Figure] = []
+    with open_env(quick=args.quick) as env:
+        for number, (_group, title, measure) in enumerate(chosen, 1):
+            progress(f"({number}/{len(chosen)}) {title}")
+            try:
+                result = measure(env, sizes)
+            except Exception as exc:  # one broken figure must not lose the others
+                traceback.print_exc()
+                result = skipped(title, "-", f"failed: {type(exc).__name__}: {exc}")
+            figures.extend(result if isinstance(result, list) else [result])
+    elapsed = time.monotonic() - started
+    mode = "--quick" if args.quick else "full"
+    print(f"\noutboxkit benchmark ({mode}, {elapsed:.0f} s, {os.cpu_count()} cores)\n")
+    print(table(figures))
+    if args.json is not None:
+        meta = {"mode": mode, "seconds": round(elapsed, 1), "sizes": attrs.asdict(sizes)}
+        write_json(args.json, figures, {**meta, "machine": machine()})
+        progress(f"wrote {args.json}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

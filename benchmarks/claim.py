@@ -1,0 +1,230 @@
+"""The claim itself: rows it locks, concurrent claimers, and its cost as the table grows.
+
+Everything goes through ``SqlRepository.claim_due``. To look inside its transaction while
+it is open, a SQLAlchemy ``after_cursor_execute`` listener fires right after the claim's
+``SELECT ... FOR UPDATE SKIP LOCKED``: it reads ``information_schema.INNODB_TRX`` for that
+connection from another connection, or holds the transaction open while a second claimer
+runs. The listener only acts in the benchmark's own named threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
+
+from benchmarks import raw
+from benchmarks.common import progress, scratch
+from benchmarks.env import Env
+from benchmarks.figures import Figure, cost, relative
+from benchmarks.relay import floor_index
+
+LIMIT = 200
+BACKLOG = 4_800
+#: Rows locked by our claim may exceed the raw floor's by this factor at most.
+LOCK_TARGET = 1.1
+#: Claim cost on the large table over the 10k-row table (kept near 1.0 today).
+SCALING_TARGET = 1.1
+SCALING_CLAIMS = 30
+SCALING_LIMIT = 100
+HOLD_SECONDS = 15.0
+
+
+@contextlib.contextmanager
+def after_claim_select(
+    db: sa.Engine, thread_name: str, hook: Callable[[Any], None]
+) -> Iterator[None]:
+    """Call ``hook(connection)`` right after a claim's locking SELECT in ``thread_name``."""
+
+    def listener(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if threading.current_thread().name == thread_name and "SKIP LOCKED" in statement.upper():
+            hook(conn)
+
+    sa.event.listen(db, "after_cursor_execute", listener)
+    try:
+        yield
+    finally:
+        sa.event.remove(db, "after_cursor_execute", listener)
+
+
+def rows_locked(probe: sa.Engine, conn: Any) -> int:
+    """``trx_rows_locked`` of the transaction open on ``conn`` (a MariaDB connection)."""
+    thread_id = conn.connection.dbapi_connection.thread_id()
+    with probe.connect() as other:
+        value = other.execute(
+            sa.text(
+                "SELECT trx_rows_locked FROM information_schema.INNODB_TRX "
+                "WHERE trx_mysql_thread_id = :t"
+            ),
+            {"t": thread_id},
+        ).scalar_one_or_none()
+    return int(value or 0)
+
+
+def _in_thread(name: str, target: Callable[[], None]) -> None:
+    thread = threading.Thread(target=target, name=name)
+    thread.start()
+    thread.join(timeout=HOLD_SECONDS * 2)
+
+
+def claim_locks(env: Env, label: str) -> list[Figure]:
+    """Rows locked by a claim of 200 with 4,800 due rows, ours vs the raw floor's query."""
+    db = env.db(label)
+    probe = sa.create_engine(env.db_url(label), poolclass=NullPool)
+    seen: dict[str, int] = {}
+    try:
+        with scratch(db, "locks") as ours, scratch(db, "locksraw") as bare:
+            ours.fill(BACKLOG)
+            floor_index(db, label, bare.table)
+            bare.fill(BACKLOG)
+
+            def record(key: str) -> Callable[[Any], None]:
+                return lambda conn: seen.setdefault(key, rows_locked(probe, conn))
+
+            with after_claim_select(db, "bench-claim-ours", record("ours")):
+                _in_thread(
+                    "bench-claim-ours",
+                    lambda: ours.repository.claim_due(ours.route, limit=LIMIT, lease_seconds=30),
+                )
+            with after_claim_select(db, "bench-claim-raw", record("raw")):
+                _in_thread("bench-claim-raw", lambda: raw.claim_floor(db, bare.table, LIMIT))
+    finally:
+        probe.dispose()
+    progress(f"{label} claim of {LIMIT} with {BACKLOG} due: locks {seen} rows")
+    figures = [
+        relative(
+            f"{label} claim of {LIMIT} with {BACKLOG:,} due rows: rows locked",
+            float(seen["ours"]),
+            float(seen["raw"]),
+            unit="rows",
+            target=LOCK_TARGET,
+            goal="ratio<=",
+            note="INNODB_TRX.trx_rows_locked right after the claim's SELECT; raw = the same "
+            "claim on an index (status, next_retry_at)",
+        )
+    ]
+    figures.append(concurrent_claims(env, label))
+    return figures
+
+
+def concurrent_claims(env: Env, label: str) -> Figure:
+    """Two claimers of 200 at once on 4,800 due rows: both should get a full batch.
+
+    Claimer A is held right after its locking SELECT until claimer B has finished.
+    """
+    db = env.db(label)
+    sizes: dict[str, int] = {}
+    with scratch(db, "conc") as ours:
+        ours.fill(BACKLOG)
+        a_holds, b_done = threading.Event(), threading.Event()
+
+        def hold(_conn: Any) -> None:
+            a_holds.set()
+            b_done.wait(HOLD_SECONDS)
+
+        def claimer_a() -> None:
+            claim = ours.repository.claim_due(ours.route, limit=LIMIT, lease_seconds=30)
+            sizes["a"] = len(claim.messages)
+
+        def claimer_b() -> None:
+            try:
+                if a_holds.wait(HOLD_SECONDS):
+                    claim = ours.repository.claim_due(ours.route, limit=LIMIT, lease_seconds=30)
+                    sizes["b"] = len(claim.messages)
+            finally:
+                b_done.set()
+
+        with after_claim_select(db, "bench-claimer-a", hold):
+            a = threading.Thread(target=claimer_a, name="bench-claimer-a")
+            b = threading.Thread(target=claimer_b, name="bench-claimer-b")
+            a.start()
+            b.start()
+            a.join(HOLD_SECONDS * 2)
+            b.join(HOLD_SECONDS * 2)
+    first, second = sizes.get("a", 0), sizes.get("b", 0)
+    progress(f"{label} two concurrent claims of {LIMIT}: {first} and {second} rows")
+    return relative(
+        f"{label} two concurrent claims of {LIMIT} ({BACKLOG:,} due): smaller batch",
+        float(min(first, second)),
+        float(LIMIT),
+        unit="rows",
+        target=1.0,
+        goal="ratio>=",
+        note=f"batches {first} and {second}; raw = the limit",
+    )
+
+
+def _bulk_fill(db: sa.Engine, label: str, table: str, count: int) -> None:
+    """``count`` rows, 99% consumed and every 100th pending and due, in one statement.
+
+    PostgreSQL: ``generate_series``; MariaDB: its built-in ``seq_1_to_N`` sequence table.
+    """
+    payload = raw.shell(0).replace("'", "''")
+    columns = (
+        "event_id, biz_type, service_name, topic, message_key, payload, status, retry_count, "
+        "max_retry, next_retry_at, created_at, updated_at, consumed_at"
+    )
+    if label == "PG":
+        now, source, n = "timezone('UTC', now())", f"generate_series(1, {int(count)}) AS s(g)", "g"
+        key = "'k' || (g % 50)"
+        event = "'e' || g"
+    else:
+        now, source, n = "UTC_TIMESTAMP(6)", f"seq_1_to_{int(count)}", "seq"
+        key = "CONCAT('k', seq % 50)"
+        event = "CONCAT('e', seq)"
+    pending = f"{n} % 100 = 0"
+    statement = (
+        f"INSERT INTO {table} ({columns}) SELECT {event}, 'bench.event', 'bench', 't', {key}, "
+        f"'{payload}', CASE WHEN {pending} THEN 'pending' ELSE 'consumed' END, 0, 20, "
+        f"CASE WHEN {pending} THEN {now} ELSE NULL END, {now}, {now}, "
+        f"CASE WHEN {pending} THEN NULL ELSE {now} END FROM {source}"
+    )
+    with db.begin() as conn:
+        conn.execute(sa.text(statement))
+    with db.begin() as conn:
+        conn.execute(sa.text(f"ANALYZE TABLE {table}" if label != "PG" else f"ANALYZE {table}"))
+
+
+def _claim_cost(env: Env, label: str, count: int) -> float:
+    """Median seconds of one ``claim_due`` of 100 on a table of ``count`` rows (99% consumed).
+
+    Each claimed batch is released at once (untimed), so every claim sees the same table.
+    """
+    db = env.db(label)
+    with scratch(db, "scale") as ours:
+        started = time.monotonic()
+        _bulk_fill(db, label, ours.table, count)
+        progress(f"filled {count:,} rows into {label} in {time.monotonic() - started:.0f} s")
+        times = []
+        for _ in range(SCALING_CLAIMS):
+            before = time.perf_counter()
+            claim = ours.repository.claim_due(ours.route, limit=SCALING_LIMIT, lease_seconds=30)
+            times.append(time.perf_counter() - before)
+            ids = [m.id for m in claim.messages]
+            ours.repository.release(ours.route, ids, token=claim.token, delay=0)
+        return statistics.median(times)
+
+
+def claim_scaling(env: Env, label: str, small: int, large: int) -> Figure:
+    small_cost = _claim_cost(env, label, small)
+    large_cost = _claim_cost(env, label, large)
+    progress(
+        f"{label} claim of {SCALING_LIMIT}: {small_cost * 1000:.2f} ms at {small:,} rows, "
+        f"{large_cost * 1000:.2f} ms at {large:,}"
+    )
+    note = f"median of {SCALING_CLAIMS} claims of {SCALING_LIMIT}; raw = the {small:,}-row cost"
+    if large < 1_000_000:
+        note += f"; --quick: the large table has {large:,} rows, not 1M"
+    return cost(
+        f"claim cost at {large:,} vs {small:,} rows (99% consumed), {label}",
+        large_cost,
+        small_cost,
+        target=SCALING_TARGET,
+        note=note,
+    )
