@@ -123,6 +123,7 @@ def take_over_dead_members(
         ]
         reply = script(keys=keys, args=[group, name, me, count, mode], client=connection)
         taken = _merge(taken, name, reply, count)
+        _log(stream, group, name, me, reply)
         if taken.entries:
             break  # hand these over first; the next sweep goes on
     return taken
@@ -132,10 +133,6 @@ def _merge(taken: Takeover, name: bytes, reply: Sequence[Any], count: int) -> Ta
     removed, claimed, flat_counts = int(reply[0]), reply[1], reply[2]
     before = dict(zip(flat_counts[::2], flat_counts[1::2], strict=True))
     entries = [(entry[0], _fields(entry[1])) for entry in claimed if entry]
-    if removed:
-        logger.info("removed dead member %r from the group", name)
-    if entries:
-        logger.info("took over %d pending entries of dead member %r", len(entries), name)
     return Takeover(
         entries=taken.entries + entries,
         # XCLAIM counted one more delivery than XPENDING reported before it
@@ -143,6 +140,20 @@ def _merge(taken: Takeover, name: bytes, reply: Sequence[Any], count: int) -> Ta
         removed=taken.removed + ([name] if removed else []),
         more=taken.more or len(before) >= count,
     )
+
+
+def _log(stream: str, group: str, name: bytes, me: str, reply: Any) -> None:
+    if reply[1]:
+        logger.info(
+            "%s took over %d pending entries of dead member %r of %s/%s",
+            me,
+            len(reply[1]),
+            name,
+            stream,
+            group,
+        )
+    if int(reply[0]):
+        logger.info("%s removed dead member %r from %s/%s", me, name, stream, group)
 
 
 def _fields(flat: Sequence[bytes]) -> dict[bytes, bytes]:
