@@ -19,10 +19,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.timeout(240)
 
 #: Known library defects, being fixed elsewhere; strict=False because whether a forged
 #: message reaches its row before the genuine one is a race. Remove once fixed.
-KNOWN_DEFECTS = {
-    "garbage-forged": "consumer trusts the outbox_id of a message: forged or undecodable "
-    "messages naming a real row consume it or mark it dead",
-}
+KNOWN_DEFECTS: dict[str, str] = {}
 
 QUICK_RUN = RunSettings(
     events=600,

@@ -107,12 +107,6 @@ json_values = st.one_of(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library defect: the consumer trusts the outbox_id inside a message, so a "
-    "message naming a real row with another event id consumes it or marks it dead "
-    "(outboxkit/consumer.py Consumer.handle/_undecodable)",
-)
 @FUZZ
 @given(data=st.data())
 def test_envelopes_naming_a_real_row_with_a_foreign_event_id_never_touch_it(
