@@ -64,6 +64,21 @@ class EventShell:
     occurred_at: str | None = None
 
 
+def _non_string_key(value: Any) -> Any:
+    """The first dict key in ``value`` (nested) that is not a string, or ``None``."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return key if key is not None else "None"
+                stack.append(child)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return None
+
+
 def encode_shell(request: PublishRequest, *, occurred_at: datetime) -> str:
     """The ``payload`` column text for ``request``.
 
@@ -80,6 +95,12 @@ def encode_shell(request: PublishRequest, *, occurred_at: datetime) -> str:
     }
     if request.headers:
         shell["headers"] = dict(request.headers)
+    bad_key = _non_string_key(request.payload)
+    if bad_key is not None:
+        raise InvalidEventError(
+            f"payload of event {request.event_id} ({request.event_type}) has the non-string "
+            f"key {bad_key!r}: JSON would silently turn it into a string"
+        )
     try:
         return dumps(shell)
     except (TypeError, ValueError) as exc:

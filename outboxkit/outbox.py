@@ -138,6 +138,16 @@ class Publisher:
                 f"event {request.event_id} ({event_type}): message key is longer than "
                 f"{MAX_MESSAGE_KEY} characters"
             )
+        for name, text in (
+            ("event type", event_type),
+            ("event id", request.event_id),
+            ("message key", request.message_key),
+        ):
+            if "\x00" in text:
+                # PostgreSQL text columns cannot hold NUL; refuse it on every database alike.
+                raise InvalidEventError(
+                    f"event {request.event_id!r} ({event_type!r}): {name} contains a NUL character"
+                )
         route = self.routing.route_of(event_type)  # UnknownEventTypeError
         shell = encode_shell(request, occurred_at=occurred_at)  # InvalidEventError
         size = len(shell.encode("utf-8"))
