@@ -212,3 +212,20 @@ def test_a_claim_locks_about_its_limit_and_concurrent_claimers_both_get_full_bat
     finally:
         with mysql_engine.begin() as conn:
             conn.execute(sa.text(f"DROP TABLE {route.table}"))
+
+
+def test_own_transactions_are_read_committed_and_leave_the_application_pool_alone(
+    mysql_engine: sa.Engine,
+) -> None:
+    """Claims and marks run READ COMMITTED (no gap locks) on a pool of the repository's own,
+    set once per connection; the application's connections keep their own level."""
+    app = sa.create_engine(mysql_engine.url, pool_size=1, max_overflow=0)
+    repository = SqlRepository(app)
+    try:
+        with repository.transaction() as conn:
+            assert conn.exec_driver_sql("SELECT @@tx_isolation").scalar() == "READ-COMMITTED"
+        with app.connect() as conn:
+            assert conn.exec_driver_sql("SELECT @@tx_isolation").scalar() == "REPEATABLE-READ"
+    finally:
+        repository.close()
+        app.dispose()

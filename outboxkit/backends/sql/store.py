@@ -83,9 +83,17 @@ class SqlStore:
     def __init__(self, engine: sa.Engine, *, owns_engine: bool = False) -> None:
         self.engine = engine
         self.dialect: Dialect = dialect_for(engine)
-        # The engine our own transactions use: same pool, dialect's isolation level.
+        # The engine our own transactions use. Where they need another isolation level than
+        # the application's (MySQL/MariaDB), it gets a pool of its own, a copy of the
+        # application's (same connect function, arguments and listeners) whose connections
+        # are set to that level once, when they connect: setting it per checkout cost a
+        # SET SESSION round trip on every checkout and another on every return.
         level = self.dialect.own_isolation_level
-        self._own: sa.Engine = engine.execution_options(isolation_level=level) if level else engine
+        self._own: sa.Engine = engine
+        if level:
+            self._own = sa.create_engine(
+                engine.url, pool=engine.pool.recreate(), isolation_level=level
+            )
         self._owns_engine = owns_engine
         self._metadata = sa.MetaData()
         self._tables: dict[str, sa.Table] = {}
@@ -246,5 +254,7 @@ class SqlStore:
             return self._now(conn)
 
     def close(self) -> None:
+        if self._own is not self.engine:
+            self._own.dispose()
         if self._owns_engine:
             self.engine.dispose()
