@@ -133,16 +133,20 @@ class KafkaBroker(Broker):
             chains.setdefault((message.topic, message.key), []).append(index)
         errors: dict[int, BrokerError | None] = {}
         depth = max(len(chain) for chain in chains.values())
+        stopped: set[tuple[str, str]] = set()  # keys with a failed message: no later waves
         for wave in range(depth):
             batch = [
                 chain[wave]
-                for chain in chains.values()
-                if wave < len(chain) and all(errors.get(i) is None for i in chain[:wave])
+                for key, chain in chains.items()
+                if wave < len(chain) and key not in stopped
             ]
             if not batch:
                 break
             outcome, producer_ok = self._send_wave(producer, messages, batch)
             errors.update(outcome)
+            stopped.update(
+                (messages[i].topic, messages[i].key) for i, error in outcome.items() if error
+            )
             if not producer_ok:
                 # The producer was replaced: the rest of the batch goes through the relay
                 # again (uncounted) rather than waiting here for a new producer to bootstrap.

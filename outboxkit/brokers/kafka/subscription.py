@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from outboxkit.broker import Delivery, Subscription
@@ -245,32 +245,50 @@ class KafkaSubscription(Subscription):
 
     def ack(self, delivery: Delivery) -> None:
         """Commit ``offset + 1`` of the delivery's partition, synchronously."""
+        self.ack_many([delivery])
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Commit, in one synchronous request, the highest ``offset + 1`` of each partition.
+
+        Deliveries of a partition reassigned since they were received (their assignment
+        epoch is not the current one) are left out, exactly as :meth:`ack` leaves them: the
+        partition's owner reads them again from the last committed offset.
+        """
         from kafka import OffsetAndMetadata, TopicPartition
         from kafka.errors import CommitFailedError, KafkaError
 
-        partition, offset, epoch = delivery.receipt
+        if not deliveries:
+            return
         with self._lock:
             try:
                 if self._consumer_closed:
                     raise BrokerClosedError(f"{self!r} is closed")
-                if self._epochs.get(partition) != epoch:
+                offsets: dict[Any, int] = {}
+                stale: set[int] = set()
+                for delivery in deliveries:
+                    partition, offset, epoch = delivery.receipt
+                    if self._epochs.get(partition) != epoch:
+                        stale.add(partition)
+                        continue
+                    tp = TopicPartition(delivery.topic, partition)
+                    offsets[tp] = max(offsets.get(tp, 0), offset + 1)
+                if stale:
                     logger.info(
-                        "%r: not committing offset %d of partition %d: reassigned since "
-                        "delivery; it will be delivered again",
+                        "%r: not committing partitions %s: reassigned since delivery; their "
+                        "messages will be delivered again",
                         self,
-                        offset,
-                        partition,
+                        sorted(stale),
                     )
+                if not offsets:
                     return
-                tp = TopicPartition(delivery.topic, partition)
                 try:
                     self._consumer.commit(
-                        {tp: OffsetAndMetadata(offset + 1, "", -1)},
+                        {tp: OffsetAndMetadata(end, "", -1) for tp, end in offsets.items()},
                         timeout_ms=self._config.request_timeout_ms,
                     )
                 except CommitFailedError as exc:
-                    # The group rebalanced: the partition's next owner reads it again.
-                    logger.warning("%r: commit of %s@%d failed: %s", self, tp, offset, exc)
+                    # The group rebalanced: the partitions' next owners read them again.
+                    logger.warning("%r: commit of %s failed: %s", self, offsets, exc)
                 except (KafkaError, OSError) as exc:
                     raise as_unavailable(exc, f"{self!r}: commit failed") from exc
             finally:
