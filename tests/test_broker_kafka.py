@@ -13,6 +13,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 
+import attrs
 import pytest
 
 from outboxkit.broker import Broker, BrokerMessage
@@ -334,3 +335,55 @@ def test_go_partitioner_puts_each_key_on_the_partition_the_go_relay_would_pick(
     expected = {k: go_fnv1a_partitioner(k.encode(), [0, 1, 2], [0, 1, 2]) for k in keys}
     assert placed == expected
     assert len(set(placed.values())) > 1
+
+
+def test_ack_many_commits_the_highest_offset_of_each_partition_but_not_stale_ones(
+    kafka: KafkaBroker, unique: str
+) -> None:
+    from kafka import TopicPartition
+
+    # Given deliveries from several partitions, received and not yet acknowledged
+    topic = f"ackmany.{unique}"
+    kafka.ensure_topic(topic)
+    messages = [BrokerMessage(topic=topic, key=f"k{i % 6}", value=b"v") for i in range(18)]
+    assert all(r.ok for r in kafka.publish(messages))
+    sub = kafka.subscribe(topic, f"g.{unique}", "m")
+    try:
+        got = [d for _, d in receive_until([sub], 18, time.monotonic() + 20, ack=False)]
+        by_partition: dict[int, list[int]] = {}
+        for delivery in got:
+            by_partition.setdefault(delivery.receipt[0], []).append(delivery.receipt[1])
+        assert len(by_partition) > 1
+        stale_partition = min(by_partition)
+        # When the batch is acknowledged at once, one partition's deliveries carrying an
+        # assignment epoch from before a rebalance
+        batch = [
+            attrs.evolve(d, receipt=(d.receipt[0], d.receipt[1], d.receipt[2] - 1))
+            if d.receipt[0] == stale_partition
+            else d
+            for d in got
+        ]
+        sub.ack_many(batch)
+        # Then each current partition's committed offset is its highest offset + 1
+        for partition, offsets in by_partition.items():
+            committed = sub._consumer.committed(TopicPartition(topic, partition))
+            if partition == stale_partition:
+                assert committed is None  # it will be delivered again
+            else:
+                assert committed == max(offsets) + 1
+    finally:
+        sub.close()
+
+
+def test_latency_settings_reach_kafka_python() -> None:
+    config = KafkaConfig(bootstrap_servers="k:1", fetch_max_wait_ms=7, linger_ms=0)
+    assert config.consumer_config(group="g", consumer_name="c")["fetch_max_wait_ms"] == 7
+    assert config.producer_config()["linger_ms"] == 0
+    # The defaults are chosen for latency, not kafka-python's 500 ms fetch wait
+    assert KafkaConfig(bootstrap_servers="k:1").fetch_max_wait_ms <= 50
+    assert (
+        KafkaConfig.from_client_config(
+            {"bootstrap_servers": "k:1", "fetch_max_wait_ms": 3}
+        ).fetch_max_wait_ms
+        == 3
+    )

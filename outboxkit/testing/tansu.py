@@ -209,6 +209,23 @@ class TansuServer:
             self._log_path.unlink(missing_ok=True)
             self._log_path = None
 
+    def restart(
+        self, *, down_for: float = 0.0, stop_timeout: float = DEFAULT_STOP_TIMEOUT
+    ) -> TansuServer:
+        """Stop the broker and start a fresh one on the same port, after ``down_for`` seconds.
+
+        Storage is in memory, so the new broker is **empty**: no topics, no committed
+        offsets, no consumer groups and no producer ids. Clients connected to the old one see
+        exactly what they would see after a Kafka cluster lost its state. Tansu ignores
+        SIGTERM while clients are connected, so a short ``stop_timeout`` makes it a crash.
+        """
+        port = self.port
+        self.stop(timeout=stop_timeout)
+        if down_for > 0:
+            time.sleep(down_for)
+        self._port = port
+        return self.start()
+
     def __enter__(self) -> TansuServer:
         return self.start()
 

@@ -1,4 +1,15 @@
-"""KafkaBroker: the shared producer, per-key publish waves, topic creation, subscriptions."""
+"""KafkaBroker: the shared producer, per-key publish waves, topic creation, subscriptions.
+
+**Recovery.** A broker that restarts without its state (or an Apache Kafka that expired our
+producer id) leaves kafka-python's idempotent producer in a state it never leaves by itself:
+the first send fails with ``UnknownProducerIdError``, the epoch bump that follows fails, and
+from then on every record fails with a fatal ``KafkaError``. Such a producer is closed and
+the next publish builds a new one (with a new producer id); the records it failed are
+reported *unavailable*, never *rejected* (see :mod:`outboxkit.brokers.kafka.errors`), so the
+relay releases them uncounted and delivery resumes by itself. The same broker has also lost
+its topics: the topics this object created are remembered, and a send that finds its topic
+unknown creates it again.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +19,32 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from outboxkit.broker import Broker, BrokerMessage, SendResult
-from outboxkit.brokers.kafka.clients import new_client
+from outboxkit.brokers.kafka.clients import SharedClient, close_quietly, new_client
 from outboxkit.brokers.kafka.config import KafkaConfig
-from outboxkit.brokers.kafka.errors import same_kind, translate
+from outboxkit.brokers.kafka.errors import Verdict, classify, error_for, same_kind
 from outboxkit.brokers.kafka.subscription import KafkaSubscription
 from outboxkit.errors import BrokerClosedError, BrokerError, BrokerUnavailableError
 
 logger = logging.getLogger(__name__)
+
+#: How long closing a broken producer may take. Its pending records fail anyway (they are
+#: reported unavailable and sent again through a new producer), so there is nothing to wait
+#: for beyond letting its I/O thread wind down.
+BROKEN_PRODUCER_CLOSE_SECONDS = 1.0
+
+
+def _producer_is_broken(producer: Any) -> bool:
+    """True when kafka-python's transaction manager reached a fatal state.
+
+    Such a producer fails every record from then on (kafka-python 3.0 keeps the state for
+    the life of the object). ``_transaction_manager`` is private, so any surprise reads as
+    "not broken" and the record errors (classified in ``errors``) decide instead.
+    """
+    manager = getattr(producer, "_transaction_manager", None)
+    try:
+        return manager is not None and bool(manager.has_fatal_error())
+    except Exception:
+        return False
 
 
 class KafkaBroker(Broker):
@@ -26,11 +56,14 @@ class KafkaBroker(Broker):
     def __init__(self, config: KafkaConfig) -> None:
         self.config = config
         self._lock = threading.Lock()
-        self._producer: Any = None
-        self._admin: Any = None
-        self._admin_lock = threading.Lock()
         self._closed = False
         self._subscriptions: list[KafkaSubscription] = []
+        self._producers = SharedClient(self._new_producer, "producer")
+        self._admins = SharedClient(self._new_admin, "admin client")
+        #: Serialises admin requests (one admin client, used by one thread at a time).
+        self._admin_lock = threading.Lock()
+        #: Topics ``ensure_topic`` created or found: created again when a broker lost them.
+        self._topics: set[str] = set()
 
     @classmethod
     def from_bootstrap(cls, servers: str | Iterable[str], **kwargs: Any) -> KafkaBroker:
@@ -40,29 +73,53 @@ class KafkaBroker(Broker):
     def __repr__(self) -> str:
         return f"KafkaBroker({self.config.bootstrap_servers!r})"
 
+    @property
+    def _producer(self) -> Any:
+        """The current kafka-python producer, if one was built (for tests and debugging)."""
+        return self._producers.current
+
     def _check_open(self) -> None:
         if self._closed:
             raise BrokerClosedError(f"{self!r} is closed")
 
-    def _get_producer(self) -> Any:
-        with self._lock:
-            self._check_open()
-            if self._producer is None:
-                from kafka import KafkaProducer
+    def _new_producer(self) -> Any:
+        from kafka import KafkaProducer
 
-                self._producer = new_client(
-                    KafkaProducer,
-                    self.config.producer_config(),
-                    "producer",
-                    self.config.bootstrap_servers,
-                )
-                logger.info("Kafka producer connected to %s", self.config.bootstrap_servers)
-            return self._producer
+        producer = new_client(
+            KafkaProducer,
+            self.config.producer_config(),
+            "producer",
+            self.config.bootstrap_servers,
+        )
+        logger.info("Kafka producer connected to %s", self.config.bootstrap_servers)
+        return producer
+
+    def _new_admin(self) -> Any:
+        from kafka import KafkaAdminClient
+
+        return new_client(
+            KafkaAdminClient,
+            self.config.admin_config(),
+            "admin client",
+            self.config.bootstrap_servers,
+        )
+
+    def _get_producer(self) -> Any:
+        self._check_open()
+        producer = self._producers.get()
+        if _producer_is_broken(producer):
+            self._producers.discard(
+                producer,
+                "it is in a fatal state",
+                close_timeout=BROKEN_PRODUCER_CLOSE_SECONDS,
+            )
+            producer = self._producers.get()
+        return producer
 
     # ------------------------------------------------------------------ publish
 
     def publish(self, messages: Sequence[BrokerMessage]) -> list[SendResult]:
-        """Send ``messages`` in per-key waves (see the module docstring); one result each.
+        """Send ``messages`` in per-key waves (see the package docstring); one result each.
 
         Raises :class:`BrokerUnavailableError` when no producer can be created (nothing was
         sent) and :class:`BrokerClosedError` after :meth:`close`.
@@ -76,15 +133,24 @@ class KafkaBroker(Broker):
             chains.setdefault((message.topic, message.key), []).append(index)
         errors: dict[int, BrokerError | None] = {}
         depth = max(len(chain) for chain in chains.values())
+        stopped: set[tuple[str, str]] = set()  # keys with a failed message: no later waves
         for wave in range(depth):
             batch = [
                 chain[wave]
-                for chain in chains.values()
-                if wave < len(chain) and all(errors.get(i) is None for i in chain[:wave])
+                for key, chain in chains.items()
+                if wave < len(chain) and key not in stopped
             ]
             if not batch:
                 break
-            errors.update(self._send_wave(producer, messages, batch))
+            outcome, producer_ok = self._send_wave(producer, messages, batch)
+            errors.update(outcome)
+            stopped.update(
+                (messages[i].topic, messages[i].key) for i, error in outcome.items() if error
+            )
+            if not producer_ok:
+                # The producer was replaced: the rest of the batch goes through the relay
+                # again (uncounted) rather than waiting here for a new producer to bootstrap.
+                break
         results = []
         for chain in chains.values():
             failed: BrokerError | None = None
@@ -95,19 +161,26 @@ class KafkaBroker(Broker):
                         f"not sent: an earlier message of key {messages[index].key!r} "
                         f"failed ({failed})",
                     )
-                elif errors[index] is not None:
+                elif errors.get(index) is not None:
                     failed = errors[index]
+                elif index not in errors:
+                    failed = errors[index] = BrokerUnavailableError(
+                        "not sent: the Kafka producer was replaced during this batch"
+                    )
         for index, message in enumerate(messages):
             results.append(SendResult(message=message, error=errors[index]))
         return results
 
     def _send_wave(
         self, producer: Any, messages: Sequence[BrokerMessage], batch: list[int]
-    ) -> dict[int, BrokerError | None]:
-        """``send()`` each message of ``batch``, one ``flush()``, then read every future."""
-        from kafka.errors import IllegalStateError
+    ) -> tuple[dict[int, BrokerError | None], bool]:
+        """``send()`` each message of ``batch``, one ``flush()``, then read every future.
 
+        Returns each message's error and whether the producer is still usable (when it is
+        not, it has been discarded and every failure of the wave is reported unavailable).
+        """
         outcome: dict[int, BrokerError | None] = {}
+        verdicts: dict[int, Verdict] = {}
         futures: dict[int, Any] = {}
         outage: BrokerError | None = None
         for index in batch:
@@ -124,13 +197,14 @@ class KafkaBroker(Broker):
                     key=message.key.encode("utf-8"),
                     headers=[(k, v.encode("utf-8")) for k, v in message.headers.items()],
                 )
-            except IllegalStateError as exc:
-                raise BrokerClosedError(f"{self!r} is closed") from exc
             except Exception as exc:
-                error = translate(exc, f"send to {message.topic!r} failed")
-                outcome[index] = error
-                if isinstance(error, BrokerUnavailableError):
-                    outage = error
+                self._check_open()  # send() on a producer closed by close(): we are closed
+                verdicts[index] = verdict = classify(exc)
+                outcome[index] = error_for(
+                    verdict, f"send to {message.topic!r} failed: {type(exc).__name__}: {exc}"
+                )
+                if verdict in {Verdict.UNAVAILABLE, Verdict.PRODUCER_BROKEN}:
+                    outage = outcome[index]
         if futures:
             try:
                 producer.flush(timeout=self.config.flush_timeout)
@@ -139,56 +213,118 @@ class KafkaBroker(Broker):
         for index, future in futures.items():
             topic = messages[index].topic
             if not future.is_done:
+                verdicts[index] = Verdict.UNAVAILABLE
                 outcome[index] = BrokerUnavailableError(
                     f"send to {topic!r} not acknowledged within {self.config.flush_timeout:.0f} s"
                 )
             elif future.failed():
-                outcome[index] = translate(future.exception, f"send to {topic!r} failed")
+                failure = future.exception
+                verdicts[index] = verdict = classify(failure)
+                outcome[index] = error_for(
+                    verdict, f"send to {topic!r} failed: {type(failure).__name__}: {failure}"
+                )
             else:
                 outcome[index] = None
-        return outcome
+        producer_ok = self._recover(producer, messages, verdicts, outcome)
+        return outcome, producer_ok
+
+    def _recover(
+        self,
+        producer: Any,
+        messages: Sequence[BrokerMessage],
+        verdicts: dict[int, Verdict],
+        outcome: dict[int, BrokerError | None],
+    ) -> bool:
+        """Act on a wave's failures: rebuild a broken producer, re-create lost topics, and
+        log what an operator must fix. Returns whether ``producer`` is still usable."""
+        found = set(verdicts.values())
+        broken = Verdict.PRODUCER_BROKEN in found or _producer_is_broken(producer)
+        if broken:
+            reasons = {str(outcome[i]) for i, v in verdicts.items() if v is Verdict.PRODUCER_BROKEN}
+            self._producers.discard(
+                producer,
+                "; ".join(sorted(reasons)[:1]) or "it is in a fatal state",
+                close_timeout=BROKEN_PRODUCER_CLOSE_SECONDS,
+            )
+            # Whatever the records failed with, a fatal producer failed them: none of it
+            # says anything about the messages.
+            for index, error in outcome.items():
+                if error is not None and not isinstance(error, BrokerUnavailableError):
+                    outcome[index] = BrokerUnavailableError(
+                        f"{error} (the Kafka producer failed and is being replaced)"
+                    )
+        if Verdict.MISCONFIGURED in found:
+            sample = next(outcome[i] for i, v in verdicts.items() if v is Verdict.MISCONFIGURED)
+            logger.error(
+                "Kafka refuses the producer's settings or credentials; events stay pending "
+                "until this is fixed: %s",
+                sample,
+            )
+        missing = {messages[i].topic for i, v in verdicts.items() if v is Verdict.TOPIC_MISSING}
+        for topic in sorted(missing & self._known_topics()):
+            logger.warning("Kafka topic %s is unknown to the broker; creating it again", topic)
+            try:
+                self._create_topic(topic)
+            except BrokerError as exc:
+                logger.warning("could not create Kafka topic %s again: %s", topic, exc)
+        return not broken
 
     # ------------------------------------------------------------------ topics
+
+    def _known_topics(self) -> set[str]:
+        with self._lock:
+            return set(self._topics)
 
     def ensure_topic(self, topic: str, group: str | None = None) -> None:
         """Create ``topic`` with the configured partitions unless it exists.
 
         Kafka creates a consumer group when its first member joins, so ``group`` needs
-        nothing here.
+        nothing here. The topic is remembered: should the broker lose it (a restart without
+        its state), the next send or subscription that finds it missing creates it again.
         """
+        self._check_open()
+        self._create_topic(topic)
+        with self._lock:
+            self._topics.add(topic)
+
+    def _create_topic(self, topic: str) -> None:
         from kafka.errors import TopicAlreadyExistsError
 
+        admin = self._admins.get()
+        spec = {
+            "num_partitions": self.config.num_partitions,
+            "replication_factor": self.config.replication_factor,
+        }
         with self._admin_lock:
             self._check_open()
-            if self._admin is None:
-                from kafka import KafkaAdminClient
-
-                self._admin = new_client(
-                    KafkaAdminClient,
-                    self.config.admin_config(),
-                    "admin client",
-                    self.config.bootstrap_servers,
-                )
-            spec = {
-                "num_partitions": self.config.num_partitions,
-                "replication_factor": self.config.replication_factor,
-            }
             try:
-                self._admin.create_topics({topic: spec}, timeout_ms=self.config.request_timeout_ms)
+                admin.create_topics({topic: spec}, timeout_ms=self.config.request_timeout_ms)
                 logger.info("created Kafka topic %s (%s)", topic, spec)
             except TopicAlreadyExistsError:
                 pass
             except Exception as exc:
-                raise translate(exc, f"cannot create Kafka topic {topic!r}") from exc
+                verdict = classify(exc)
+                text = f"cannot create Kafka topic {topic!r}: {type(exc).__name__}: {exc}"
+                if verdict is Verdict.MISCONFIGURED:
+                    logger.error("%s", text)
+                raise error_for(verdict, text) from exc
 
     # ------------------------------------------------------------------ consume
 
     def subscribe(self, topic: str, group: str, consumer_name: str) -> KafkaSubscription:
-        """Join ``group`` on ``topic`` with a consumer of its own (creating the topic)."""
+        """Join ``group`` on ``topic`` with a consumer of its own (creating the topic).
+
+        The subscription re-creates the topic and its consumer by itself when its group
+        does not settle (see :class:`KafkaSubscription`).
+        """
         self._check_open()
         self.ensure_topic(topic, group)
         subscription = KafkaSubscription(
-            self.config, topic=topic, group=group, consumer_name=consumer_name
+            self.config,
+            topic=topic,
+            group=group,
+            consumer_name=consumer_name,
+            ensure_topic=self._create_topic,
         )
         with self._lock:
             if self._closed:
@@ -206,23 +342,16 @@ class KafkaBroker(Broker):
             if self._closed:
                 return
             self._closed = True
-            producer, self._producer = self._producer, None
             subscriptions, self._subscriptions = self._subscriptions, []
         for subscription in subscriptions:
             subscription.close()
+        producer = self._producers.close()
         if producer is not None:
             try:
                 producer.flush(timeout=self.config.flush_timeout)
             except Exception as exc:
                 logger.warning("Kafka producer flush on close failed: %s", exc)
-            try:
-                producer.close(timeout=self.config.request_timeout_ms / 1000)
-            except Exception as exc:
-                logger.warning("Kafka producer close failed: %s", exc)
-        with self._admin_lock:
-            admin, self._admin = self._admin, None
+            close_quietly(producer, "producer", timeout=self.config.request_timeout_ms / 1000)
+        admin = self._admins.close()
         if admin is not None:
-            try:
-                admin.close()
-            except Exception as exc:
-                logger.warning("Kafka admin client close failed: %s", exc)
+            close_quietly(admin, "admin client", timeout=self.config.request_timeout_ms / 1000)

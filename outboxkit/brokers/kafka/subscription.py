@@ -1,18 +1,28 @@
-"""KafkaSubscription: one kafka-python consumer in a group, owned by one thread."""
+"""KafkaSubscription: one kafka-python consumer in a group, owned by one thread.
+
+**A group that does not settle is left and joined again.** kafka-python's consumer can stay
+out of a working group for good: members were seen looping on "SyncGroup failed due to
+coordinator rebalance" for minutes, and after a broker restarted without its state the
+topic is gone and nobody is assigned anything. ``receive`` therefore watches its consumer:
+when it has been outside a stable group, or in one without any partition while its topic is
+unknown to it, for longer than ``KafkaConfig.group_settle_timeout_ms``, the subscription
+creates the topic again (if missing), closes the consumer and joins with a new one (a fresh
+member), logging a WARNING each time.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from outboxkit.broker import Delivery, Subscription
 from outboxkit.brokers.kafka.clients import new_client
 from outboxkit.brokers.kafka.config import KafkaConfig
 from outboxkit.brokers.kafka.errors import as_unavailable
-from outboxkit.errors import BrokerClosedError
+from outboxkit.errors import BrokerClosedError, BrokerError, BrokerUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -27,20 +37,43 @@ class KafkaSubscription(Subscription):
     often this member was assigned the partition: an ack for a delivery from before a
     rebalance is not committed (the partition's new owner, maybe this member again, reads
     the message again from the last committed offset, and handling is idempotent).
+
+    ``ensure_topic`` (given by :class:`KafkaBroker`) creates the topic when the watchdog
+    described in the module docstring finds it missing.
     """
 
-    def __init__(self, config: KafkaConfig, *, topic: str, group: str, consumer_name: str) -> None:
-        from kafka import ConsumerRebalanceListener, KafkaConsumer
-
+    def __init__(
+        self,
+        config: KafkaConfig,
+        *,
+        topic: str,
+        group: str,
+        consumer_name: str,
+        ensure_topic: Callable[[str], None] | None = None,
+    ) -> None:
         self.topic = topic
         self.group = group
         self.consumer_name = consumer_name
         self._config = config
+        self._ensure_topic = ensure_topic
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._consumer_closed = False
         self._epochs: dict[int, int] = {}
         self._next_epoch = 1
+        #: Since when (monotonic) the consumer has been out of a settled group, if it is.
+        self._unsettled_since: float | None = None
+        #: The topic's id when partitions were last assigned (a new id: the topic was
+        #: created anew).
+        self._topic_id: Any = None
+        #: How often the consumer was replaced because its group did not settle.
+        self.recreations = 0
+        self._consumer = self._new_consumer()
+        logger.info("Kafka consumer %s joined group %s on %s", consumer_name, group, topic)
+
+    def _new_consumer(self) -> Any:
+        from kafka import ConsumerRebalanceListener, KafkaConsumer
+
         subscription = self
 
         class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -50,14 +83,14 @@ class KafkaSubscription(Subscription):
             def on_partitions_assigned(self, assigned: Any) -> None:
                 subscription._on_assigned(assigned)
 
-        self._consumer = new_client(
+        consumer = new_client(
             KafkaConsumer,
-            config.consumer_config(group=group, consumer_name=consumer_name),
-            f"consumer ({group}/{consumer_name})",
-            config.bootstrap_servers,
+            self._config.consumer_config(group=self.group, consumer_name=self.consumer_name),
+            f"consumer ({self.group}/{self.consumer_name})",
+            self._config.bootstrap_servers,
         )
-        self._consumer.subscribe([topic], listener=_Listener())
-        logger.info("Kafka consumer %s joined group %s on %s", consumer_name, group, topic)
+        consumer.subscribe([self.topic], listener=_Listener())
+        return consumer
 
     def __repr__(self) -> str:
         return f"KafkaSubscription({self.topic!r}, {self.group!r}, {self.consumer_name!r})"
@@ -76,6 +109,33 @@ class KafkaSubscription(Subscription):
             self._epochs[tp.partition] = self._next_epoch
             self._next_epoch += 1
         logger.info("%r: partitions assigned %s", self, sorted(tp.partition for tp in assigned))
+        self._restart_recreated_topic(assigned)
+
+    def _restart_recreated_topic(self, assigned: Any) -> None:
+        """Read a topic that was created anew (same name, new id) from its beginning.
+
+        kafka-python 3 keeps a partition's position across a rebalance when the member
+        keeps the partition. After a broker restarted empty, that position (say 2) points
+        past the records of the new, empty log, so its first records would be skipped.
+        """
+        try:
+            topic_id = self._consumer._client.cluster.topic_id(self.topic)
+        except Exception:
+            return
+        if topic_id is None:
+            return
+        previous, self._topic_id = self._topic_id, topic_id
+        if previous is None or previous == topic_id or not assigned:
+            return
+        logger.warning(
+            "%r: topic %s was created anew (id %s, was %s), as by a broker restarted without "
+            "its state; reading its partitions from the beginning",
+            self,
+            self.topic,
+            topic_id,
+            previous,
+        )
+        self._consumer.seek_to_beginning(*assigned)
 
     def receive(self, *, timeout: float, max_messages: int = 100) -> list[Delivery]:
         """Poll in short slices until something arrives, ``timeout`` passes or we close."""
@@ -94,11 +154,75 @@ class KafkaSubscription(Subscription):
                     except (KafkaError, OSError) as exc:
                         raise as_unavailable(exc, f"{self!r}: poll failed") from exc
                     deliveries = self._deliveries(batches)
-                    if deliveries or remaining <= 0:
+                    if deliveries:
+                        self._unsettled_since = None
+                        return deliveries
+                    self._watch_settling()
+                    if remaining <= 0:
                         return deliveries
                 return []
             finally:
                 self._close_consumer_if_requested()
+
+    # ------------------------------------------------------------------ settle watchdog
+
+    def _unsettled_reason(self) -> str | None:
+        """Why the consumer is not in a working group, or ``None`` when it is.
+
+        A stable member without partitions is fine while its topic is known (a group with
+        more members than partitions has idle members). kafka-python exposes the group state
+        only on private attributes; any surprise there reads as "settled".
+        """
+        try:
+            coordinator = self._consumer._coordinator
+            if not coordinator.stable():
+                return "its consumer group has not settled"
+            if self._consumer.assignment():
+                return None
+            if self._consumer._client.cluster.partitions_for_topic(self.topic) is None:
+                return "it has no partition and the broker does not know its topic"
+        except Exception:
+            return None
+        return None
+
+    def _watch_settling(self) -> None:
+        """Replace the consumer once it stayed unsettled too long (caller holds ``_lock``)."""
+        reason = self._unsettled_reason()
+        now = time.monotonic()
+        if reason is None:
+            self._unsettled_since = None
+            return
+        if self._unsettled_since is None:
+            self._unsettled_since = now
+            return
+        waited = now - self._unsettled_since
+        if waited < self._config.group_settle_timeout_ms / 1000:
+            return
+        self._unsettled_since = None  # the new consumer gets the whole timeout again
+        logger.warning(
+            "%r: %s for %.0f s; creating the topic if missing and rejoining with a new consumer",
+            self,
+            reason,
+            waited,
+        )
+        if self._ensure_topic is not None:
+            try:
+                self._ensure_topic(self.topic)
+            except BrokerError as exc:
+                raise BrokerUnavailableError(
+                    f"{self!r}: group did not settle and the topic cannot be ensured: {exc}"
+                ) from exc
+        replacement = self._new_consumer()
+        old, self._consumer = self._consumer, replacement
+        self._epochs.clear()  # deliveries of the old member are never committed
+        self.recreations += 1
+        self._close_quietly(old)
+
+    def _close_quietly(self, consumer: Any) -> None:
+        try:
+            consumer.close(autocommit=False, timeout_ms=self._config.request_timeout_ms)
+        except Exception as exc:
+            logger.warning("%r: close failed: %s", self, exc)
 
     def _deliveries(self, batches: Mapping[Any, list[Any]]) -> list[Delivery]:
         deliveries = []
@@ -121,32 +245,50 @@ class KafkaSubscription(Subscription):
 
     def ack(self, delivery: Delivery) -> None:
         """Commit ``offset + 1`` of the delivery's partition, synchronously."""
+        self.ack_many([delivery])
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Commit, in one synchronous request, the highest ``offset + 1`` of each partition.
+
+        Deliveries of a partition reassigned since they were received (their assignment
+        epoch is not the current one) are left out, exactly as :meth:`ack` leaves them: the
+        partition's owner reads them again from the last committed offset.
+        """
         from kafka import OffsetAndMetadata, TopicPartition
         from kafka.errors import CommitFailedError, KafkaError
 
-        partition, offset, epoch = delivery.receipt
+        if not deliveries:
+            return
         with self._lock:
             try:
                 if self._consumer_closed:
                     raise BrokerClosedError(f"{self!r} is closed")
-                if self._epochs.get(partition) != epoch:
+                offsets: dict[Any, int] = {}
+                stale: set[int] = set()
+                for delivery in deliveries:
+                    partition, offset, epoch = delivery.receipt
+                    if self._epochs.get(partition) != epoch:
+                        stale.add(partition)
+                        continue
+                    tp = TopicPartition(delivery.topic, partition)
+                    offsets[tp] = max(offsets.get(tp, 0), offset + 1)
+                if stale:
                     logger.info(
-                        "%r: not committing offset %d of partition %d: reassigned since "
-                        "delivery; it will be delivered again",
+                        "%r: not committing partitions %s: reassigned since delivery; their "
+                        "messages will be delivered again",
                         self,
-                        offset,
-                        partition,
+                        sorted(stale),
                     )
+                if not offsets:
                     return
-                tp = TopicPartition(delivery.topic, partition)
                 try:
                     self._consumer.commit(
-                        {tp: OffsetAndMetadata(offset + 1, "", -1)},
+                        {tp: OffsetAndMetadata(end, "", -1) for tp, end in offsets.items()},
                         timeout_ms=self._config.request_timeout_ms,
                     )
                 except CommitFailedError as exc:
-                    # The group rebalanced: the partition's next owner reads it again.
-                    logger.warning("%r: commit of %s@%d failed: %s", self, tp, offset, exc)
+                    # The group rebalanced: the partitions' next owners read them again.
+                    logger.warning("%r: commit of %s failed: %s", self, offsets, exc)
                 except (KafkaError, OSError) as exc:
                     raise as_unavailable(exc, f"{self!r}: commit failed") from exc
             finally:
@@ -166,8 +308,5 @@ class KafkaSubscription(Subscription):
         if not self._closed.is_set() or self._consumer_closed:
             return
         self._consumer_closed = True
-        try:
-            self._consumer.close(autocommit=False, timeout_ms=self._config.request_timeout_ms)
-        except Exception as exc:
-            logger.warning("%r: close failed: %s", self, exc)
+        self._close_quietly(self._consumer)
         logger.info("Kafka consumer %s left group %s", self.consumer_name, self.group)
