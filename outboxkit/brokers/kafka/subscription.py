@@ -66,6 +66,7 @@ class KafkaSubscription(Subscription):
         #: The topic's id when partitions were last assigned (a new id: the topic was
         #: created anew).
         self._topic_id: Any = None
+        self._settle_timeout = config.group_settle_timeout_ms / 1000
         #: How often the consumer was replaced because its group did not settle.
         self.recreations = 0
         self._consumer = self._new_consumer()
@@ -191,14 +192,20 @@ class KafkaSubscription(Subscription):
         now = time.monotonic()
         if reason is None:
             self._unsettled_since = None
+            self._settle_timeout = self._config.group_settle_timeout_ms / 1000
             return
         if self._unsettled_since is None:
             self._unsettled_since = now
             return
         waited = now - self._unsettled_since
-        if waited < self._config.group_settle_timeout_ms / 1000:
+        if waited < self._settle_timeout:
             return
-        self._unsettled_since = None  # the new consumer gets the whole timeout again
+        self._unsettled_since = None
+        # A new member's join is itself a rebalance: give each next one longer, so
+        # replacing members can never keep a slow group from settling.
+        self._settle_timeout = min(
+            self._settle_timeout * 2, 8 * self._config.group_settle_timeout_ms / 1000
+        )
         logger.warning(
             "%r: %s for %.0f s; creating the topic if missing and rejoining with a new consumer",
             self,
@@ -212,11 +219,19 @@ class KafkaSubscription(Subscription):
                 raise BrokerUnavailableError(
                     f"{self!r}: group did not settle and the topic cannot be ensured: {exc}"
                 ) from exc
-        replacement = self._new_consumer()
-        old, self._consumer = self._consumer, replacement
+        # Leave first, then join: a member leaving after the new one joined would start
+        # yet another rebalance under it.
         self._epochs.clear()  # deliveries of the old member are never committed
         self.recreations += 1
-        self._close_quietly(old)
+        self._close_quietly(self._consumer)
+        try:
+            self._consumer = self._new_consumer()
+        except BrokerError:
+            # No consumer left: this subscription is over; the caller subscribes again
+            # (the engine does so after any BrokerUnavailableError).
+            self._consumer_closed = True
+            self._closed.set()
+            raise
 
     def _close_quietly(self, consumer: Any) -> None:
         try:
