@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
 from benchmarks import raw
-from benchmarks.common import progress, scratch
+from benchmarks.common import Scratch, progress, scratch
 from benchmarks.env import Env
 from benchmarks.figures import Figure, cost, relative
 from benchmarks.relay import floor_index
@@ -31,7 +31,7 @@ BACKLOG = 4_800
 LOCK_TARGET = 1.1
 #: Claim cost on the large table over the 10k-row table (kept near 1.0 today).
 SCALING_TARGET = 1.1
-SCALING_CLAIMS = 30
+SCALING_CLAIMS = 50
 SCALING_LIMIT = 100
 #: Pending, due rows in both tables of the scaling figure (all of the 10k table's 1% open).
 SCALING_DUE = 100
@@ -216,29 +216,37 @@ def _bulk_fill(db: sa.Engine, label: str, table: str, count: int) -> None:
         conn.execute(sa.text(f"ANALYZE TABLE {table}" if label != "PG" else f"ANALYZE {table}"))
 
 
-def _claim_cost(env: Env, label: str, count: int) -> float:
-    """Median seconds of one ``claim_due`` of 100 on a table of ``count`` rows, 100 due.
+def _claim_once(table: Scratch) -> float:
+    """Seconds of one ``claim_due`` of 100; the batch is released (untimed) for the next."""
+    before = time.perf_counter()
+    claim = table.repository.claim_due(table.route, limit=SCALING_LIMIT, lease_seconds=30)
+    elapsed = time.perf_counter() - before
+    ids = [m.id for m in claim.messages]
+    table.repository.release(table.route, ids, token=claim.token, delay=0)
+    return elapsed
 
-    Each claimed batch is released at once (untimed), so every claim sees the same table.
+
+def _claim_costs(env: Env, label: str, small: int, large: int) -> tuple[float, float]:
+    """Median seconds of a claim of 100 on the small and on the large table.
+
+    Both tables exist at once and the claims alternate between them, so the machine's
+    drift during the measurement falls on both sides alike.
     """
     db = env.db(label)
-    with scratch(db, "scale") as ours:
-        started = time.monotonic()
-        _bulk_fill(db, label, ours.table, count)
-        progress(f"filled {count:,} rows into {label} in {time.monotonic() - started:.0f} s")
-        times = []
+    with scratch(db, "scale") as small_table, scratch(db, "scalebig") as large_table:
+        for table, count in ((small_table, small), (large_table, large)):
+            started = time.monotonic()
+            _bulk_fill(db, label, table.table, count)
+            progress(f"filled {count:,} rows into {label} in {time.monotonic() - started:.0f} s")
+        small_times, large_times = [], []
         for _ in range(SCALING_CLAIMS):
-            before = time.perf_counter()
-            claim = ours.repository.claim_due(ours.route, limit=SCALING_LIMIT, lease_seconds=30)
-            times.append(time.perf_counter() - before)
-            ids = [m.id for m in claim.messages]
-            ours.repository.release(ours.route, ids, token=claim.token, delay=0)
-        return statistics.median(times)
+            small_times.append(_claim_once(small_table))
+            large_times.append(_claim_once(large_table))
+        return statistics.median(small_times), statistics.median(large_times)
 
 
 def claim_scaling(env: Env, label: str, small: int, large: int) -> Figure:
-    small_cost = _claim_cost(env, label, small)
-    large_cost = _claim_cost(env, label, large)
+    small_cost, large_cost = _claim_costs(env, label, small, large)
     progress(
         f"{label} claim of {SCALING_LIMIT}: {small_cost * 1000:.2f} ms at {small:,} rows, "
         f"{large_cost * 1000:.2f} ms at {large:,}"
