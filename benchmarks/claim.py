@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
 from benchmarks import raw
-from benchmarks.common import progress, scratch
+from benchmarks.common import Scratch, progress, scratch
 from benchmarks.env import Env
 from benchmarks.figures import Figure, cost, relative
 from benchmarks.relay import floor_index
@@ -31,9 +31,13 @@ BACKLOG = 4_800
 LOCK_TARGET = 1.1
 #: Claim cost on the large table over the 10k-row table (kept near 1.0 today).
 SCALING_TARGET = 1.1
-SCALING_CLAIMS = 30
+SCALING_CLAIMS = 50
 SCALING_LIMIT = 100
+#: Pending, due rows in both tables of the scaling figure (all of the 10k table's 1% open).
+SCALING_DUE = 100
 HOLD_SECONDS = 15.0
+#: Longer than InnoDB's 0.1 s refresh interval of the INNODB_TRX cache.
+INNODB_TRX_REFRESH = 0.25
 
 
 @contextlib.contextmanager
@@ -53,18 +57,29 @@ def after_claim_select(
         sa.event.remove(db, "after_cursor_execute", listener)
 
 
-def rows_locked(probe: sa.Engine, conn: Any) -> int:
-    """``trx_rows_locked`` of the transaction open on ``conn`` (a MariaDB connection)."""
+def rows_locked(probe: sa.Engine, conn: Any) -> tuple[int, str]:
+    """``trx_rows_locked`` and isolation level of the transaction open on ``conn`` (MariaDB).
+
+    InnoDB refreshes the ``INNODB_TRX`` table from a cache at most every 0.1 s, so the
+    claim's transaction is held open for longer than that before it is read (a read taken
+    sooner can show an earlier transaction of the same connection id).
+    """
+    time.sleep(INNODB_TRX_REFRESH)
     thread_id = conn.connection.dbapi_connection.thread_id()
     with probe.connect() as other:
-        value = other.execute(
+        found = other.execute(
             sa.text(
-                "SELECT trx_rows_locked FROM information_schema.INNODB_TRX "
+                "SELECT trx_rows_locked, trx_isolation_level FROM information_schema.INNODB_TRX "
                 "WHERE trx_mysql_thread_id = :t"
             ),
             {"t": thread_id},
-        ).scalar_one_or_none()
-    return int(value or 0)
+        ).first()
+    return (int(found[0]), str(found[1])) if found else (0, "?")
+
+
+def fresh_engine(env: Env, label: str, **options: Any) -> sa.Engine:
+    """An engine of its own: no pooled connection shared with the other side."""
+    return sa.create_engine(env.db_url(label), poolclass=NullPool, **options)
 
 
 def _in_thread(name: str, target: Callable[[], None]) -> None:
@@ -75,38 +90,42 @@ def _in_thread(name: str, target: Callable[[], None]) -> None:
 
 def claim_locks(env: Env, label: str) -> list[Figure]:
     """Rows locked by a claim of 200 with 4,800 due rows, ours vs the raw floor's query."""
-    db = env.db(label)
-    probe = sa.create_engine(env.db_url(label), poolclass=NullPool)
-    seen: dict[str, int] = {}
+    probe, ours_db = fresh_engine(env, label), fresh_engine(env, label)
+    # The raw claim runs at the isolation level the library uses for its own transactions.
+    raw_db = fresh_engine(env, label, isolation_level="READ COMMITTED")
+    seen: dict[str, tuple[int, str]] = {}
     try:
-        with scratch(db, "locks") as ours, scratch(db, "locksraw") as bare:
+        with scratch(ours_db, "locks") as ours, scratch(raw_db, "locksraw") as bare:
             ours.fill(BACKLOG)
-            floor_index(db, label, bare.table)
+            floor_index(raw_db, label, bare.table)
             bare.fill(BACKLOG)
 
             def record(key: str) -> Callable[[Any], None]:
                 return lambda conn: seen.setdefault(key, rows_locked(probe, conn))
 
-            with after_claim_select(db, "bench-claim-ours", record("ours")):
+            with after_claim_select(ours_db, "bench-claim-ours", record("ours")):
                 _in_thread(
                     "bench-claim-ours",
                     lambda: ours.repository.claim_due(ours.route, limit=LIMIT, lease_seconds=30),
                 )
-            with after_claim_select(db, "bench-claim-raw", record("raw")):
-                _in_thread("bench-claim-raw", lambda: raw.claim_floor(db, bare.table, LIMIT))
+            with after_claim_select(raw_db, "bench-claim-raw", record("raw")):
+                _in_thread("bench-claim-raw", lambda: raw.claim_floor(raw_db, bare.table, LIMIT))
     finally:
-        probe.dispose()
-    progress(f"{label} claim of {LIMIT} with {BACKLOG} due: locks {seen} rows")
+        for engine in (probe, ours_db, raw_db):
+            engine.dispose()
+    (ours_rows, ours_level), (raw_rows, raw_level) = seen["ours"], seen["raw"]
+    progress(f"{label} claim of {LIMIT} with {BACKLOG} due: locks {seen}")
     figures = [
         relative(
             f"{label} claim of {LIMIT} with {BACKLOG:,} due rows: rows locked",
-            float(seen["ours"]),
-            float(seen["raw"]),
+            float(ours_rows),
+            float(raw_rows),
             unit="rows",
             target=LOCK_TARGET,
             goal="ratio<=",
-            note="INNODB_TRX.trx_rows_locked right after the claim's SELECT; raw = the same "
-            "claim on an index (status, next_retry_at)",
+            note="INNODB_TRX.trx_rows_locked right after the claim's SELECT (index and clustered "
+            f"records count separately); ours ran {ours_level}; raw = the same claim on an "
+            f"index (status, next_retry_at), {raw_level}",
         )
     ]
     figures.append(concurrent_claims(env, label))
@@ -118,9 +137,11 @@ def concurrent_claims(env: Env, label: str) -> Figure:
 
     Claimer A is held right after its locking SELECT until claimer B has finished.
     """
-    db = env.db(label)
+    db = fresh_engine(env, label)
     sizes: dict[str, int] = {}
-    with scratch(db, "conc") as ours:
+    with contextlib.ExitStack() as stack:
+        stack.callback(db.dispose)
+        ours = stack.enter_context(scratch(db, "conc"))
         ours.fill(BACKLOG)
         a_holds, b_done = threading.Event(), threading.Event()
 
@@ -161,11 +182,14 @@ def concurrent_claims(env: Env, label: str) -> Figure:
 
 
 def _bulk_fill(db: sa.Engine, label: str, table: str, count: int) -> None:
-    """``count`` rows, 99% consumed and every 100th pending and due, in one statement.
+    """``count`` rows in one statement: 99% consumed, the other 1% published, except
+    :data:`SCALING_DUE` of them (spread over the table) pending and due.
 
-    PostgreSQL: ``generate_series``; MariaDB: its built-in ``seq_1_to_N`` sequence table.
+    Both tables hold the same number of due rows, so the figure isolates the table's size
+    from the backlog's (a claim's cost may grow with the due rows it must consider: that
+    is the "rows locked" figure's subject). PostgreSQL: ``generate_series``; MariaDB: its
+    built-in ``seq_1_to_N`` sequence table.
     """
-    payload = raw.shell(0).replace("'", "''")
     columns = (
         "event_id, biz_type, service_name, topic, message_key, payload, status, retry_count, "
         "max_retry, next_retry_at, created_at, updated_at, consumed_at"
@@ -178,47 +202,59 @@ def _bulk_fill(db: sa.Engine, label: str, table: str, count: int) -> None:
         now, source, n = "UTC_TIMESTAMP(6)", f"seq_1_to_{int(count)}", "seq"
         key = "CONCAT('k', seq % 50)"
         event = "CONCAT('e', seq)"
-    pending = f"{n} % 100 = 0"
+    open_row = f"{n} % 100 = 0"
+    due = f"{n} % {int(count // SCALING_DUE)} = 0"
     statement = (
         f"INSERT INTO {table} ({columns}) SELECT {event}, 'bench.event', 'bench', 't', {key}, "
-        f"'{payload}', CASE WHEN {pending} THEN 'pending' ELSE 'consumed' END, 0, 20, "
-        f"CASE WHEN {pending} THEN {now} ELSE NULL END, {now}, {now}, "
-        f"CASE WHEN {pending} THEN NULL ELSE {now} END FROM {source}"
+        f":payload, CASE WHEN {due} THEN 'pending' WHEN {open_row} THEN 'published' "
+        f"ELSE 'consumed' END, 0, 20, CASE WHEN {due} THEN {now} ELSE NULL END, {now}, {now}, "
+        f"CASE WHEN {open_row} THEN NULL ELSE {now} END FROM {source}"
     )
     with db.begin() as conn:
-        conn.execute(sa.text(statement))
+        conn.execute(sa.text(statement), {"payload": raw.shell(0)})
     with db.begin() as conn:
         conn.execute(sa.text(f"ANALYZE TABLE {table}" if label != "PG" else f"ANALYZE {table}"))
 
 
-def _claim_cost(env: Env, label: str, count: int) -> float:
-    """Median seconds of one ``claim_due`` of 100 on a table of ``count`` rows (99% consumed).
+def _claim_once(table: Scratch) -> float:
+    """Seconds of one ``claim_due`` of 100; the batch is released (untimed) for the next."""
+    before = time.perf_counter()
+    claim = table.repository.claim_due(table.route, limit=SCALING_LIMIT, lease_seconds=30)
+    elapsed = time.perf_counter() - before
+    ids = [m.id for m in claim.messages]
+    table.repository.release(table.route, ids, token=claim.token, delay=0)
+    return elapsed
 
-    Each claimed batch is released at once (untimed), so every claim sees the same table.
+
+def _claim_costs(env: Env, label: str, small: int, large: int) -> tuple[float, float]:
+    """Median seconds of a claim of 100 on the small and on the large table.
+
+    Both tables exist at once and the claims alternate between them, so the machine's
+    drift during the measurement falls on both sides alike.
     """
     db = env.db(label)
-    with scratch(db, "scale") as ours:
-        started = time.monotonic()
-        _bulk_fill(db, label, ours.table, count)
-        progress(f"filled {count:,} rows into {label} in {time.monotonic() - started:.0f} s")
-        times = []
+    with scratch(db, "scale") as small_table, scratch(db, "scalebig") as large_table:
+        for table, count in ((small_table, small), (large_table, large)):
+            started = time.monotonic()
+            _bulk_fill(db, label, table.table, count)
+            progress(f"filled {count:,} rows into {label} in {time.monotonic() - started:.0f} s")
+        small_times, large_times = [], []
         for _ in range(SCALING_CLAIMS):
-            before = time.perf_counter()
-            claim = ours.repository.claim_due(ours.route, limit=SCALING_LIMIT, lease_seconds=30)
-            times.append(time.perf_counter() - before)
-            ids = [m.id for m in claim.messages]
-            ours.repository.release(ours.route, ids, token=claim.token, delay=0)
-        return statistics.median(times)
+            small_times.append(_claim_once(small_table))
+            large_times.append(_claim_once(large_table))
+        return statistics.median(small_times), statistics.median(large_times)
 
 
 def claim_scaling(env: Env, label: str, small: int, large: int) -> Figure:
-    small_cost = _claim_cost(env, label, small)
-    large_cost = _claim_cost(env, label, large)
+    small_cost, large_cost = _claim_costs(env, label, small, large)
     progress(
         f"{label} claim of {SCALING_LIMIT}: {small_cost * 1000:.2f} ms at {small:,} rows, "
         f"{large_cost * 1000:.2f} ms at {large:,}"
     )
-    note = f"median of {SCALING_CLAIMS} claims of {SCALING_LIMIT}; raw = the {small:,}-row cost"
+    note = (
+        f"median of {SCALING_CLAIMS} claims of {SCALING_LIMIT}; {SCALING_DUE} due rows in "
+        f"both tables, the rest of the 1% open rows published; raw = the {small:,}-row cost"
+    )
     if large < 1_000_000:
         note += f"; --quick: the large table has {large:,} rows, not 1M"
     return cost(

@@ -10,6 +10,7 @@ Batch size 500 on both sides.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -61,16 +62,28 @@ def consume_all(
     return Rate(count=done, seconds=time.perf_counter() - started)
 
 
-def measure_consumer(env: Env, label: str, broker: Broker, count: int, kind: str) -> Rate:
+def measure_consumer(
+    env: Env, label: str, make_broker: Callable[[Env], Broker], count: int, kind: str
+) -> Rate:
+    """Pre-fill with the library's Relay on one broker, consume through a fresh one.
+
+    The relay's broker is closed before consuming, so no producer thread of the setup
+    shares the process (and the GIL) with the consumer being measured.
+    """
     db = env.db(label)
     with scratch(db, "cons") as ours:
         ours.fill(count)
-        broker.ensure_topic(ours.route.topic)
         if kind == "Redis":
             env.created_stream(ours.route.topic)
         else:
             env.created_topic(ours.route.topic)
-        drain(Relay(ours.repository, broker, ours.route), count)
+        filler = make_broker(env)
+        try:
+            filler.ensure_topic(ours.route.topic)
+            drain(Relay(ours.repository, filler, ours.route), count)
+        finally:
+            filler.close()
+        broker = make_broker(env)
         subscription = broker.subscribe(ours.route.topic, ours.route.group, "bench-consumer")
         try:
             rate = consume_all(
@@ -78,6 +91,7 @@ def measure_consumer(env: Env, label: str, broker: Broker, count: int, kind: str
             )
         finally:
             subscription.close()
+            broker.close()
         consumed = ours.repository.count_by_status(ours.route)[Status.CONSUMED]
         if consumed != count:
             raise RuntimeError(f"consumer {label} + {kind}: {consumed} of {count} consumed")
@@ -102,29 +116,29 @@ def measure_raw_redis(env: Env, label: str, count: int) -> Rate:
         return raw.redis_consume(db, bare.table, env.redis_url, stream, count)
 
 
-def measure_raw_kafka(env: Env, label: str, broker: Broker, count: int) -> Rate:
+def measure_raw_kafka(env: Env, label: str, count: int) -> Rate:
     db = env.db(label)
     with scratch(db, "consraw") as bare:
         values = _published_rows(bare, count)
         topic = bare.route.topic
-        broker.ensure_topic(topic)
+        admin = kafka_broker(env)
+        try:
+            admin.ensure_topic(topic)  # same partition count as the library's topic
+        finally:
+            admin.close()
         env.created_topic(topic)
         raw.kafka_send_flush(env.bootstrap, topic, values)
         return raw.kafka_consume(db, bare.table, env.bootstrap, topic, count)
 
 
 def consumer_redis(env: Env, label: str, count: int, rounds: int) -> Figure:
-    broker = redis_broker(env)
-    try:
-        raws, mine = interleaved(
-            [
-                lambda: measure_raw_redis(env, label, count),
-                lambda: measure_consumer(env, label, broker, count, "Redis"),
-            ],
-            rounds,
-        )
-    finally:
-        broker.close()
+    raws, mine = interleaved(
+        [
+            lambda: measure_raw_redis(env, label, count),
+            lambda: measure_consumer(env, label, redis_broker, count, "Redis"),
+        ],
+        rounds,
+    )
     raw_rate, ours = median_rate(raws), median_rate(mine)
     progress(f"consumer {label} + Redis: raw {raw_rate:,.0f}/s, Consumer.run_once {ours:,.0f}/s")
     return throughput(
@@ -137,17 +151,13 @@ def consumer_redis(env: Env, label: str, count: int, rounds: int) -> Figure:
 
 
 def consumer_kafka(env: Env, label: str, count: int, rounds: int) -> Figure:
-    broker = kafka_broker(env)
-    try:
-        raws, mine = interleaved(
-            [
-                lambda: measure_raw_kafka(env, label, broker, count),
-                lambda: measure_consumer(env, label, broker, count, "Kafka"),
-            ],
-            rounds,
-        )
-    finally:
-        broker.close()
+    raws, mine = interleaved(
+        [
+            lambda: measure_raw_kafka(env, label, count),
+            lambda: measure_consumer(env, label, kafka_broker, count, "Kafka"),
+        ],
+        rounds,
+    )
     raw_rate, ours = median_rate(raws), median_rate(mine)
     progress(f"consumer {label} + Kafka: raw {raw_rate:,.0f}/s, Consumer.run_once {ours:,.0f}/s")
     return throughput(

@@ -46,7 +46,7 @@ TARGETS: dict[tuple[str, str, bool], tuple[float | None, float | None]] = {
     ("PG", "Kafka", False): (25.0, None),
 }
 #: How long to wait for the last events after the publisher stopped.
-DRAIN_SECONDS = 30.0
+DRAIN_SECONDS = 60.0
 #: How long the first event may take (a Kafka group join takes ~3 s on Tansu).
 WARMUP_SECONDS = 60.0
 KAFKA_ROUND_TRIPS = 50

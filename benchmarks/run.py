@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import sys
 import time
 import traceback
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [w for w in wanted if not any(_picks(w, entry) for entry in plan())]
     if unknown:
         parser.error(f"--only: nothing matches {unknown}")
+    # A terminated run still drops its tables and streams (the finally blocks run).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     figures: list[Figure] = []
     with open_env(quick=args.quick) as env:
