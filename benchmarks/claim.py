@@ -44,17 +44,22 @@ INNODB_TRX_REFRESH = 0.25
 def after_claim_select(
     db: sa.Engine, thread_name: str, hook: Callable[[Any], None]
 ) -> Iterator[None]:
-    """Call ``hook(connection)`` right after a claim's locking SELECT in ``thread_name``."""
+    """Call ``hook(connection)`` right after a claim's locking SELECT in ``thread_name``.
+
+    Listens on every engine (filtered by thread): on MySQL/MariaDB the repository runs its
+    own transactions on a pool of its own, not on ``db``.
+    """
 
     def listener(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         if threading.current_thread().name == thread_name and "SKIP LOCKED" in statement.upper():
             hook(conn)
 
-    sa.event.listen(db, "after_cursor_execute", listener)
+    del db  # kept in the signature: the thread name already picks the claim
+    sa.event.listen(sa.Engine, "after_cursor_execute", listener)
     try:
         yield
     finally:
-        sa.event.remove(db, "after_cursor_execute", listener)
+        sa.event.remove(sa.Engine, "after_cursor_execute", listener)
 
 
 def rows_locked(probe: sa.Engine, conn: Any) -> tuple[int, str]:
