@@ -32,7 +32,7 @@ from outboxkit.relay import Relay
 
 TARGET = 0.9
 
-#: Where the librdkafka broker is expected once another engineer lands it.
+#: Where the librdkafka broker lives (extra `confluent`); the figure is skipped without it.
 CONFLUENT_MODULES = ("outboxkit.brokers.confluent_kafka", "outboxkit.brokers.confluent")
 CONFLUENT_CLASS = "ConfluentKafkaBroker"
 
