@@ -22,7 +22,8 @@ import pytest
 from outboxkit.broker import BrokerMessage, SendResult
 from outboxkit.brokers.kafka import KafkaBroker, KafkaConfig
 from outboxkit.brokers.kafka.clients import SharedClient
-from outboxkit.brokers.kafka.errors import VERDICTS, Verdict, classify, same_kind, translate
+from outboxkit.brokers.kafka.errors import VERDICTS, Verdict, classify, translate
+from outboxkit.brokers.waves import same_kind
 from outboxkit.errors import BrokerUnavailableError, MessageRejectedError
 from outboxkit.testing.broker_contract import receive_until
 from outboxkit.testing.tansu import TansuServer

@@ -66,12 +66,12 @@ from outboxkit.brokers.confluent.subscription import (
     LIBRDKAFKA_LOGGER,
     ConfluentKafkaSubscription,
 )
+from outboxkit.brokers.waves import publish_in_waves
 from outboxkit.errors import (
     BrokerClosedError,
     BrokerError,
     BrokerUnavailableError,
     ConfigurationError,
-    MessageRejectedError,
 )
 
 __all__ = ["ConfluentKafkaBroker"]
@@ -97,12 +97,6 @@ def _record_report(
 ) -> None:
     """Delivery callback: runs in whichever thread serves the producer's queue."""
     reports[index] = error
-
-
-def _same_kind(error: BrokerError, reason: str) -> BrokerError:
-    if isinstance(error, BrokerUnavailableError):
-        return BrokerUnavailableError(reason)
-    return MessageRejectedError(reason)
 
 
 class ConfluentKafkaBroker(Broker):
@@ -204,32 +198,11 @@ class ConfluentKafkaBroker(Broker):
         if not messages:
             self._check_open()
             return []
-        chains: dict[tuple[str, str], list[int]] = {}
-        for index, message in enumerate(messages):
-            chains.setdefault((message.topic, message.key), []).append(index)
-        errors: dict[int, BrokerError | None] = {}
-        depth = max(len(chain) for chain in chains.values())
-        for wave in range(depth):
-            batch = [
-                chain[wave]
-                for chain in chains.values()
-                if wave < len(chain) and all(errors.get(i) is None for i in chain[:wave])
-            ]
-            if not batch:
-                break
-            errors.update(self._send_wave(self._get_slot(), messages, batch))
-        for chain in chains.values():
-            failed: BrokerError | None = None
-            for index in chain:
-                if failed is not None:
-                    errors[index] = _same_kind(
-                        failed,
-                        f"not sent: an earlier message of key {messages[index].key!r} "
-                        f"failed ({failed})",
-                    )
-                elif errors[index] is not None:
-                    failed = errors[index]
-        return [SendResult(message=m, error=errors[i]) for i, m in enumerate(messages)]
+        return publish_in_waves(
+            messages,
+            lambda batch: (self._send_wave(self._get_slot(), messages, batch), True),
+            abandoned=lambda: BrokerUnavailableError("not sent: the batch was abandoned"),
+        )
 
     def _send_wave(
         self, slot: _ProducerSlot, messages: Sequence[BrokerMessage], batch: list[int]

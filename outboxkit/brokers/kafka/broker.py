@@ -21,8 +21,9 @@ from typing import Any
 from outboxkit.broker import Broker, BrokerMessage, SendResult
 from outboxkit.brokers.kafka.clients import SharedClient, close_quietly, new_client
 from outboxkit.brokers.kafka.config import KafkaConfig
-from outboxkit.brokers.kafka.errors import Verdict, classify, error_for, same_kind
+from outboxkit.brokers.kafka.errors import Verdict, classify, error_for
 from outboxkit.brokers.kafka.subscription import KafkaSubscription
+from outboxkit.brokers.waves import publish_in_waves
 from outboxkit.errors import BrokerClosedError, BrokerError, BrokerUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -128,48 +129,15 @@ class KafkaBroker(Broker):
             self._check_open()
             return []
         producer = self._get_producer()
-        chains: dict[tuple[str, str], list[int]] = {}
-        for index, message in enumerate(messages):
-            chains.setdefault((message.topic, message.key), []).append(index)
-        errors: dict[int, BrokerError | None] = {}
-        depth = max(len(chain) for chain in chains.values())
-        stopped: set[tuple[str, str]] = set()  # keys with a failed message: no later waves
-        for wave in range(depth):
-            batch = [
-                chain[wave]
-                for key, chain in chains.items()
-                if wave < len(chain) and key not in stopped
-            ]
-            if not batch:
-                break
-            outcome, producer_ok = self._send_wave(producer, messages, batch)
-            errors.update(outcome)
-            stopped.update(
-                (messages[i].topic, messages[i].key) for i, error in outcome.items() if error
-            )
-            if not producer_ok:
-                # The producer was replaced: the rest of the batch goes through the relay
-                # again (uncounted) rather than waiting here for a new producer to bootstrap.
-                break
-        results = []
-        for chain in chains.values():
-            failed: BrokerError | None = None
-            for index in chain:
-                if failed is not None:
-                    errors[index] = same_kind(
-                        failed,
-                        f"not sent: an earlier message of key {messages[index].key!r} "
-                        f"failed ({failed})",
-                    )
-                elif errors.get(index) is not None:
-                    failed = errors[index]
-                elif index not in errors:
-                    failed = errors[index] = BrokerUnavailableError(
-                        "not sent: the Kafka producer was replaced during this batch"
-                    )
-        for index, message in enumerate(messages):
-            results.append(SendResult(message=message, error=errors[index]))
-        return results
+        return publish_in_waves(
+            messages,
+            lambda batch: self._send_wave(producer, messages, batch),
+            # The producer was replaced: the rest of the batch goes through the relay again
+            # (uncounted) rather than waiting here for a new producer to bootstrap.
+            abandoned=lambda: BrokerUnavailableError(
+                "not sent: the Kafka producer was replaced during this batch"
+            ),
+        )
 
     def _send_wave(
         self, producer: Any, messages: Sequence[BrokerMessage], batch: list[int]

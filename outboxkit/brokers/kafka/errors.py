@@ -177,17 +177,6 @@ def translate(exc: BaseException, what: str) -> BrokerError:
     return error_for(classify(exc), f"{what}: {type(exc).__name__}: {exc}")
 
 
-def same_kind(error: BrokerError, reason: str) -> BrokerError:
-    """An error of ``error``'s kind with another text: for the later messages of a key that
-    were not sent because an earlier one failed, so the relay treats them alike."""
-    kind = (
-        BrokerUnavailableError
-        if isinstance(error, BrokerUnavailableError)
-        else MessageRejectedError
-    )
-    return kind(reason)
-
-
 def as_unavailable(exc: BaseException, what: str) -> BrokerError:
     """Translate ``exc`` as unavailable whatever it is: used where no message is at fault
     (a poll, an offset commit), so nothing can be counted against one."""
