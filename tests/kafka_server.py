@@ -8,7 +8,6 @@ tests that need it, naming the service and address; it never skips them.
 
 from __future__ import annotations
 
-import socket
 import warnings
 from collections.abc import Iterator
 
@@ -22,17 +21,11 @@ with warnings.catch_warnings():
     import kafka  # noqa: F401
 
 from outboxkit.testing import services
+from outboxkit.testing.services import free_port
 from outboxkit.testing.tansu import TansuError, TansuServer
 
 #: Loopback port of the session's Tansu, chosen in pytest_configure (None: external Kafka).
 _tansu_port: int | None = None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -46,7 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
     global _tansu_port  # noqa: PLW0603 - one broker per test session
     external = services.external_kafka_bootstrap()
     if external is None:
-        _tansu_port = _free_port()
+        _tansu_port = free_port()
         ports = [_tansu_port]
     else:
         ports = [int(p.rsplit(":", 1)[1]) for p in external.split(",") if ":" in p]

@@ -25,14 +25,9 @@ from outboxkit.brokers.redis_streams import RedisStreamsBroker
 from outboxkit.engine import Engine
 from outboxkit.messages import Event, PublishRequest, Status
 from outboxkit.routing import Routing
+from outboxkit.testing.services import free_port
 from tests.engine_support import fast_config, unique_routing, wait_for
 from tests.tcp_cutter import TcpCutter
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -57,7 +52,7 @@ def late_redis() -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server binary not found on PATH; the outage test starts its own")
-    port = _free_port()
+    port = free_port()
     started: list[subprocess.Popen[bytes]] = []
     yield port, started
     for process in started:

@@ -9,24 +9,15 @@ the garbage and forged messages.
 from __future__ import annotations
 
 import abc
-import shutil
-import socket
-import subprocess
-import time
-from pathlib import Path
 
 import redis
 
+from outboxkit.testing.redis_server import RedisServer
+from outboxkit.testing.services import free_port
 from outboxkit.testing.tansu import TansuServer
 
 #: How long a started broker may take to answer.
 START_TIMEOUT = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class OwnBroker(abc.ABC):
@@ -50,6 +41,10 @@ class OwnBroker(abc.ABC):
     def stop(self) -> None:
         """Kill the broker process (its data goes with it). Idempotent."""
 
+    def close(self) -> None:
+        """Stop for good and release what the broker holds on disk."""
+        self.stop()
+
     @abc.abstractmethod
     def inject(self, topic: str, key: bytes, value: bytes) -> None:
         """Append one raw message to ``topic``, bypassing outboxkit entirely."""
@@ -62,66 +57,19 @@ class OwnRedis(OwnBroker):
 
     def __init__(self, workdir: str) -> None:
         super().__init__(workdir)
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server not found on PATH; the fault suite starts its own")
-        self.binary = binary
-        self._process: subprocess.Popen[bytes] | None = None
-        self._starts = 0
+        self._server = RedisServer(port=self.port, start_timeout=START_TIMEOUT)
 
     def start(self) -> None:
-        self._starts += 1
-        log = Path(self.workdir) / f"redis-{self._starts}.log"
-        with log.open("wb") as out:
-            self._process = subprocess.Popen(
-                [
-                    self.binary,
-                    "--port",
-                    str(self.port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    self.workdir,
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._accepts() and self._ping():
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"own redis-server on {self.address} did not start; see {log}")
+        self._server.start()
 
-    def _accepts(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
+    def stop(self) -> None:
+        self._server.stop(timeout=2.0)
+
+    def close(self) -> None:
+        self._server.close()
 
     def _client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
-
-    def _ping(self) -> bool:
-        client = self._client()
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
 
     def inject(self, topic: str, key: bytes, value: bytes) -> None:
         client = self._client()

@@ -80,7 +80,7 @@ def _broker(kind: str, workdir: str) -> Iterator[OwnBroker]:
     try:
         yield broker
     finally:
-        broker.stop()
+        broker.close()
 
 
 def run_scenario(

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from outboxkit.testing.services import free_port
+
 logger = logging.getLogger(__name__)
 
 #: How long a fresh server may take to answer ``PING``.
@@ -30,13 +32,6 @@ _LOG_TAIL_CHARS = 2000
 
 class RedisServerError(RuntimeError):
     """``redis-server`` could not be found or did not start; the message has its log."""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _answers_ping(port: int) -> bool:
@@ -108,7 +103,7 @@ class RedisServer:
         if self.running:
             return self
         if self._port is None:
-            self._port = _free_port()
+            self._port = free_port()
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="outboxkit-redis-")
         command = [

@@ -54,3 +54,11 @@ def require_tcp(service: str, url: str, default_port: int, hint: str = "") -> No
             f"{service} is not reachable at {host}:{port} ({exc}). "
             f"The outboxkit test suite needs it running{hint}."
         ) from exc
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for servers tests start)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

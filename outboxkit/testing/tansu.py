@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from outboxkit.testing.services import free_port
+
 logger = logging.getLogger(__name__)
 
 #: How long a fresh Tansu may take to answer its first metadata request.
@@ -30,13 +32,6 @@ _LOG_TAIL_CHARS = 2000
 
 class TansuError(RuntimeError):
     """Tansu could not be found or did not start; the message names the binary and its log."""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _answers_metadata(bootstrap: str, timeout: float) -> bool:
@@ -138,7 +133,7 @@ class TansuServer:
         if not os.access(binary, os.X_OK):
             raise TansuError(f"Tansu binary {binary} is not executable")
         if self._port is None:
-            self._port = _free_port()
+            self._port = free_port()
         url = f"tcp://127.0.0.1:{self._port}"
         fd, log_name = tempfile.mkstemp(prefix="outboxkit-tansu-", suffix=".log")
         self._log_path = Path(log_name)
