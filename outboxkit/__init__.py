@@ -11,9 +11,12 @@ from outboxkit.consumer import ConsumerConfig
 from outboxkit.engine import Engine, EngineConfig, EngineStats
 from outboxkit.errors import (
     BrokerError,
+    BrokerSetupError,
     BrokerUnavailableError,
     ConfigurationError,
+    DatabaseSetupError,
     DecodeError,
+    FatalError,
     InvalidEventError,
     MessageRejectedError,
     OutboxError,
@@ -72,5 +75,8 @@ __all__ = [
     "MessageRejectedError",
     "DecodeError",
     "PermanentError",
+    "FatalError",
+    "DatabaseSetupError",
+    "BrokerSetupError",
     "__version__",
 ]

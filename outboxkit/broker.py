@@ -134,7 +134,26 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def ensure_topic(self, topic: str, group: str | None = None) -> None:
-        """Create the topic/stream (and the group, if given) unless it exists. Idempotent."""
+        """Create the topic/stream (and the group, if given) unless it exists. Idempotent.
+
+        Raises :class:`~outboxkit.errors.BrokerSetupError` when the broker refuses the
+        credentials or the permission, or when the topic is missing and the broker was
+        configured not to create topics; :class:`~outboxkit.errors.BrokerUnavailableError`
+        when it cannot be reached.
+        """
+
+    def interrupt(self) -> None:
+        """Make calls waiting to *connect* to the broker give up now.
+
+        Called by :meth:`Engine.stop <outboxkit.engine.Engine.stop>` before it waits for its
+        threads, so a thread stuck reaching an unreachable broker cannot hold the stop past
+        its timeout. Calls blocked that way raise a :class:`~outboxkit.errors.BrokerError`;
+        later connection attempts fail at once. Work on clients already connected (a
+        send in flight, the acknowledgement of a handled batch) is left alone.
+        Thread-safe and idempotent. The default does nothing (for brokers whose
+        connection attempts are short anyway).
+        """
+        return None
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -25,6 +25,8 @@ logger = logging.getLogger("outboxkit.cli")
 
 #: Exit code when the second signal forces the worker down.
 EXIT_FORCED = 130
+#: How often the worker's main thread looks for a fatal error between signals.
+WORKER_POLL_SECONDS = 0.2
 
 
 def load_engine(spec: str) -> Engine:
@@ -58,6 +60,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    """Run the engine until a signal or a fatal error; exit 0 only after a clean drain.
+
+    Exit codes: 0 stopped on a signal with every thread finished in time; 1 a fatal error
+    (refused password, unknown database, missing table or topic: one line on stderr) or a
+    stop that did not finish within ``--stop-timeout``; 130 forced by a second signal.
+    """
     engine = load_engine(args.app)
     stop_requested = threading.Event()
 
@@ -70,14 +78,28 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    if args.migrate:
-        engine.create_schema()
-    engine.start()
+    try:
+        if args.migrate:
+            engine.create_schema()
+        engine.start()
+    except OutboxError as exc:
+        print(f"outboxkit worker: cannot start {args.app}: {exc}", file=sys.stderr, flush=True)
+        engine.stop(timeout=args.stop_timeout)
+        return 1
     print(f"outboxkit worker running {args.app} (pid {os.getpid()})", flush=True)
-    while not stop_requested.wait(0.5):
+    while not stop_requested.wait(WORKER_POLL_SECONDS) and engine.fatal_error is None:
         pass
     finished = engine.stop(timeout=args.stop_timeout)
-    return 0 if finished else 1
+    if engine.fatal_error is not None:
+        return 1  # the engine logged it, as one ERROR line
+    if not finished:
+        print(
+            f"outboxkit worker: could not drain within {args.stop_timeout:g} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
+    return 0
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:

@@ -55,6 +55,26 @@ class SchemaError(RepositoryError):
     """Creating or validating the outbox schema failed."""
 
 
+class FatalError(OutboxError):
+    """No retry can help: the setup is wrong and a person must fix it.
+
+    Raised for a refused password, an unknown database, a missing outbox table, a topic
+    that does not exist (with topic creation turned off) or an operation the credentials
+    may not perform. The engine's threads stop on it instead of backing off for ever, the
+    engine reports it as :attr:`~outboxkit.engine.Engine.fatal_error`, and ``outboxkit
+    worker`` exits non-zero. Every fatal error is also a :class:`RepositoryError` or a
+    :class:`BrokerError`, so code that catches those keeps working.
+    """
+
+
+class DatabaseSetupError(RepositoryError, FatalError):
+    """The database refused us for a reason only configuration can fix.
+
+    Authentication failed, the database or the outbox table does not exist, or the user
+    lacks a privilege. See ``Dialect.is_fatal`` for the exact server errors.
+    """
+
+
 class BrokerError(OutboxError):
     """Base class of broker failures."""
 
@@ -64,6 +84,15 @@ class BrokerUnavailableError(BrokerError):
 
     Nothing about the message itself is known to be wrong: the relay pauses and retries
     without counting the attempt against the row's ``retry_count``.
+    """
+
+
+class BrokerSetupError(BrokerError, FatalError):
+    """The broker refused our setup: credentials, permissions, or a missing topic.
+
+    Raised when the engine prepares a topic (``ensure_topic``) and the broker refuses the
+    credentials or the permission, or when the topic does not exist and creating topics
+    is turned off (``KafkaConfig(create_topics=False)``).
     """
 
 

@@ -81,6 +81,11 @@ class Dialect:
       "try the whole transaction again": a deadlock, a serialization failure, a lock wait
       that timed out. Such a failure says nothing about the rows, so the repository retries
       at once instead of reporting an outage or counting an attempt.
+    * ``is_fatal``: whether a driver exception says "this setup cannot work": the password
+      was refused, the database or the outbox table does not exist, a privilege is missing.
+      Waiting does not fix such an error, so it becomes
+      :class:`~outboxkit.errors.DatabaseSetupError` and stops the engine instead of being
+      retried as an outage for ever.
     * ``notify``: a SQL expression that, evaluated in the publishing transaction, notifies
       listeners in other processes once the transaction commits (PostgreSQL ``pg_notify``;
       delivered on commit, dropped on rollback), or ``None`` where relays poll.
@@ -98,6 +103,7 @@ class Dialect:
     extra_indexes: ExtraIndexFactory = attrs.field(default=lambda _table, _name: [])
     own_isolation_level: str | None = None
     is_transient: Callable[[BaseException], bool] = attrs.field(default=lambda _exc: False)
+    is_fatal: Callable[[BaseException], bool] = attrs.field(default=lambda _exc: False)
     notify: Callable[[str], ColumnElement[Any]] | None = None
     version_query: str
     check_version: Callable[[str], str]

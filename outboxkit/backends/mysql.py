@@ -47,6 +47,25 @@ def _is_transient(exc: BaseException) -> bool:
     return bool(args) and args[0] in _TRANSIENT_ERRNOS
 
 
+#: Server error numbers that only a change of configuration can cure (``Dialect.is_fatal``).
+_FATAL_ERRNOS = frozenset(
+    {
+        1044,  # ER_DBACCESS_DENIED_ERROR: no access to the database
+        1045,  # ER_ACCESS_DENIED_ERROR: user or password refused
+        1049,  # ER_BAD_DB_ERROR: unknown database
+        1142,  # ER_TABLEACCESS_DENIED_ERROR: a privilege on the table is missing
+        1146,  # ER_NO_SUCH_TABLE: the outbox table was never created
+        1227,  # ER_SPECIFIC_ACCESS_DENIED_ERROR
+        1698,  # ER_ACCESS_DENIED_NO_PASSWORD_ERROR (unix_socket/auth plugin refused us)
+    }
+)
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    args: tuple[Any, ...] = getattr(exc, "args", ())
+    return bool(args) and args[0] in _FATAL_ERRNOS
+
+
 #: Index that serves the claim's ``WHERE status = 'pending' AND next_retry_at <= now ORDER BY
 #: next_retry_at, id`` in order (InnoDB appends the primary key), so a claim reads and locks
 #: about ``limit`` rows. The Go index ``(status, next_retry_at, biz_type)`` cannot serve
@@ -91,6 +110,7 @@ MYSQL = Dialect(
     # No gap locks in our own transactions: see Dialect.own_isolation_level.
     own_isolation_level="READ COMMITTED",
     is_transient=_is_transient,
+    is_fatal=_is_fatal,
     version_query="SELECT VERSION()",
     check_version=check_version,
 )

@@ -58,6 +58,36 @@ def _is_transient(exc: BaseException) -> bool:
     return getattr(exc, "pgcode", None) in _TRANSIENT_SQLSTATES
 
 
+#: SQLSTATEs that only a change of configuration can cure (see ``Dialect.is_fatal``).
+_FATAL_SQLSTATES = frozenset(
+    {
+        "28000",  # invalid_authorization_specification (pg_hba.conf refused us)
+        "28P01",  # invalid_password
+        "3D000",  # invalid_catalog_name: the database does not exist
+        "3F000",  # invalid_schema_name
+        "42P01",  # undefined_table: the outbox table was never created
+        "42501",  # insufficient_privilege
+    }
+)
+
+#: Connection failures carry no SQLSTATE (psycopg2 raises them before a session exists),
+#: so these server messages are matched instead.
+_FATAL_CONNECT_TEXTS = (
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "does not exist",  # 'database "x" does not exist', 'role "x" does not exist'
+    "no password supplied",
+)
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    code = getattr(exc, "pgcode", None)
+    if code is not None:
+        return code in _FATAL_SQLSTATES
+    text = str(exc)
+    return "FATAL:" in text and any(t in text for t in _FATAL_CONNECT_TEXTS)
+
+
 #: The channel publishers notify and relays listen on; the payload is the table name.
 NOTIFY_CHANNEL = "outboxkit_new_rows"
 
@@ -84,6 +114,7 @@ POSTGRESQL = Dialect(
     index_names_per_table=False,
     extra_indexes=_extra_indexes,
     is_transient=_is_transient,
+    is_fatal=_is_fatal,
     notify=_notify,
     version_query="SHOW server_version",
     check_version=_check_version,

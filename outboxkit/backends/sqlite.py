@@ -47,6 +47,12 @@ def _is_transient(exc: BaseException) -> bool:
     return "database is locked" in str(exc)
 
 
+def _is_fatal(exc: BaseException) -> bool:
+    # The table was never created, or the file cannot be opened: waiting will not help.
+    text = str(exc)
+    return "no such table" in text or "unable to open database file" in text
+
+
 SQLITE = Dialect(
     name="sqlite",
     now=_now,
@@ -56,6 +62,7 @@ SQLITE = Dialect(
     supports_concurrent_claims=False,
     index_names_per_table=False,
     is_transient=_is_transient,
+    is_fatal=_is_fatal,
     version_query="SELECT sqlite_version()",
     check_version=_check_version,
 )
@@ -78,6 +85,7 @@ def create_sqlite_engine(
     connect_args = dict(engine_kwargs.pop("connect_args", {}))
     connect_args.setdefault("timeout", busy_timeout)
     connect_args.setdefault("check_same_thread", False)
+    engine_kwargs.setdefault("hide_parameters", True)  # no payload in error messages
     engine = sa.create_engine(url, connect_args=connect_args, **engine_kwargs)
 
     @event.listens_for(engine, "connect")

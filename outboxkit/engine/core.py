@@ -2,10 +2,13 @@
 
 Threads are named ``outboxkit-relay-<service>-<n>`` and ``outboxkit-consumer-<service>-<n>``.
 They wait on events (never bare sleeps), log unexpected exceptions with their ids and go on,
-and back off while the broker or database is unreachable, resuming by themselves.
+and back off while the broker or database is unreachable, resuming by themselves. A
+:class:`~outboxkit.errors.FatalError` (refused password, unknown database, missing table or
+topic) stops every thread instead: :attr:`Engine.fatal_error` holds it, logged once.
 :meth:`Engine.stop` stops claiming and receiving, lets in-flight handlers finish, then closes
-the broker. :meth:`Engine.run_once` does one relay step and one consume step per service in
-the calling thread, for tests and scripts.
+the broker, all within its timeout whatever state the broker is in. :meth:`Engine.run_once`
+does one relay step and one consume step per service in the calling thread, for tests and
+scripts.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from outboxkit.broker import Broker, Subscription
 from outboxkit.consumer import Consumer
 from outboxkit.engine.config import EngineConfig
 from outboxkit.engine.loops import run_consumer, run_listener, run_relay
+from outboxkit.engine.outages import one_line
 from outboxkit.engine.stats import EngineStats, StatsRecorder
 from outboxkit.engine.wakeups import Wakeups
-from outboxkit.errors import ConfigurationError
+from outboxkit.errors import ConfigurationError, FatalError
 from outboxkit.messages import Event, PublishRequest
 from outboxkit.outbox import Publisher
 from outboxkit.registry import HandlerRegistry
@@ -34,6 +38,9 @@ from outboxkit.repository import Repository
 from outboxkit.routing import Route, Routing
 
 logger = logging.getLogger(__name__)
+
+#: Least time ``stop`` gives the broker's ``close`` even when the threads used the timeout.
+BROKER_CLOSE_MIN_SECONDS = 0.5
 
 
 class Engine:
@@ -67,6 +74,7 @@ class Engine:
         self._stats = StatsRecorder()
         self._step_relays: dict[str, Relay] = {}
         self._step_consumers: dict[str, tuple[Consumer, Subscription]] = {}
+        self._fatal: FatalError | None = None
 
     # ------------------------------------------------------------------ registration
 
@@ -186,6 +194,31 @@ class Engine:
     def running(self) -> bool:
         return self._started and not self._stopped
 
+    @property
+    def fatal_error(self) -> FatalError | None:
+        """The error that stopped the threads by itself (``None`` while none did).
+
+        Set when a thread met a :class:`~outboxkit.errors.FatalError`; every thread then
+        ends, and the owner should call :meth:`stop` and exit non-zero (``outboxkit
+        worker`` does).
+        """
+        return self._fatal
+
+    def _on_fatal(self, exc: FatalError) -> None:
+        """Stop every thread after a fatal error; log it once, as one line, no traceback."""
+        with self._lifecycle:
+            first = self._fatal is None and not self._stopping.is_set()
+            if self._fatal is None:
+                self._fatal = exc
+            self._stopping.set()
+            self._wakeups.wake_all()
+        if first:
+            logger.error("outbox engine stopping on a fatal error: %s", one_line(exc))
+            if self.broker is not None:
+                self.broker.interrupt()
+        else:
+            logger.debug("another fatal error while stopping: %s", exc)
+
     def start(self) -> None:
         """Start the relay and consumer threads and return at once.
 
@@ -220,7 +253,11 @@ class Engine:
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop claiming and receiving, let in-flight handlers finish, close the broker.
 
-        Idempotent. Returns whether every thread finished within ``timeout`` seconds.
+        Returns within about ``timeout`` seconds whatever the broker's state: connection
+        attempts in progress are given up at once (:meth:`Broker.interrupt`), and closing
+        the broker gets what is left of the timeout (at least
+        :data:`BROKER_CLOSE_MIN_SECONDS`). Idempotent. Returns whether every thread finished
+        and the broker closed within the timeout.
         """
         with self._lifecycle:
             first = not self._stopped
@@ -228,6 +265,10 @@ class Engine:
             self._stopping.set()
             self._wakeups.wake_all()
         deadline = time.monotonic() + timeout
+        if first:
+            logger.info("outbox engine stopping (timeout %.1f s)", timeout)
+            if self.broker is not None:
+                self.broker.interrupt()  # nothing waits on a connection that no one needs
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         finished = not any(t.is_alive() for t in self._threads)
@@ -235,16 +276,37 @@ class Engine:
             for _, subscription in self._step_consumers.values():
                 subscription.close()
             if self.broker is not None:
-                try:
-                    self.broker.close()
-                except Exception:
-                    logger.exception("closing the broker failed")
+                finished = self._close_broker(deadline) and finished
             if finished:
                 logger.info("outbox engine stopped")
             else:
                 alive = [t.name for t in self._threads if t.is_alive()]
                 logger.warning("outbox engine stop timed out; still running: %s", alive)
         return finished
+
+    def _close_broker(self, deadline: float) -> bool:
+        """Close the broker in a helper thread, waiting until ``deadline`` at most.
+
+        A broker's ``close`` flushes and leaves groups, which against an unreachable broker
+        can take its full request timeouts; the engine's stop promise must not depend on
+        that. Returns whether the broker closed in time.
+        """
+        broker = self.broker
+        assert broker is not None
+
+        def close() -> None:
+            try:
+                broker.close()
+            except Exception:
+                logger.exception("closing the broker failed")
+
+        closer = threading.Thread(target=close, name="outboxkit-broker-close", daemon=True)
+        closer.start()
+        closer.join(max(BROKER_CLOSE_MIN_SECONDS, deadline - time.monotonic()))
+        if closer.is_alive():
+            logger.warning("closing the broker did not finish in time; leaving it to finish")
+            return False
+        return True
 
     def __enter__(self) -> Engine:
         self.start()
@@ -336,13 +398,24 @@ class Engine:
             stopping=self._stopping,
             wake=self._wakeups.event(route.service),
             stats=self._stats,
+            on_fatal=self._on_fatal,
         )
 
     def _listener_loop(self, services_by_table: dict[str, str]) -> None:
         run_listener(
-            self.repository, services_by_table, stopping=self._stopping, wakeups=self._wakeups
+            self.repository,
+            services_by_table,
+            stopping=self._stopping,
+            wakeups=self._wakeups,
+            on_fatal=self._on_fatal,
         )
 
     def _consumer_loop(self, route: Route, member: str) -> None:
         assert self.broker is not None
-        run_consumer(self._consumer(route), self.broker, member, stopping=self._stopping)
+        run_consumer(
+            self._consumer(route),
+            self.broker,
+            member,
+            stopping=self._stopping,
+            on_fatal=self._on_fatal,
+        )

@@ -2,8 +2,11 @@
 
 Each loop repeats one deterministic step (:meth:`Relay.run_once`, :meth:`Consumer.run_once`)
 until the engine stops. A broker or database outage pauses the loop with exponential backoff
-(the attempt is not counted against any row); an unexpected exception is logged with the
-service's name and the loop goes on, so one bug never silently stops a worker.
+(the attempt is not counted against any row), logged once per state change by
+:class:`~outboxkit.engine.outages.OutageLog`; an unexpected exception is logged with the
+service's name and the loop goes on, so one bug never silently stops a worker. A
+:class:`~outboxkit.errors.FatalError` (wrong password, missing table, missing topic) is
+handed to ``on_fatal`` and ends the loop: no wait can fix it.
 """
 
 from __future__ import annotations
@@ -11,18 +14,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from outboxkit.broker import Broker, Subscription
 from outboxkit.consumer import Consumer
+from outboxkit.engine.outages import OutageLog
 from outboxkit.engine.stats import StatsRecorder
 from outboxkit.engine.wakeups import Wakeups
-from outboxkit.errors import BrokerUnavailableError, RepositoryError
+from outboxkit.errors import BrokerUnavailableError, FatalError, RepositoryError
 from outboxkit.relay import Relay
 from outboxkit.repository import NewRowListener, Repository
 from outboxkit.routing import Route
 
 logger = logging.getLogger(__name__)
+
+#: Called with the fatal error that ended a loop (the engine then stops every loop).
+OnFatal = Callable[[FatalError], None]
+
+
+def _ignore_fatal(_exc: FatalError) -> None:
+    pass
 
 
 def run_relay(
@@ -32,6 +43,7 @@ def run_relay(
     stopping: threading.Event,
     wake: threading.Event,
     stats: StatsRecorder,
+    on_fatal: OnFatal = _ignore_fatal,
 ) -> None:
     """Claim and publish the service's due rows until ``stopping`` is set.
 
@@ -46,6 +58,7 @@ def run_relay(
     poll = config.min_poll_interval
     next_rescue = time.monotonic() + config.republish_interval
     topic_ready = False
+    outage = OutageLog(logger, f"relay {route.service}")
     while not stopping.is_set():
         try:
             if not topic_ready:
@@ -55,6 +68,7 @@ def run_relay(
             step = relay.run_once()
             stats.count_published(step.published)
             backoff = config.outage_backoff
+            outage.recovered()
             if time.monotonic() >= next_rescue:
                 next_rescue = time.monotonic() + config.republish_interval
                 relay.republish_stale()
@@ -63,13 +77,20 @@ def run_relay(
                 continue
             woken = wake.wait(poll)
             poll = config.min_poll_interval if woken else min(poll * 2, config.idle_interval)
+        except FatalError as exc:
+            on_fatal(exc)
+            return
         except (BrokerUnavailableError, RepositoryError) as exc:
+            if stopping.is_set():
+                return
             if isinstance(exc, BrokerUnavailableError):
                 topic_ready = False  # a broker back from a restart may have lost the topic
-            logger.warning("relay %s paused %.1f s: %s", route.service, backoff, exc)
+            outage.failed(exc, backoff)
             stopping.wait(backoff)
             backoff = min(backoff * 2, config.outage_backoff_max)
         except Exception:
+            if stopping.is_set():
+                return  # e.g. the broker closed under a call that was stopping anyway
             logger.exception("relay %s step failed unexpectedly; going on", route.service)
             stopping.wait(config.outage_backoff)
 
@@ -82,6 +103,7 @@ def run_listener(
     wakeups: Wakeups,
     backoff: float = 1.0,
     backoff_max: float = 30.0,
+    on_fatal: OnFatal = _ignore_fatal,
 ) -> None:
     """Wake this process's relays when another process commits new rows (PostgreSQL).
 
@@ -90,6 +112,7 @@ def run_listener(
     """
     pause = backoff
     listener: NewRowListener | None = None
+    outage = OutageLog(logger, "new-row listener")
     try:
         while not stopping.is_set():
             try:
@@ -98,10 +121,14 @@ def run_listener(
                     if listener is None:
                         return
                     pause = backoff
+                    outage.recovered()
                 tables = listener.wait(0.5)
                 wakeups.wake(services_by_table[t] for t in tables if t in services_by_table)
+            except FatalError as exc:
+                on_fatal(exc)
+                return
             except RepositoryError as exc:
-                logger.warning("new-row listener paused %.1f s: %s", pause, exc)
+                outage.failed(exc, pause)
                 if listener is not None:
                     listener.close()
                     listener = None
@@ -118,12 +145,14 @@ def run_consumer(
     member: str,
     *,
     stopping: threading.Event,
+    on_fatal: OnFatal = _ignore_fatal,
 ) -> None:
     """Receive and handle the service's deliveries as ``member`` until ``stopping`` is set."""
     route: Route = consumer.route
     config = consumer.config
     backoff = config.outage_backoff
     subscription: Subscription | None = None
+    outage_log = OutageLog(logger, f"consumer {route.service}")
     try:
         while not stopping.is_set():
             try:
@@ -132,10 +161,16 @@ def run_consumer(
                     subscription = broker.subscribe(route.topic, route.group, member)
                 consumer.run_once(subscription, should_stop=stopping.is_set)
                 backoff = config.outage_backoff
+                outage_log.recovered()
+            except FatalError as exc:
+                on_fatal(exc)
+                return
             except Exception as exc:
                 outage = isinstance(exc, (BrokerUnavailableError, RepositoryError))
+                if stopping.is_set():
+                    return  # the broker closed under a call that was stopping anyway
                 if outage:
-                    logger.warning("consumer %s paused %.1f s: %s", route.service, backoff, exc)
+                    outage_log.failed(exc, backoff)
                 else:
                     logger.exception(
                         "consumer %s step failed unexpectedly; going on", route.service

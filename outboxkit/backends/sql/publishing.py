@@ -40,7 +40,7 @@ class Publishing(SqlStore):
             conn = self._own.connect()
             trans = conn.begin()
         except SQLAlchemyError as exc:
-            raise RepositoryError(f"cannot begin a transaction: {exc}") from exc
+            raise self._error("cannot begin a transaction", exc) from exc
         try:
             try:
                 yield conn
@@ -51,7 +51,7 @@ class Publishing(SqlStore):
             try:
                 trans.commit()
             except SQLAlchemyError as exc:
-                raise RepositoryError(f"commit failed: {exc}") from exc
+                raise self._error("commit failed", exc) from exc
         finally:
             conn.close()
 
@@ -87,8 +87,8 @@ class Publishing(SqlStore):
             else:
                 created, existing = self._add_then_read(connection, table, rows)
         except SQLAlchemyError as exc:
-            raise RepositoryError(
-                f"inserting {len(rows)} outbox rows into {route.table!r} failed: {exc}"
+            raise self._error(
+                f"inserting {len(rows)} outbox rows into {route.table!r} failed", exc
             ) from exc
         results: list[AddResult] = []
         reported: set[str] = set()

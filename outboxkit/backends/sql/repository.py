@@ -29,8 +29,10 @@ class SqlRepository(Publishing, RelaySide, ConsumerSide, Operations, SchemaOps, 
         """A repository on a new engine for ``url``, disposed by :meth:`close`.
 
         SQLite URLs get :func:`~outboxkit.backends.sqlite.create_sqlite_engine`; others
-        :func:`sqlalchemy.create_engine` with ``pool_pre_ping`` on unless given.
+        :func:`sqlalchemy.create_engine` with ``pool_pre_ping`` on unless given. Both get
+        ``hide_parameters=True`` unless given, so no payload reaches an error message.
         """
+        engine_kwargs.setdefault("hide_parameters", True)
         if url.startswith("sqlite"):
             from outboxkit.backends.sqlite import create_sqlite_engine
 
@@ -57,5 +59,5 @@ class SqlRepository(Publishing, RelaySide, ConsumerSide, Operations, SchemaOps, 
         facts = super().describe()
         facts.update(self.dialect.describe())
         facts["server_version"] = self._server_version
-        facts["url"] = self.engine.url.render_as_string(hide_password=True)
+        facts["url"] = self.safe_url
         return facts

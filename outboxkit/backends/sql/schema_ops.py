@@ -36,7 +36,9 @@ class SchemaOps(SqlStore):
                     self._create_or_upgrade(conn, table)
         except SQLAlchemyError as exc:
             names = ", ".join(t.name for t in tables)
-            raise SchemaError(f"creating the outbox tables {names} failed: {exc}") from exc
+            raise self._error(
+                f"creating the outbox tables {names} failed", exc, SchemaError
+            ) from exc
 
     def _create_or_upgrade(self, conn: Connection, table: sa.Table) -> None:
         inspector = sa.inspect(conn)

@@ -19,7 +19,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from outboxkit.backends.dialect import Dialect, dialect_for
 from outboxkit.backends.schema import build_table
-from outboxkit.errors import RepositoryError
+from outboxkit.errors import DatabaseSetupError, RepositoryError
 from outboxkit.messages import OutboxMessage, Status
 from outboxkit.routing import Route
 
@@ -49,6 +49,12 @@ def as_delay(seconds: float) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def _first_line(exc: BaseException) -> str:
+    """The driver's message without PostgreSQL's DETAIL lines (which can quote values)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 def row_message(row: RowMapping, **overrides: Any) -> OutboxMessage:
     """The row as a value; ``overrides`` replace columns (cheaper than ``attrs.evolve``)."""
     values: dict[str, Any] = dict(
@@ -74,6 +80,25 @@ def row_message(row: RowMapping, **overrides: Any) -> OutboxMessage:
     return OutboxMessage(**values)
 
 
+def hide_parameters(exc: BaseException) -> BaseException:
+    """Make ``exc`` (and the SQLAlchemy errors it chains) render without bound parameters.
+
+    SQLAlchemy appends ``[parameters: ...]`` to a statement error's text; for an insert
+    into the outbox that is the whole payload, personal data included, which would then
+    reach every log and error report the exception passes through. An engine created with
+    ``hide_parameters=True`` leaves them out; the caller's engine may not be, so every error
+    the repository raises is scrubbed here first. Returns ``exc``.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sa.exc.StatementError):
+            current.hide_parameters = True
+        current = current.__cause__ or current.__context__
+    return exc
+
+
 class SqlStore:
     """The engine, its dialect, the table cache and the helpers every statement uses.
 
@@ -92,7 +117,10 @@ class SqlStore:
         self._own: sa.Engine = engine
         if level:
             self._own = sa.create_engine(
-                engine.url, pool=engine.pool.recreate(), isolation_level=level
+                engine.url,
+                pool=engine.pool.recreate(),
+                isolation_level=level,
+                hide_parameters=True,
             )
         self._owns_engine = owns_engine
         self._metadata = sa.MetaData()
@@ -113,12 +141,32 @@ class SqlStore:
                 self._tables[name] = table
             return table
 
+    def _error(
+        self, text: str, exc: SQLAlchemyError, cls: type[RepositoryError] = RepositoryError
+    ) -> RepositoryError:
+        """The error to raise for driver error ``exc``: ``"<text>: <exc>"``, parameters hidden.
+
+        A failure that only configuration can cure (``Dialect.is_fatal``: refused password,
+        unknown database, missing table, missing privilege) becomes
+        :class:`DatabaseSetupError`, which stops the engine instead of being retried.
+        """
+        hide_parameters(exc)
+        orig = exc.orig if isinstance(exc, DBAPIError) else None
+        if orig is not None and self.dialect.is_fatal(orig):
+            return DatabaseSetupError(f"{text}: {_first_line(orig)}")
+        return cls(f"{text}: {exc}")
+
     @property
     def server_version(self) -> str:
         """The checked server version, e.g. ``"MariaDB 10.11.19"`` (connects if needed)."""
         self._check_server()
         assert self._server_version is not None
         return self._server_version
+
+    @property
+    def safe_url(self) -> str:
+        """The engine's URL with the password masked, for logs and errors."""
+        return self.engine.url.render_as_string(hide_password=True)
 
     def _is_checked(self) -> bool:
         return self._server_version is not None
@@ -133,8 +181,8 @@ class SqlStore:
                 with self.engine.connect() as conn:
                     text = conn.exec_driver_sql(self.dialect.version_query).scalar()
             except SQLAlchemyError as exc:
-                raise RepositoryError(
-                    f"cannot read the {self.dialect.name} server version: {exc}"
+                raise self._error(
+                    f"cannot connect to {self.dialect.name} at {self.safe_url}", exc
                 ) from exc
             self._server_version = self.dialect.check_version(str(text))
             logger.info("outbox repository on %s", self._server_version)
@@ -148,7 +196,7 @@ class SqlStore:
                 yield conn
         except SQLAlchemyError as exc:
             where = f" on table {route.table!r}" if route is not None else ""
-            raise RepositoryError(f"{what}{where} failed: {exc}") from exc
+            raise self._error(f"{what}{where} failed", exc) from exc
 
     def _is_transient(self, exc: BaseException) -> bool:
         """Whether ``exc`` only says "run the transaction again" (see ``Dialect.is_transient``):
@@ -184,7 +232,7 @@ class SqlStore:
                     )
                     continue
                 where = f" on table {route.table!r}" if route is not None else ""
-                raise RepositoryError(f"{what}{where} failed: {exc}") from exc
+                raise self._error(f"{what}{where} failed", exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _now(self, conn: Connection) -> datetime:
