@@ -70,6 +70,7 @@ from outboxkit.brokers.waves import publish_in_waves
 from outboxkit.errors import (
     BrokerClosedError,
     BrokerError,
+    BrokerSetupError,
     BrokerUnavailableError,
     ConfigurationError,
 )
@@ -80,6 +81,20 @@ logger = logging.getLogger(__name__)
 
 #: One ``flush`` slice while a wave waits for its delivery reports.
 _FLUSH_SLICE_SECONDS = 0.5
+#: Answers to CreateTopics that only configuration can cure: a fatal ``BrokerSetupError``.
+_SETUP_ERRORS = frozenset(
+    {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError._AUTHENTICATION,
+        KafkaError.POLICY_VIOLATION,
+        KafkaError.INVALID_REPLICATION_FACTOR,
+        KafkaError.INVALID_PARTITIONS,
+    }
+)
+#: How often a wait for an admin answer looks at the ``interrupted`` event.
+_ADMIN_POLL_SECONDS = 0.1
 
 
 @attrs.define
@@ -112,6 +127,8 @@ class ConfluentKafkaBroker(Broker):
         self._generation = 0
         self._admin: AdminClient | None = None
         self._admin_lock = threading.Lock()
+        #: Set by :meth:`interrupt` and :meth:`close`: admin requests stop waiting.
+        self._interrupted = threading.Event()
         self._closed = False
         self._subscriptions: list[ConfluentKafkaSubscription] = []
 
@@ -282,12 +299,17 @@ class ConfluentKafkaBroker(Broker):
         """Create ``topic`` with the configured partitions unless it exists.
 
         Kafka creates a consumer group when its first member joins, so ``group`` needs
-        nothing here.
+        nothing here. With ``create_topics=False`` only checks that the topic exists and
+        raises :class:`~outboxkit.errors.BrokerSetupError` when it does not; so does a
+        cluster that refuses the CreateTopics permission.
         """
         with self._admin_lock:
             self._check_open()
             admin = self._get_admin()
             timeout = self.config.admin_timeout
+            if not self.config.create_topics:
+                self._require_topic(admin, topic, timeout)
+                return
             spec = NewTopic(
                 topic,
                 num_partitions=self.config.num_partitions,
@@ -298,13 +320,19 @@ class ConfluentKafkaBroker(Broker):
                 future = admin.create_topics(
                     [spec], request_timeout=timeout, operation_timeout=timeout
                 )[topic]
-                future.result(timeout=timeout + 5.0)
+                self._wait_admin(future, timeout + 5.0)
             except concurrent.futures.TimeoutError as exc:
                 raise BrokerUnavailableError(f"{what}: no answer in {timeout:.0f} s") from exc
             except KafkaException as exc:
                 error = error_of(exc)
                 if error is not None and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                     return
+                if error is not None and error.code() in _SETUP_ERRORS:
+                    raise BrokerSetupError(
+                        f"{what}: {error.name()}: {error.str()} (check the credentials and "
+                        "the CreateTopics permission, or create the topic yourself and set "
+                        "create_topics=False)"
+                    ) from exc
                 raise translate_exception(exc, what) from exc
             logger.info(
                 "created Kafka topic %s (%d partitions, replication %d)",
@@ -312,6 +340,33 @@ class ConfluentKafkaBroker(Broker):
                 self.config.num_partitions,
                 self.config.replication_factor,
             )
+
+    def _require_topic(self, admin: AdminClient, topic: str, timeout: float) -> None:
+        """Raise :class:`BrokerSetupError` unless the cluster has ``topic`` (no creation)."""
+        try:
+            metadata = admin.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            raise translate_exception(exc, f"cannot list Kafka topics to find {topic!r}") from exc
+        if topic not in metadata.topics:
+            raise BrokerSetupError(
+                f"Kafka topic {topic!r} does not exist on {self.config.bootstrap_servers} and "
+                "create_topics=False forbids creating it: create the topic (partitions, "
+                "replication) or turn topic creation on"
+            )
+
+    def _wait_admin(self, future: concurrent.futures.Future[Any], timeout: float) -> Any:
+        """``future.result(timeout)``, given up at once when :meth:`interrupt` is called."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._interrupted.is_set():
+                raise BrokerUnavailableError("admin request given up: the broker is stopping")
+            slice_ = min(_ADMIN_POLL_SECONDS, deadline - time.monotonic())
+            if slice_ <= 0:
+                raise concurrent.futures.TimeoutError()
+            try:
+                return future.result(timeout=slice_)
+            except concurrent.futures.TimeoutError:
+                continue
 
     # ------------------------------------------------------------------ consume
 
@@ -332,8 +387,13 @@ class ConfluentKafkaBroker(Broker):
 
     # ------------------------------------------------------------------ close
 
+    def interrupt(self) -> None:
+        """Stop waiting for admin requests now and later (see :meth:`Broker.interrupt`)."""
+        self._interrupted.set()
+
     def close(self) -> None:
         """Flush the producer, drop the admin client, stop every subscription."""
+        self._interrupted.set()
         with self._lock:
             if self._closed:
                 return

@@ -121,9 +121,11 @@ class ConfluentKafkaConfig:
     auto_offset_reset: str = "earliest"
     #: Send ``group.instance.id`` = consumer name (KIP-345 static membership).
     static_membership: bool = False
-    # --- topics created by ``ensure_topic``
+    # --- topics created by ``ensure_topic`` (see ``KafkaConfig`` for what each means)
     num_partitions: int = attrs.field(default=3, validator=attrs.validators.gt(0))
     replication_factor: int = attrs.field(default=1, validator=attrs.validators.gt(0))
+    #: ``False``: never create a topic; a missing one is a ``BrokerSetupError`` at start.
+    create_topics: bool = True
     # --- pass-through librdkafka settings (dotted names)
     common_options: Mapping[str, Any] = _options()
     producer_options: Mapping[str, Any] = _options()

@@ -24,7 +24,12 @@ from outboxkit.brokers.kafka.config import KafkaConfig
 from outboxkit.brokers.kafka.errors import Verdict, classify, error_for
 from outboxkit.brokers.kafka.subscription import KafkaSubscription
 from outboxkit.brokers.waves import publish_in_waves
-from outboxkit.errors import BrokerClosedError, BrokerError, BrokerUnavailableError
+from outboxkit.errors import (
+    BrokerClosedError,
+    BrokerError,
+    BrokerSetupError,
+    BrokerUnavailableError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +64,10 @@ class KafkaBroker(Broker):
         self._lock = threading.Lock()
         self._closed = False
         self._subscriptions: list[KafkaSubscription] = []
-        self._producers = SharedClient(self._new_producer, "producer")
-        self._admins = SharedClient(self._new_admin, "admin client")
+        #: Set by :meth:`interrupt` and :meth:`close`: connection attempts give up at once.
+        self._interrupted = threading.Event()
+        self._producers = SharedClient(self._new_producer, "producer", self._interrupted)
+        self._admins = SharedClient(self._new_admin, "admin client", self._interrupted)
         #: Serialises admin requests (one admin client, used by one thread at a time).
         self._admin_lock = threading.Lock()
         #: Topics ``ensure_topic`` created or found: created again when a broker lost them.
@@ -91,6 +98,7 @@ class KafkaBroker(Broker):
             self.config.producer_config(),
             "producer",
             self.config.bootstrap_servers,
+            self._interrupted,
         )
         logger.info("Kafka producer connected to %s", self.config.bootstrap_servers)
         return producer
@@ -103,6 +111,7 @@ class KafkaBroker(Broker):
             self.config.admin_config(),
             "admin client",
             self.config.bootstrap_servers,
+            self._interrupted,
         )
 
     def _get_producer(self) -> Any:
@@ -246,6 +255,10 @@ class KafkaBroker(Broker):
     def ensure_topic(self, topic: str, group: str | None = None) -> None:
         """Create ``topic`` with the configured partitions unless it exists.
 
+        With ``KafkaConfig(create_topics=False)`` only checks that it exists, raising
+        :class:`~outboxkit.errors.BrokerSetupError` when it does not; so does a broker that
+        refuses our credentials or the CreateTopics permission.
+
         Kafka creates a consumer group when its first member joins, so ``group`` needs
         nothing here. The topic is remembered: should the broker lose it (a restart without
         its state), the next send or subscription that finds it missing creates it again.
@@ -259,6 +272,9 @@ class KafkaBroker(Broker):
         from kafka.errors import TopicAlreadyExistsError
 
         admin = self._admins.get()
+        if not self.config.create_topics:
+            self._require_topic(admin, topic)
+            return
         spec = {
             "num_partitions": self.config.num_partitions,
             "replication_factor": self.config.replication_factor,
@@ -274,8 +290,30 @@ class KafkaBroker(Broker):
                 verdict = classify(exc)
                 text = f"cannot create Kafka topic {topic!r}: {type(exc).__name__}: {exc}"
                 if verdict is Verdict.MISCONFIGURED:
-                    logger.error("%s", text)
+                    raise BrokerSetupError(
+                        f"{text} (check the credentials and the CreateTopics permission, or "
+                        "create the topic yourself and set KafkaConfig(create_topics=False))"
+                    ) from exc
                 raise error_for(verdict, text) from exc
+
+    def _require_topic(self, admin: Any, topic: str) -> None:
+        """Raise :class:`BrokerSetupError` unless the cluster has ``topic`` (no creation)."""
+        with self._admin_lock:
+            self._check_open()
+            try:
+                topics = set(admin.list_topics())
+            except Exception as exc:
+                verdict = classify(exc)
+                text = f"cannot list Kafka topics to find {topic!r}: {type(exc).__name__}: {exc}"
+                if verdict is Verdict.MISCONFIGURED:
+                    raise BrokerSetupError(text) from exc
+                raise BrokerUnavailableError(text) from exc
+        if topic not in topics:
+            raise BrokerSetupError(
+                f"Kafka topic {topic!r} does not exist on {self.config.bootstrap_servers} and "
+                "KafkaConfig(create_topics=False) forbids creating it: create the topic "
+                "(partitions, replication) or turn topic creation on"
+            )
 
     # ------------------------------------------------------------------ consume
 
@@ -293,6 +331,7 @@ class KafkaBroker(Broker):
             group=group,
             consumer_name=consumer_name,
             ensure_topic=self._create_topic,
+            interrupted=self._interrupted,
         )
         with self._lock:
             if self._closed:
@@ -304,8 +343,14 @@ class KafkaBroker(Broker):
 
     # ------------------------------------------------------------------ close
 
+    def interrupt(self) -> None:
+        """Give up every connection attempt in progress, and every later one (see
+        :meth:`Broker.interrupt`): threads waiting for a bootstrap return at once."""
+        self._interrupted.set()
+
     def close(self) -> None:
         """Flush and close the producer, close the admin client, stop every subscription."""
+        self._interrupted.set()
         with self._lock:
             if self._closed:
                 return

@@ -3,6 +3,13 @@
 :class:`SharedClient` holds the one producer (or admin client) a broker shares between
 threads: built on first use, replaced after :meth:`SharedClient.discard`, and built by one
 thread at a time without making the others wait in line behind an unreachable broker.
+
+Building a kafka-python client blocks until a bootstrap server answers or
+``bootstrap_timeout_ms`` passes (10 s by default), and nothing can cut that wait short. So a
+client is built in a helper thread, and the caller waits on it *or* on the broker's
+``interrupted`` event (set by ``Broker.interrupt`` and ``close``): a stopping engine is never
+held by a bootstrap that no one needs any more. A client that arrives after its caller gave
+up is closed by the helper thread.
 """
 
 from __future__ import annotations
@@ -11,19 +18,96 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from outboxkit.errors import BrokerClosedError, BrokerUnavailableError, ConfigurationError
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
-def new_client(factory: Any, settings: Mapping[str, Any], what: str, servers: str) -> Any:
-    """Build a kafka-python client; bad settings and unreachable brokers become ours."""
+#: How often a caller waiting for a client looks at the ``interrupted`` event.
+_INTERRUPT_POLL_SECONDS = 0.05
+#: How long closing a client that arrived after its caller gave up may take.
+_ABANDONED_CLOSE_SECONDS = 1.0
+
+
+class ConnectInterruptedError(BrokerUnavailableError):
+    """Connecting was given up because the broker was interrupted or closed."""
+
+
+def build_interruptibly(
+    build: Callable[[], T],
+    interrupted: threading.Event,
+    what: str,
+    discard: Callable[[T], None],
+) -> T:
+    """``build()`` in a helper thread; give up as soon as ``interrupted`` is set.
+
+    Raises :class:`ConnectInterruptedError` when interrupted first (the helper thread then
+    hands the client, should it still arrive, to ``discard``), else returns what ``build``
+    returned or raises what it raised.
+    """
+    if interrupted.is_set():
+        raise ConnectInterruptedError(f"not connecting a Kafka {what}: the broker is stopping")
+    lock = threading.Lock()
+    done = threading.Event()
+    abandoned = False
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["client"] = build()
+        except BaseException as exc:  # handed to the caller, who raises it
+            outcome["error"] = exc
+        with lock:
+            done.set()
+            late = abandoned
+        if late and "client" in outcome:
+            discard(outcome["client"])
+
+    helper = threading.Thread(target=run, name=f"outboxkit-kafka-connect-{what}", daemon=True)
+    helper.start()
+    while not done.wait(_INTERRUPT_POLL_SECONDS):
+        if interrupted.is_set():
+            with lock:
+                if not done.is_set():
+                    abandoned = True
+                    raise ConnectInterruptedError(
+                        f"gave up connecting a Kafka {what}: the broker is stopping"
+                    )
+    if "error" in outcome:
+        raise outcome["error"]
+    client: T = outcome["client"]
+    return client
+
+
+def new_client(
+    factory: Any,
+    settings: Mapping[str, Any],
+    what: str,
+    servers: str,
+    interrupted: threading.Event | None = None,
+) -> Any:
+    """Build a kafka-python client; bad settings and unreachable brokers become ours.
+
+    With ``interrupted``, the wait for a bootstrap server ends as soon as it is set (see the
+    module docstring).
+    """
     from kafka.errors import KafkaConfigurationError
 
-    try:
+    def build() -> Any:
         return factory(**settings)
+
+    def discard(client: Any) -> None:
+        close_quietly(client, what, timeout=_ABANDONED_CLOSE_SECONDS)
+
+    try:
+        if interrupted is None:
+            return build()
+        return build_interruptibly(build, interrupted, what, discard)
+    except ConnectInterruptedError:
+        raise
     except KafkaConfigurationError as exc:
         raise ConfigurationError(f"invalid Kafka {what} settings: {exc}") from exc
     except Exception as exc:
@@ -42,8 +126,15 @@ class SharedClient:
     once instead of trying again: every caller waits about one bootstrap timeout at most.
     """
 
-    def __init__(self, build: Callable[[], Any], what: str) -> None:
+    def __init__(
+        self,
+        build: Callable[[], Any],
+        what: str,
+        interrupted: threading.Event | None = None,
+    ) -> None:
         self._build = build
+        #: Set by the broker's ``interrupt``/``close``: later builds fail at once.
+        self._interrupted = interrupted or threading.Event()
         self._what = what
         self._lock = threading.Lock()
         self._client: Any = None
@@ -64,6 +155,10 @@ class SharedClient:
                 raise BrokerClosedError(f"the Kafka {self._what} is closed")
             if self._client is not None:
                 return self._client
+            if self._interrupted.is_set():
+                raise ConnectInterruptedError(
+                    f"not connecting a Kafka {self._what}: the broker is stopping"
+                )
             if self._failure is not None and self._failure[0] >= asked:
                 error = self._failure[1]
                 raise BrokerUnavailableError(
@@ -93,6 +188,7 @@ class SharedClient:
 
     def close(self) -> Any:
         """Refuse every later :meth:`get`; return the client (``None`` if none) to close."""
+        self._interrupted.set()  # a build in progress gives up, releasing the lock
         with self._lock:
             self._closed = True
             client, self._client = self._client, None

@@ -99,8 +99,17 @@ class KafkaConfig:
         default="murmur2", validator=attrs.validators.in_(("murmur2", "go-fnv1a"))
     )
     # --- topics created by ``ensure_topic``
+    #: Partitions of a topic ``ensure_topic`` creates (an existing topic is left as it is).
+    #: More partitions let more consumer threads of a service work in parallel.
     num_partitions: int = attrs.field(default=3, validator=attrs.validators.gt(0))
+    #: Replicas of a topic ``ensure_topic`` creates. 1 suits one broker (and Tansu); use 3
+    #: on a production cluster, or a topic is lost with its only broker.
     replication_factor: int = attrs.field(default=1, validator=attrs.validators.gt(0))
+    #: Whether ``ensure_topic`` creates a missing topic (needs the CreateTopics permission).
+    #: ``False`` for clusters whose topics are managed elsewhere: the engine then only checks
+    #: that the topic exists and stops with :class:`~outboxkit.errors.BrokerSetupError`
+    #: naming it when it does not.
+    create_topics: bool = True
     # --- pass-through kafka-python settings
     security: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
     common_options: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
@@ -140,6 +149,7 @@ class KafkaConfig:
             "admin_options",
             "num_partitions",
             "replication_factor",
+            "create_topics",
             "static_membership",
             "group_settle_timeout_ms",
         }

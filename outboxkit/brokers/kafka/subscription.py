@@ -50,12 +50,15 @@ class KafkaSubscription(Subscription):
         group: str,
         consumer_name: str,
         ensure_topic: Callable[[str], None] | None = None,
+        interrupted: threading.Event | None = None,
     ) -> None:
         self.topic = topic
         self.group = group
         self.consumer_name = consumer_name
         self._config = config
         self._ensure_topic = ensure_topic
+        #: The broker's: building a consumer gives up when it is set (see ``clients``).
+        self._interrupted = interrupted
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._consumer_closed = False
@@ -89,6 +92,7 @@ class KafkaSubscription(Subscription):
             self._config.consumer_config(group=self.group, consumer_name=self.consumer_name),
             f"consumer ({self.group}/{self.consumer_name})",
             self._config.bootstrap_servers,
+            self._interrupted,
         )
         consumer.subscribe([self.topic], listener=_Listener())
         return consumer
