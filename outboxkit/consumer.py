@@ -41,6 +41,7 @@ from sqlalchemy.engine import Connection
 from outboxkit.broker import Delivery, Subscription
 from outboxkit.codec import Envelope, decode_envelope, row_event_id
 from outboxkit.errors import DecodeError, PermanentError
+from outboxkit.logs import event_fields
 from outboxkit.messages import Event
 from outboxkit.registry import HandlerRegistry, HandlerSpec
 from outboxkit.repository import (
@@ -219,13 +220,13 @@ class Consumer:
         """Turn one :meth:`Repository.consume_batch` result into a recorded outcome."""
         outcome = result.outcome
         if outcome is ConsumeOutcome.CONSUMED:
-            logger.debug("event %s (%s) consumed", event.event_id, event.event_type)
+            self._log(logging.DEBUG, event, "consumed")
             return Outcome.CONSUMED
         if outcome is ConsumeOutcome.FAILED:
             error = result.error
             assert error is not None
             if isinstance(error, PermanentError):
-                return self._dead(event, f"permanent failure: {error}")
+                return self._dead(event, f"permanent failure: {error}", exc=error)
             return self._retry(event, error)
         if outcome is ConsumeOutcome.MISSING:
             logger.warning(
@@ -247,7 +248,7 @@ class Consumer:
                 self.route.table,
             )
             return Outcome.SKIPPED
-        logger.debug("event %s (%s) is a duplicate", event.event_id, event.event_type)
+        self._log(logging.DEBUG, event, "a duplicate, acknowledged")
         return Outcome.DUPLICATE
 
     def _run_side_effect(self, spec: HandlerSpec, event: Event) -> Outcome:
@@ -280,33 +281,42 @@ class Consumer:
             self.route, event.outbox_id, reason=reason, backoff=self.retry_policy.delay
         )
         if outcome is RetryOutcome.DEAD:
-            logger.error(
-                "event %s (%s) dead after %d attempts: %s",
-                event.event_id,
-                event.event_type,
-                event.attempt,
-                reason,
-                exc_info=exc,
-            )
+            self._log(logging.ERROR, event, f"dead after {event.attempt} attempts: {reason}", exc)
             return Outcome.DEAD
         if outcome is RetryOutcome.SCHEDULED:
-            logger.warning(
-                "event %s (%s) attempt %d failed, retry scheduled: %s",
-                event.event_id,
-                event.event_type,
-                event.attempt,
-                reason,
-                exc_info=exc,
-            )
+            what = f"attempt {event.attempt} failed, retry scheduled: {reason}"
+            self._log(logging.WARNING, event, what, exc)
             return Outcome.RETRY
         return Outcome.DUPLICATE
 
-    def _dead(self, event: Event, reason: str) -> Outcome:
+    def _log(self, level: int, event: Event, what: str, exc: BaseException | None = None) -> None:
+        """One line about one event: id, type, service and topic in the text and as extras
+        (see :mod:`outboxkit.logs`); ``exc`` adds the handler's traceback."""
+        logger.log(
+            level,
+            "event %s (%s) of service %s, outbox row %s, topic %s: %s",
+            event.event_id,
+            event.event_type,
+            self.route.service,
+            event.outbox_id,
+            self.route.topic,
+            what,
+            exc_info=exc,
+            extra=event_fields(
+                event_id=event.event_id,
+                event_type=event.event_type,
+                service=self.route.service,
+                topic=self.route.topic,
+                outbox_id=event.outbox_id,
+            ),
+        )
+
+    def _dead(self, event: Event, reason: str, *, exc: BaseException | None = None) -> Outcome:
         marked = self.repository.mark_dead(
             self.route, event.outbox_id, reason=reason, event_id=event.event_id
         )
         if marked:
-            logger.error("event %s (%s) marked dead: %s", event.event_id, event.event_type, reason)
+            self._log(logging.ERROR, event, f"marked dead: {reason}", exc)
             return Outcome.DEAD
         logger.warning(
             "event %s (%s) not marked dead (%s): outbox row %s of %s is final, missing or "

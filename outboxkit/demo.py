@@ -27,6 +27,7 @@ from outboxkit.backends import SqlRepository
 from outboxkit.consumer import ConsumerConfig
 from outboxkit.engine import Engine, EngineConfig
 from outboxkit.errors import PermanentError
+from outboxkit.logs import mask_url
 from outboxkit.messages import Event, PublishRequest
 from outboxkit.relay import RelayConfig
 from outboxkit.retry import RetryPolicy
@@ -182,7 +183,7 @@ class _Demo:
     def run(self) -> DemoSummary:
         say = self._say
         say(f"outboxkit demo: database {self.db.url.render_as_string(hide_password=True)}")
-        say(f"                broker   {self.broker_url}")
+        say(f"                broker   {mask_url(self.broker_url)}")
         self.engine.create_schema()
         self.metadata.create_all(self.db)
         try:

@@ -25,6 +25,8 @@ import attrs
 from outboxkit.broker import Broker, BrokerMessage
 from outboxkit.codec import broker_headers, encode_envelope, envelope_from_row
 from outboxkit.errors import BrokerUnavailableError, DecodeError, MessageRejectedError
+from outboxkit.logs import event_fields
+from outboxkit.messages import OutboxMessage
 from outboxkit.repository import Repository, RetryOutcome
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Route
@@ -107,12 +109,7 @@ class Relay:
                 reason = f"failed to parse outbox event shell: {exc.reason}"
                 if self.repository.mark_dead(self.route, row.id, reason=reason):
                     dead += 1
-                logger.error(
-                    "outbox row %s of %s is undecodable, marked dead: %s",
-                    row.id,
-                    self.route.table,
-                    exc.reason,
-                )
+                self._log_event(logging.ERROR, row, f"undecodable, marked dead: {exc.reason}")
                 continue
             message = BrokerMessage(
                 topic=row.topic,
@@ -135,6 +132,7 @@ class Relay:
             )
             raise
 
+        rows = {row.id: row for row in claim.messages}
         sent: list[int] = []
         unavailable: list[int] = []
         rejected: list[tuple[int, MessageRejectedError | Exception]] = []
@@ -147,6 +145,9 @@ class Relay:
                 rejected.append((row_id, result.error))
 
         published = self.repository.mark_published(self.route, sent, token=claim.token)
+        if logger.isEnabledFor(logging.DEBUG):
+            for row_id in sent:
+                self._log_event(logging.DEBUG, rows[row_id], "published")
         if len(published) != len(sent):
             # Consumed, retried or re-claimed meanwhile: the guard kept the newer state.
             logger.debug(
@@ -166,14 +167,13 @@ class Relay:
             )
             if outcome is RetryOutcome.DEAD:
                 dead += 1
-                logger.error("outbox row %s of %s dead: %s", row_id, self.route.table, error)
+                self._log_event(logging.ERROR, rows[row_id], f"dead: {error}")
             elif outcome is RetryOutcome.SCHEDULED:
                 retried += 1
-                logger.warning(
-                    "outbox row %s of %s rejected by the broker, retry scheduled: %s",
-                    row_id,
-                    self.route.table,
-                    error,
+                self._log_event(
+                    logging.WARNING,
+                    rows[row_id],
+                    f"rejected by the broker, retry scheduled: {error}",
                 )
         step = RelayStep(
             claimed=len(claim.messages),
@@ -192,6 +192,26 @@ class Relay:
             )
         return step
 
+    def _log_event(self, level: int, row: OutboxMessage, what: str) -> None:
+        """One line about one row, naming event id, type, service and topic (also as extras)."""
+        logger.log(
+            level,
+            "event %s (%s) of service %s, outbox row %s, topic %s: %s",
+            row.event_id,
+            row.event_type,
+            self.route.service,
+            row.id,
+            row.topic,
+            what,
+            extra=event_fields(
+                event_id=row.event_id,
+                event_type=row.event_type,
+                service=self.route.service,
+                topic=row.topic,
+                outbox_id=row.id,
+            ),
+        )
+
     def republish_stale(self) -> int:
         """Send ``published``-but-never-consumed rows back to pending (bounded by max_retry)."""
         if self.config.republish_after is None:
@@ -199,8 +219,8 @@ class Relay:
         count = self.repository.republish_stale(
             self.route, older_than=self.config.republish_after, limit=self.config.batch_size
         )
-        if count:
-            logger.warning(
+        if count:  # the repository logged which rows, at WARNING
+            logger.debug(
                 "%d rows of %s were published over %.0f s ago and never consumed: republishing",
                 count,
                 self.route.table,

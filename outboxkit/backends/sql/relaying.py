@@ -162,21 +162,25 @@ class RelaySide(SqlStore):
             return 0
         table = self.table(route)
 
+        rescued: list[tuple[int, str | None]] = []
+
         def rescue(conn: Connection) -> int:
+            rescued.clear()
             now = self._now(conn)
             cutoff = now - as_delay(older_than)
-            ids = [
-                int(r[0])
+            rescued.extend(
+                (int(r[0]), r[1])
                 for r in conn.execute(
                     self._lock(
-                        sa.select(table.c.id)
+                        sa.select(table.c.id, table.c.event_id)
                         .where(table.c.status == PUBLISHED, table.c.published_at <= cutoff)
                         .order_by(table.c.published_at, table.c.id)
                         .limit(limit),
                         skip_locked=True,
                     )
                 )
-            ]
+            )
+            ids = [row_id for row_id, _ in rescued]
             if not ids:
                 return 0
             exhausted = table.c.retry_count + 1 >= table.c.max_retry
@@ -201,5 +205,18 @@ class RelaySide(SqlStore):
 
         count = self._transact("republishing stale rows", route, rescue)
         if count:
-            logger.warning("sent %d stale published rows of %s back", count, route.table)
+            # Name the rows, so an operator can follow them (and see whether the same ones
+            # come back): outbox id and event id, the first few of a large sweep.
+            shown = ", ".join(f"{row_id} ({event_id or '-'})" for row_id, event_id in rescued[:20])
+            more = f" and {len(rescued) - 20} more" if len(rescued) > 20 else ""
+            logger.warning(
+                "%d rows of %s were published over %gs ago with no outcome recorded; sent "
+                "back to pending (dead when out of retries): outbox ids (event ids) %s%s",
+                count,
+                route.table,
+                older_than,
+                shown,
+                more,
+                extra={"outbox_ids": [row_id for row_id, _ in rescued]},
+            )
         return count

@@ -18,6 +18,7 @@ from outboxkit.brokers.redis_streams.takeover import TAKEOVER_SCRIPT
 from outboxkit.errors import (
     BrokerClosedError,
     BrokerError,
+    BrokerSetupError,
     ConfigurationError,
     InvalidNameError,
 )
@@ -102,6 +103,11 @@ class RedisStreamsBroker(Broker):
         _check_name("group", group)
         try:
             self._client.xgroup_create(topic, group, id="0", mkstream=True)
+        except (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+            # A refused password or ACL never heals by waiting: stop the engine (fatal).
+            raise BrokerSetupError(
+                f"Redis refused creating group {group} on {topic}: {type(exc).__name__}: {exc}"
+            ) from exc
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise unavailable(exc, f"creating group {group} on {topic}") from exc
         except redis.exceptions.ResponseError as exc:

@@ -1,0 +1,66 @@
+"""What outboxkit puts in its log records, so log pipelines can rely on it.
+
+Every line about one event names its event id, type, service and topic in the message
+(for people) and as ``extra=`` fields on the record (for structured pipelines, e.g. a JSON
+formatter that copies record attributes). The field names are fixed here and documented in
+``docs/running.md``:
+
+=====================  ====================================================
+``outbox_event_id``    the event id (``PublishRequest.event_id``)
+``outbox_event_type``  the event type (``biz_type`` column)
+``outbox_service``     the service whose table and topic the event uses
+``outbox_topic``       the topic (Kafka) or stream (Redis) of the service
+``outbox_id``          the row's primary key in the service's outbox table
+``outbox_ids``         several row ids (the republish sweep)
+``outbox_outage``      which loop an outage line is about (``relay orders``)
+=====================  ====================================================
+
+The library configures no handlers; levels are fixed: DEBUG per event, INFO per lifecycle
+step, WARNING per retried failure (with the handler's traceback), ERROR per dead event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+EVENT_ID = "outbox_event_id"
+EVENT_TYPE = "outbox_event_type"
+SERVICE = "outbox_service"
+TOPIC = "outbox_topic"
+OUTBOX_ID = "outbox_id"
+
+
+def event_fields(
+    *,
+    event_id: str | None,
+    event_type: str,
+    service: str,
+    topic: str,
+    outbox_id: int | None = None,
+) -> dict[str, Any]:
+    """The ``extra=`` fields of a log record about one event."""
+    return {
+        EVENT_ID: event_id,
+        EVENT_TYPE: event_type,
+        SERVICE: service,
+        TOPIC: topic,
+        OUTBOX_ID: outbox_id,
+    }
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (any scheme: SQL, Redis, Kafka).
+
+    ``redis://:secret@host:6379/0`` -> ``redis://:***@host:6379/0``. Text that is not a URL
+    with credentials comes back unchanged.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
