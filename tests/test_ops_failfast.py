@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import sqlalchemy as sa
@@ -179,3 +180,31 @@ def test_an_outage_log_summarises_a_long_outage_and_reports_the_recovery(
     assert "still down after 60 s (31 attempts)" in shown[1][1]
     assert "still down after 120 s (61 attempts)" in shown[2][1]
     assert "recovered after 130.0 s (65 failed attempts)" in shown[3][1]
+
+
+def test_a_refused_redis_password_is_fatal_not_an_outage(
+    redis_url: str, tmp_path: Path, unique: str
+) -> None:
+    from outboxkit.brokers.redis_streams import RedisStreamsBroker
+    from outboxkit.errors import BrokerSetupError
+
+    # Given Redis credentials the server refuses
+    parts = urlsplit(redis_url)
+    netloc = f"nobody{unique}:wrong@{parts.hostname}:{parts.port or 6379}"
+    broker_url = urlunsplit(parts._replace(netloc=netloc))
+    routing = Routing()
+    routing.register("ff.checked", f"ff{unique}")
+    repository = SqlRepository.from_url(f"sqlite:///{tmp_path}/outbox.db")
+    engine = Engine(repository, RedisStreamsBroker.from_url(broker_url), routing)
+    engine.register_handler("ff.checked", lambda event, connection: None)
+    engine.create_schema()
+
+    # When the engine starts, then it stops by itself with a setup error
+    engine.start()
+    try:
+        wait_for(lambda: engine.fatal_error is not None, timeout=5, what="a fatal error")
+    finally:
+        assert engine.stop(timeout=5)
+        repository.close()
+    assert isinstance(engine.fatal_error, BrokerSetupError)
+    assert "AuthenticationError" in str(engine.fatal_error)

@@ -20,7 +20,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from outboxkit.errors import BrokerClosedError, BrokerUnavailableError, ConfigurationError
+from outboxkit.brokers.kafka.errors import Verdict, classify
+from outboxkit.errors import (
+    BrokerClosedError,
+    BrokerSetupError,
+    BrokerUnavailableError,
+    ConfigurationError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +117,11 @@ def new_client(
     except KafkaConfigurationError as exc:
         raise ConfigurationError(f"invalid Kafka {what} settings: {exc}") from exc
     except Exception as exc:
-        raise BrokerUnavailableError(
-            f"cannot connect a Kafka {what} to {servers}: {type(exc).__name__}: {exc}"
-        ) from exc
+        text = f"cannot connect a Kafka {what} to {servers}: {type(exc).__name__}: {exc}"
+        if classify(exc) is Verdict.MISCONFIGURED:
+            # SASL refused, authorization failed: no retry can help (fatal).
+            raise BrokerSetupError(text) from exc
+        raise BrokerUnavailableError(text) from exc
 
 
 class SharedClient:
