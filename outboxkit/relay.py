@@ -9,6 +9,15 @@ fencing lease, publishes it as one broker batch, then records the outcome per ro
 * rejected by the broker -> one counted retry with backoff, ``dead`` when exhausted;
 * undecodable row -> ``dead`` with the reason.
 
+**Overlap.** When a claim comes back full (a backlog), one helper thread claims the next
+batch while this one is published, and then marks this one ``published`` while the next is
+published: the database's claim and mark overlap the broker's acknowledgements instead of
+adding up. Rows of one key still reach the broker in order (batch k is acknowledged before
+batch k+1 is sent). A ``run_once`` that returns without holding a next claim has finished
+every mark; a prefetched claim that is not used (the broker became unreachable, the relay
+stops) is released uncounted, and a background mark that fails only means the rows are
+sent again when their lease runs out.
+
 A relay killed mid-batch loses nothing: its rows become due again when the lease runs out.
 Two relays never publish the same row in normal operation (disjoint claims); after a lease
 expiry a duplicate publish is possible and harmless, because consumers are idempotent and a
@@ -18,6 +27,7 @@ stale lease can no longer mark the row.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import attrs
@@ -25,7 +35,7 @@ import attrs
 from outboxkit.broker import Broker, BrokerMessage
 from outboxkit.codec import broker_headers, encode_envelope, envelope_from_row
 from outboxkit.errors import BrokerUnavailableError, DecodeError, MessageRejectedError
-from outboxkit.repository import Repository, RetryOutcome
+from outboxkit.repository import Claim, Repository, RetryOutcome
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Route
 
@@ -54,6 +64,8 @@ class RelayConfig:
     republish_after: float | None = 300.0
     #: How often the rescue sweep runs.
     republish_interval: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    #: Claim the next batch while this one is published, when this claim came back full.
+    prefetch: bool = True
 
 
 @attrs.frozen(kw_only=True)
@@ -85,6 +97,9 @@ class Relay:
         self.route = route
         self.config = config or RelayConfig()
         self.retry_policy = retry_policy or RetryPolicy()
+        self._helper_thread: ThreadPoolExecutor | None = None
+        self._next_claim: Future[Claim] | None = None
+        self._pending_marks: list[Future[None]] = []
 
     def run_once(self) -> RelayStep:
         """Claim, publish and record one batch.
@@ -92,11 +107,98 @@ class Relay:
         Raises :class:`~outboxkit.errors.BrokerUnavailableError` (after giving the rows back
         uncounted) when the broker could not be reached, so the caller can pause.
         """
-        claim = self.repository.claim_due(
+        claim = self._take_claim()
+        if not claim.messages:
+            self._finish_marks()
+            return RelayStep()
+        if self.config.prefetch and len(claim.messages) >= self.config.batch_size:
+            self._start_prefetch()
+        try:
+            step = self._publish_claim(claim)
+        except BaseException:
+            # The caller pauses now: rows claimed for later must not wait out their lease.
+            self._release_prefetched(delay=self.config.outage_backoff)
+            self._finish_marks()
+            raise
+        if self._next_claim is None:
+            self._finish_marks()
+        return step
+
+    def close(self) -> None:
+        """Finish pending marks, give back a prefetched claim, stop the helper thread."""
+        self._release_prefetched(delay=0.0)
+        self._finish_marks()
+        if self._helper_thread is not None:
+            self._helper_thread.shutdown(wait=True)
+            self._helper_thread = None
+
+    def _claim_due(self) -> Claim:
+        return self.repository.claim_due(
             self.route, limit=self.config.batch_size, lease_seconds=self.config.lease_seconds
         )
-        if not claim.messages:
-            return RelayStep()
+
+    def _take_claim(self) -> Claim:
+        """The prefetched claim if there is one (its error, if it failed), else a new one."""
+        pending, self._next_claim = self._next_claim, None
+        if pending is not None:
+            return pending.result()
+        return self._claim_due()
+
+    def _helper(self) -> ThreadPoolExecutor:
+        """One thread that runs prefetched claims and backlog marks in submission order."""
+        if self._helper_thread is None:
+            self._helper_thread = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"outboxkit-relay-helper-{self.route.service}"
+            )
+        return self._helper_thread
+
+    def _start_prefetch(self) -> None:
+        self._next_claim = self._helper().submit(self._claim_due)
+
+    def _release_prefetched(self, *, delay: float) -> None:
+        pending, self._next_claim = self._next_claim, None
+        if pending is None:
+            return
+        try:
+            claim = pending.result()
+            if claim.messages:
+                ids = [row.id for row in claim.messages]
+                self.repository.release(self.route, ids, token=claim.token, delay=delay)
+        except Exception as exc:  # the lease runs out instead: nothing is lost
+            logger.debug("could not release the prefetched claim of %s: %s", self.route.table, exc)
+
+    def _mark_published(self, sent: list[int], token: str, *, background: bool) -> None:
+        try:
+            published = self.repository.mark_published(self.route, sent, token=token)
+        except Exception as exc:
+            if not background:
+                raise
+            # Nothing is lost: the rows stay pending under a lease and are sent again when it
+            # runs out (a duplicate the consumers absorb). The next claim meets the outage.
+            logger.warning(
+                "could not mark %d sent rows of %s published (sent again after their lease): %s",
+                len(sent),
+                self.route.table,
+                exc,
+            )
+            return
+        if len(published) != len(sent):
+            # Consumed, retried or re-claimed meanwhile: the guard kept the newer state.
+            logger.debug(
+                "%d of %d sent rows of %s had moved on before mark_published",
+                len(sent) - len(published),
+                len(sent),
+                self.route.table,
+            )
+
+    def _finish_marks(self) -> None:
+        """Wait for the marks running on the helper thread (they log their own failures)."""
+        pending, self._pending_marks = self._pending_marks, []
+        for future in pending:
+            future.result()
+
+    def _publish_claim(self, claim: Claim) -> RelayStep:
+        """Publish one claimed batch and record each row's outcome."""
         now = datetime.now(timezone.utc)
         to_send: list[tuple[int, BrokerMessage]] = []
         dead = 0
@@ -146,15 +248,13 @@ class Relay:
             else:
                 rejected.append((row_id, result.error))
 
-        published = self.repository.mark_published(self.route, sent, token=claim.token)
-        if len(published) != len(sent):
-            # Consumed, retried or re-claimed meanwhile: the guard kept the newer state.
-            logger.debug(
-                "%d of %d sent rows of %s had moved on before mark_published",
-                len(sent) - len(published),
-                len(sent),
-                self.route.table,
+        if self._next_claim is not None:
+            # A backlog: record this batch on the helper thread while the next one is sent.
+            self._pending_marks.append(
+                self._helper().submit(self._mark_published, sent, claim.token, background=True)
             )
+        else:
+            self._mark_published(sent, claim.token, background=False)
         retried = 0
         for row_id, error in rejected:
             outcome = self.repository.schedule_retry(
