@@ -39,6 +39,7 @@ import attrs
 from sqlalchemy.engine import Connection
 
 from outboxkit.broker import Delivery, Subscription
+from outboxkit.causality import handling
 from outboxkit.codec import Envelope, decode_envelope, row_event_id
 from outboxkit.errors import DecodeError, PermanentError
 from outboxkit.messages import Event
@@ -267,7 +268,8 @@ class Consumer:
         if row.status.value in ("consumed", "dead"):
             return self._settle(event, ConsumeResult(ConsumeOutcome.DUPLICATE))
         try:
-            spec.func(event)
+            with handling(event):
+                spec.func(event)
         except Exception as exc:
             return self._settle(event, ConsumeResult(ConsumeOutcome.FAILED, error=exc))
         if self.repository.mark_consumed(self.route, event.outbox_id, event_id=event.event_id):
@@ -354,7 +356,8 @@ class Consumer:
 
 def _bind(func: Callable[..., Any], event: Event) -> Callable[[Connection], Any]:
     def run(connection: Connection) -> Any:
-        return func(event, connection)
+        with handling(event, connection):  # what the handler publishes joins event's flow
+            return func(event, connection)
 
     return run
 
@@ -373,4 +376,6 @@ def _event(envelope: Envelope, delivery: Delivery) -> Event:
         attempt=max(envelope.attempt, 1),
         occurred_at=envelope.occurred_at,
         published_at=envelope.published_at,
+        correlation_id=envelope.correlation_id,
+        causation_id=envelope.causation_id,
     )

@@ -19,6 +19,7 @@ import attrs
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from outboxkit.causality import handled_event, with_flow_ids
 from outboxkit.codec import encode_shell
 from outboxkit.errors import InvalidEventError
 from outboxkit.messages import DEFAULT_MAX_RETRY, PublishRequest
@@ -85,24 +86,27 @@ class Publisher:
         :class:`~outboxkit.errors.InvalidEventError` or
         :class:`~outboxkit.errors.UnknownEventTypeError` means nothing was written. Rows
         are grouped by route (one table per service) with one multi-row insert per table.
+        Empty correlation and causation ids are filled from the event being handled on
+        ``connection`` or in this context, if any (:mod:`outboxkit.causality`).
         """
         batch = list(requests)
         if not batch:
             return []
+        conn = connection.connection() if isinstance(connection, Session) else connection
+        cause = handled_event(conn)
         occurred_at = datetime.now(timezone.utc)
         groups: dict[str, tuple[Route, list[NewMessage]]] = {}
         seen: set[str] = set()
         for request in batch:
-            route, message = self._prepare(request, occurred_at)
+            route, message = self._prepare(with_flow_ids(request, cause), occurred_at)
             if message.event_id in seen:
                 continue
             seen.add(message.event_id)
             groups.setdefault(route.table, (route, []))[1].append(message)
-        if connection is None:
-            with self.repository.transaction() as conn:
-                self._write(conn, groups)
+        if conn is None:
+            with self.repository.transaction() as own:
+                self._write(own, groups)
         else:
-            conn = connection.connection() if isinstance(connection, Session) else connection
             self._write(conn, groups)
         return [r.event_id for r in batch]
 
