@@ -53,6 +53,7 @@ from outboxkit.repository import (
 )
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Route
+from outboxkit.tracing import NO_TRACING, Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class Consumer:
         config: ConsumerConfig | None = None,
         retry_policy: RetryPolicy | None = None,
         on_outcome: Callable[[Event | None, Outcome], None] | None = None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.repository = repository
         self.route = route
@@ -99,6 +101,7 @@ class Consumer:
         self.config = config or ConsumerConfig()
         self.retry_policy = retry_policy or RetryPolicy()
         self._on_outcome = on_outcome
+        self.tracing = tracing
 
     def run_once(
         self,
@@ -204,7 +207,7 @@ class Consumer:
                 outbox_id=event.outbox_id,
                 event_id=event.event_id,
                 event_type=event.event_type,
-                run=_bind(spec.func, event),
+                run=self._bind(spec.func, event),
             )
             for event, spec in segment
         ]
@@ -268,7 +271,7 @@ class Consumer:
         if row.status.value in ("consumed", "dead"):
             return self._settle(event, ConsumeResult(ConsumeOutcome.DUPLICATE))
         try:
-            with handling(event):
+            with handling(event), self.tracing.processing(self.route, event):
                 spec.func(event)
         except Exception as exc:
             return self._settle(event, ConsumeResult(ConsumeOutcome.FAILED, error=exc))
@@ -345,6 +348,14 @@ class Consumer:
         )
         return Outcome.SKIPPED
 
+    def _bind(self, func: Callable[..., Any], event: Event) -> Callable[[Connection], Any]:
+        def run(connection: Connection) -> Any:
+            # What the handler publishes joins event's flow (and its trace, when traced).
+            with handling(event, connection), self.tracing.processing(self.route, event):
+                return func(event, connection)
+
+        return run
+
     def _report(self, event: Event | None, outcome: Outcome) -> Outcome:
         if self._on_outcome is not None:
             try:
@@ -352,14 +363,6 @@ class Consumer:
             except Exception:
                 logger.exception("on_outcome callback failed")
         return outcome
-
-
-def _bind(func: Callable[..., Any], event: Event) -> Callable[[Connection], Any]:
-    def run(connection: Connection) -> Any:
-        with handling(event, connection):  # what the handler publishes joins event's flow
-            return func(event, connection)
-
-    return run
 
 
 def _event(envelope: Envelope, delivery: Delivery) -> Event:

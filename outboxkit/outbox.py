@@ -11,6 +11,7 @@ a batch writes nothing at all (and never leaves the caller's transaction aborted
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -25,6 +26,7 @@ from outboxkit.errors import InvalidEventError
 from outboxkit.messages import DEFAULT_MAX_RETRY, PublishRequest
 from outboxkit.repository import NewMessage, Repository
 from outboxkit.routing import MAX_EVENT_TYPE, MAX_MESSAGE_KEY, Route, Routing
+from outboxkit.tracing import NO_TRACING, Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +68,12 @@ class Publisher:
         routing: Routing,
         *,
         config: PublisherConfig | None = None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.repository = repository
         self.routing = routing
         self.config = config or PublisherConfig()
+        self.tracing = tracing
 
     def publish(self, request: PublishRequest, *, connection: Executor | None = None) -> str:
         """Write one event; returns its ``event_id``. See :meth:`publish_many`."""
@@ -97,17 +101,19 @@ class Publisher:
         occurred_at = datetime.now(timezone.utc)
         groups: dict[str, tuple[Route, list[NewMessage]]] = {}
         seen: set[str] = set()
-        for request in batch:
-            route, message = self._prepare(with_flow_ids(request, cause), occurred_at)
-            if message.event_id in seen:
-                continue
-            seen.add(message.event_id)
-            groups.setdefault(route.table, (route, []))[1].append(message)
-        if conn is None:
-            with self.repository.transaction() as own:
-                self._write(own, groups)
-        else:
-            self._write(conn, groups)
+        with contextlib.ExitStack() as spans:  # a tracing span per event, ended after the write
+            for request in batch:
+                flow = with_flow_ids(request, cause)
+                route, message = self._prepare(flow, occurred_at, spans)
+                if message.event_id in seen:
+                    continue
+                seen.add(message.event_id)
+                groups.setdefault(route.table, (route, []))[1].append(message)
+            if conn is None:
+                with self.repository.transaction() as own:
+                    self._write(own, groups)
+            else:
+                self._write(conn, groups)
         return [r.event_id for r in batch]
 
     def _write(self, conn: Connection, groups: dict[str, tuple[Route, list[NewMessage]]]) -> None:
@@ -122,8 +128,15 @@ class Publisher:
                 len(results) - created,
             )
 
-    def _prepare(self, request: PublishRequest, occurred_at: datetime) -> tuple[Route, NewMessage]:
-        """Validate ``request`` and build its row; raises before anything is written."""
+    def _prepare(
+        self, request: PublishRequest, occurred_at: datetime, spans: contextlib.ExitStack
+    ) -> tuple[Route, NewMessage]:
+        """Validate ``request`` and build its row; raises before anything is written.
+
+        The tracing hook's span is entered on ``spans`` once the route is known; the headers
+        it gives (trace context) are stored in the shell, where the relay and the consumer
+        find them. Headers the request already has win.
+        """
         event_type = request.event_type
         if not event_type:
             raise InvalidEventError(f"event {request.event_id}: event type is empty")
@@ -153,6 +166,9 @@ class Publisher:
                     f"event {request.event_id!r} ({event_type!r}): {name} contains a NUL character"
                 )
         route = self.routing.route_of(event_type)  # UnknownEventTypeError
+        traced = spans.enter_context(self.tracing.publishing(request, route))
+        if traced:
+            request = attrs.evolve(request, headers={**traced, **request.headers})
         shell = encode_shell(request, occurred_at=occurred_at)  # InvalidEventError
         size = len(shell.encode("utf-8"))
         if size > self.config.max_payload_bytes:

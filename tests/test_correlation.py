@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from outboxkit.backends import SqlRepository
-from outboxkit.broker import Broker, BrokerMessage, Delivery, SendResult, Subscription
+from outboxkit.broker import Broker
 from outboxkit.brokers.memory import MemoryBroker
 from outboxkit.causality import INFO_KEY, handling
 from outboxkit.codec import (
@@ -29,51 +29,9 @@ from outboxkit.engine import Engine, EngineConfig
 from outboxkit.messages import Event, PublishRequest
 from outboxkit.routing import Routing
 from tests.engine_support import fast_config, unique_routing, wait_for
+from tests.tapped_broker import TappedBroker
 
 # --------------------------------------------------------------------------- helpers
-
-
-class _TappedSubscription(Subscription):
-    """A real subscription that also keeps the headers of every delivery it received."""
-
-    def __init__(self, inner: Subscription, seen: list[Delivery]) -> None:
-        self._inner = inner
-        self._seen = seen
-
-    def receive(self, *, timeout: float, max_messages: int = 100) -> list[Delivery]:
-        deliveries = self._inner.receive(timeout=timeout, max_messages=max_messages)
-        self._seen.extend(deliveries)
-        return deliveries
-
-    def ack(self, delivery: Delivery) -> None:
-        self._inner.ack(delivery)
-
-    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        self._inner.ack_many(deliveries)
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-class _TappedBroker(Broker):
-    """A real broker whose subscriptions record what they deliver (headers included)."""
-
-    def __init__(self, inner: Broker) -> None:
-        self._inner = inner
-        self.received: list[Delivery] = []
-
-    def publish(self, messages: Sequence[BrokerMessage]) -> list[SendResult]:
-        return self._inner.publish(messages)
-
-    def subscribe(self, topic: str, group: str, consumer_name: str) -> Subscription:
-        inner = self._inner.subscribe(topic, group, consumer_name)
-        return _TappedSubscription(inner, self.received)
-
-    def ensure_topic(self, topic: str, group: str | None = None) -> None:
-        self._inner.ensure_topic(topic, group)
-
-    def close(self) -> None:
-        self._inner.close()
 
 
 def _chain_routing(unique: str) -> Routing:
@@ -131,7 +89,7 @@ CHAIN_STACKS = [("postgres", "redis"), ("mysql", "kafka")]
 @pytest.fixture(params=CHAIN_STACKS, ids=["-".join(c) for c in CHAIN_STACKS])
 def chain_stack(
     request: pytest.FixtureRequest, unique: str
-) -> Iterator[tuple[sa.Engine, Routing, _TappedBroker]]:
+) -> Iterator[tuple[sa.Engine, Routing, TappedBroker]]:
     database, broker_kind = request.param
     db: sa.Engine = request.getfixturevalue(f"{database}_engine")
     routing = _chain_routing(unique)
@@ -145,7 +103,7 @@ def chain_stack(
 
         inner = RedisStreamsBroker.from_url(request.getfixturevalue("redis_url"))
     SqlRepository(db).create_schema(routing.routes())
-    yield db, routing, _TappedBroker(inner)
+    yield db, routing, TappedBroker(inner)
     with db.begin() as conn:
         for route in routing.routes():
             conn.execute(sa.text(f"DROP TABLE {route.table}"))
@@ -158,7 +116,7 @@ def chain_stack(
 
 
 def test_three_step_chain_shares_one_correlation_id_and_names_each_cause(
-    chain_stack: tuple[sa.Engine, Routing, _TappedBroker],
+    chain_stack: tuple[sa.Engine, Routing, TappedBroker],
 ) -> None:
     # Given an engine whose handlers each publish the next event on their own connection
     db, routing, broker = chain_stack

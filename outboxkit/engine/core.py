@@ -58,7 +58,9 @@ class Engine:
         self.registry = registry or HandlerRegistry(self.routing)
         if self.registry.routing is not self.routing:
             raise ConfigurationError("the handler registry must use the engine's routing")
-        self.publisher = Publisher(repository, self.routing, config=self.config.publisher)
+        self.publisher = Publisher(
+            repository, self.routing, config=self.config.publisher, tracing=self.config.tracing
+        )
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._wakeups = Wakeups()
@@ -322,6 +324,7 @@ class Engine:
             route,
             config=self.config.relay,
             retry_policy=self.config.retry,
+            tracing=self.config.tracing,
         )
 
     def _consumer(self, route: Route) -> Consumer:
@@ -332,6 +335,7 @@ class Engine:
             config=self.config.consumer,
             retry_policy=self.config.retry,
             on_outcome=self._stats.record_outcome,
+            tracing=self.config.tracing,
         )
 
     def _relay_loop(self, route: Route) -> None:
