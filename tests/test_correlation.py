@@ -1,7 +1,8 @@
 """Correlation and causation ids: stored in the shell, carried in the envelope, the broker
 headers and :class:`Event`, and inherited by what a handler publishes.
 
-The chain test runs real engine threads on PostgreSQL + Redis Streams and MariaDB + Kafka;
+The chain test runs real engine threads on PostgreSQL + Redis Streams, MariaDB + Kafka and
+PostgreSQL + Kafka through librdkafka;
 the rest use SQLite and single steps, so they are deterministic.
 """
 
@@ -83,7 +84,7 @@ def _assert_chain(seen: dict[str, Event], first: PublishRequest) -> None:
 
 # --------------------------------------------------------------------------- real services
 
-CHAIN_STACKS = [("postgres", "redis"), ("mysql", "kafka")]
+CHAIN_STACKS = [("postgres", "redis"), ("mysql", "kafka"), ("postgres", "confluent")]
 
 
 @pytest.fixture(params=CHAIN_STACKS, ids=["-".join(c) for c in CHAIN_STACKS])
@@ -94,7 +95,11 @@ def chain_stack(
     db: sa.Engine = request.getfixturevalue(f"{database}_engine")
     routing = _chain_routing(unique)
     inner: Broker
-    if broker_kind == "kafka":
+    if broker_kind == "confluent":
+        from outboxkit.brokers.confluent import ConfluentKafkaBroker
+
+        inner = ConfluentKafkaBroker.from_bootstrap(request.getfixturevalue("kafka_bootstrap"))
+    elif broker_kind == "kafka":
         from outboxkit.brokers.kafka import KafkaBroker, KafkaConfig
 
         inner = KafkaBroker(KafkaConfig.from_bootstrap(request.getfixturevalue("kafka_bootstrap")))

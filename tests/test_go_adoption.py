@@ -2,7 +2,8 @@
 statements it needs from ``migrate --print-sql``, and a working outbox once they are applied.
 
 The Go table is created with raw DDL shaped like the GORM AutoMigrate of
-``AgentOutboxMessage`` (no ``event_id``, no ``lease_token``), on real PostgreSQL and MariaDB.
+``AgentOutboxMessage`` (no ``event_id``, no ``lease_token``), on real PostgreSQL and MariaDB
+(and SQLite, which has its own wording of a missing column).
 """
 
 from __future__ import annotations
@@ -57,9 +58,19 @@ GO_DDL = {
         "CREATE INDEX idx_{table}_status_next ON {table} (status, next_retry_at, biz_type)",
         "CREATE INDEX idx_{table}_service_name ON {table} (service_name)",
     ],
+    "sqlite": [
+        "CREATE TABLE {table} (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        + _COLUMNS.format(text="TEXT", ts="DATETIME")
+        + ")",
+        "CREATE INDEX idx_{table}_status_next ON {table} (status, next_retry_at, biz_type)",
+    ],
 }
 
-NOW = {"mysql": "UTC_TIMESTAMP(3)", "postgresql": "(now() AT TIME ZONE 'UTC')"}
+NOW = {
+    "mysql": "UTC_TIMESTAMP(3)",
+    "postgresql": "(now() AT TIME ZONE 'UTC')",
+    "sqlite": "strftime('%Y-%m-%d %H:%M:%f', 'now')",
+}
 
 
 @attrs.frozen
@@ -73,12 +84,12 @@ class GoTable:
         return {c["name"] for c in sa.inspect(self.db).get_columns(self.route.table)}
 
 
-@pytest.fixture(params=["postgres", "mysql"])
+@pytest.fixture(params=["postgres", "mysql", "sqlite"])
 def go_table(
     request: pytest.FixtureRequest, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[GoTable]:
     db: sa.Engine = request.getfixturevalue(f"{request.param}_engine")
-    family = "postgresql" if db.dialect.name == "postgresql" else "mysql"
+    family = db.dialect.name if db.dialect.name in GO_DDL else "mysql"
     service = f"task-{unique}"
     catalog = ServiceCatalog(namespace="smartflow")  # the Go topics: smartflow.<svc>.outbox
     catalog.configure(service)
