@@ -20,13 +20,14 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from outboxkit.broker import Broker, Subscription
-from outboxkit.consumer import Consumer
+from outboxkit.consumer import Consumer, Outcome
 from outboxkit.engine.config import EngineConfig
 from outboxkit.engine.loops import run_consumer, run_listener, run_relay
 from outboxkit.engine.stats import EngineStats, StatsRecorder
 from outboxkit.engine.wakeups import Wakeups
 from outboxkit.errors import ConfigurationError
 from outboxkit.messages import Event, PublishRequest
+from outboxkit.observe import Observer, Observers, report_outcome
 from outboxkit.outbox import Publisher
 from outboxkit.registry import HandlerRegistry
 from outboxkit.relay import Relay
@@ -67,6 +68,8 @@ class Engine:
         self._stats = StatsRecorder()
         self._step_relays: dict[str, Relay] = {}
         self._step_consumers: dict[str, tuple[Consumer, Subscription]] = {}
+        self._observers = Observers([self.config.observer] if self.config.observer else [])
+        self._observers.bind_backlog(self.backlog)
 
     # ------------------------------------------------------------------ registration
 
@@ -94,6 +97,15 @@ class Engine:
         return self.registry.register(event_type, handler, transactional=transactional)
 
     handler = register_handler
+
+    def add_observer(self, observer: Observer) -> None:
+        """Tell ``observer`` too what the relay and consumers do (before :meth:`start`)."""
+        self._observers.add(observer)
+
+    @property
+    def observers(self) -> tuple[Observer, ...]:
+        """The observers told what the relay and consumers do, in the order given."""
+        return self._observers.observers
 
     # ------------------------------------------------------------------ publishing
 
@@ -316,16 +328,21 @@ class Engine:
             route,
             config=self.config.relay,
             retry_policy=self.config.retry,
+            observer=self._observers,
         )
 
     def _consumer(self, route: Route) -> Consumer:
+        def on_outcome(event: Event | None, outcome: Outcome) -> None:
+            self._stats.record_outcome(event, outcome)
+            report_outcome(self._observers, route.service, event, outcome)
+
         return Consumer(
             self.repository,
             route,
             self.registry,
             config=self.config.consumer,
             retry_policy=self.config.retry,
-            on_outcome=self._stats.record_outcome,
+            on_outcome=on_outcome,
         )
 
     def _relay_loop(self, route: Route) -> None:
