@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from outboxkit.errors import ConfigurationError
 from outboxkit.messages import Status
 from outboxkit.routing import Route
 
@@ -229,7 +230,12 @@ def add_health_command(sub: Any, load_app: Callable[[str], Engine]) -> None:
 
 
 def run_health_command(args: argparse.Namespace, load_app: Callable[[str], Engine]) -> int:
-    engine = load_app(args.app)
+    """Print the report; the exit code is the verdict of ``--probe``."""
+    try:
+        engine = load_app(args.app)
+    except (ImportError, AttributeError) as exc:
+        # A probe must tell "the worker is unhealthy" (1) from "the probe is misconfigured".
+        raise ConfigurationError(f"cannot load {args.app}: {exc}") from exc
     try:
         report = engine.health(max_backlog_age=args.max_backlog_age)
     finally:
