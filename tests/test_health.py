@@ -24,7 +24,7 @@ from outboxkit.messages import PublishRequest
 from outboxkit.prometheus import PrometheusMetrics
 from outboxkit.testing.services import free_port
 from tests import observed_app
-from tests.engine_support import fast_config
+from tests.engine_support import fast_config, wait_for
 from tests.observability_support import CONSOLE_SCRIPT, ROOT, drop_outbox, get_status
 
 EVENT = PublishRequest(event_type=observed_app.EVENT_TYPE, payload={})
@@ -197,3 +197,37 @@ def test_health_command_exit_codes_suit_liveness_and_readiness_probes(
     )
     assert missing.returncode == 2, missing.stdout + missing.stderr
     assert "cannot load tests.no_such_app:build" in missing.stderr
+
+
+@pytest.mark.usefixtures("tables")
+# the thread's death is the point of the test, not an accident to report
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_consumer_thread_fails_liveness_naming_the_thread(
+    postgres_engine: sa.Engine, redis_url: str, unique: str
+) -> None:
+    # Given a started engine whose handler ends its thread (a handler calling sys.exit())
+    engine = Engine(
+        SqlRepository(postgres_engine),
+        RedisStreamsBroker.from_url(redis_url),
+        observed_app.routing(unique),
+        config=fast_config(),
+    )
+
+    def exit_thread(event: object, connection: object) -> None:
+        raise SystemExit("handler called sys.exit()")
+
+    engine.register_handler(observed_app.EVENT_TYPE, exit_thread)
+    engine.start()
+    try:
+        assert engine.health().live
+        # When an event reaches that handler
+        engine.publish(EVENT)
+        consumer = f"outboxkit-consumer-{observed_app.SERVICE}-0"
+        wait_for(lambda: not engine.thread_states()[consumer], timeout=30, what="the thread to die")
+        # Then the worker is reported not live, with the thread's name as the reason
+        report = engine.health()
+        assert not report.live and not report.ready
+        (failure,) = report.failures
+        assert failure.name == "threads" and failure.reason == f"threads not alive: {consumer}"
+    finally:
+        engine.stop(timeout=10)

@@ -238,3 +238,14 @@ def _answers(url: str) -> bool:
         return get_status(url)[0] == 200
     except OSError:
         return False
+
+
+def test_metrics_without_a_registry_get_their_own_not_the_global_one() -> None:
+    # Given two engines' metrics built without a registry (a global one would collide)
+    first, second = PrometheusMetrics(), PrometheusMetrics()
+    # When one counts
+    first.dead("orders", AUDITED)
+    # Then only its own registry saw it
+    labels = {"service": "orders", "event_type": AUDITED}
+    assert first.registry.get_sample_value("outboxkit_dead_total", labels) == 1
+    assert second.registry.get_sample_value("outboxkit_dead_total", labels) is None
