@@ -21,6 +21,7 @@ from outboxkit.engine import Engine
 from outboxkit.errors import ConfigurationError, OutboxError
 from outboxkit.health import add_health_command
 from outboxkit.messages import Status
+from outboxkit.metrics_server import MetricsServer
 
 logger = logging.getLogger("outboxkit.cli")
 
@@ -84,7 +85,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return 0 if finished else 1
 
 
-def _serve_metrics(engine: Engine, port: int | None) -> Any:
+def _serve_metrics(engine: Engine, port: int | None) -> MetricsServer | None:
     """``--metrics-port``: serve /metrics, /livez and /readyz (needs the ``prometheus`` extra)."""
     if port is None:
         return None
