@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
 #: The probe kinds a check can count for.
 LIVENESS = "liveness"
 READINESS = "readiness"
+
+#: Seconds the database and broker checks may take together before they count as failed.
+DEFAULT_TIMEOUT = 5.0
 
 #: Exit codes of ``outboxkit health``.
 EXIT_HEALTHY = 0
@@ -90,21 +94,33 @@ class HealthReport:
         }
 
 
-def check_health(engine: Engine, *, max_backlog_age: float | None = None) -> HealthReport:
-    """Run every check against ``engine`` (see the module docstring). Never raises."""
+def check_health(
+    engine: Engine, *, max_backlog_age: float | None = None, timeout: float | None = DEFAULT_TIMEOUT
+) -> HealthReport:
+    """Run every check against ``engine`` (see the module docstring). Never raises.
+
+    The database and broker checks run side by side and each fails with "no answer within
+    ``timeout`` s" when it has not returned by then (``None``: wait as long as the drivers
+    do), so a probe returns in bounded time even when a server accepts connections and never
+    answers. An abandoned check goes on in a daemon thread until its driver gives up.
+    """
     routes = _served_routes(engine)
     backlog: dict[str, float | None] = {}
     checks = [
         _timed("threads", LIVENESS, lambda: _check_threads(engine)),
-        _timed("database", READINESS, lambda: _check_database(engine, routes, backlog)),
-        _timed("broker", READINESS, lambda: _check_broker(engine)),
+        *_bounded(
+            [
+                ("database", lambda: _check_database(engine, routes, backlog)),
+                ("broker", lambda: _check_broker(engine)),
+            ],
+            timeout,
+        ),
     ]
     if max_backlog_age is not None:
         database_ok = checks[1].ok
+        ages = dict(backlog) if database_ok else {}
         checks.append(
-            _timed(
-                "backlog", READINESS, lambda: _check_backlog(backlog, max_backlog_age, database_ok)
-            )
+            _timed("backlog", READINESS, lambda: _check_backlog(ages, max_backlog_age, database_ok))
         )
     return HealthReport(checks=tuple(checks))
 
@@ -128,6 +144,34 @@ def _timed(name: str, probe: str, check: Callable[[], _Verdict]) -> HealthCheck:
         seconds=round(time.monotonic() - started, 4),
         details=details,
     )
+
+
+def _bounded(
+    checks: list[tuple[str, Callable[[], _Verdict]]], timeout: float | None
+) -> list[HealthCheck]:
+    """Run readiness checks in parallel daemon threads, giving up on each after ``timeout``."""
+    if timeout is None:
+        return [_timed(name, READINESS, check) for name, check in checks]
+    results: dict[str, HealthCheck] = {}
+
+    def run(name: str, check: Callable[[], _Verdict]) -> None:
+        results[name] = _timed(name, READINESS, check)
+
+    threads = [
+        threading.Thread(
+            target=run, args=(name, check), name=f"outboxkit-health-{name}", daemon=True
+        )
+        for name, check in checks
+    ]
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    late = HealthCheck(name="", ok=False, probe=READINESS, reason=f"no answer within {timeout:g} s")
+    return [
+        results.get(name) or attrs.evolve(late, name=name, seconds=timeout) for name, _ in checks
+    ]
 
 
 def _check_threads(engine: Engine) -> _Verdict:
@@ -221,6 +265,13 @@ def add_health_command(sub: Any, load_app: Callable[[str], Engine]) -> None:
         help="not ready when a pending row is older than S seconds",
     )
     parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"a database or broker check silent for S seconds fails (default {DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument(
         "--probe",
         choices=[LIVENESS, READINESS],
         default=READINESS,
@@ -237,7 +288,7 @@ def run_health_command(args: argparse.Namespace, load_app: Callable[[str], Engin
         # A probe must tell "the worker is unhealthy" (1) from "the probe is misconfigured".
         raise ConfigurationError(f"cannot load {args.app}: {exc}") from exc
     try:
-        report = engine.health(max_backlog_age=args.max_backlog_age)
+        report = engine.health(max_backlog_age=args.max_backlog_age, timeout=args.timeout)
     finally:
         engine.stop(timeout=1.0)
     if args.json:

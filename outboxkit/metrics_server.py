@@ -7,7 +7,8 @@ stopped (``close()``), and reports the port it bound (``port=0`` picks a free on
 * ``GET /metrics`` -- the registry in the Prometheus text format;
 * ``GET /livez`` / ``GET /readyz`` -- :meth:`outboxkit.Engine.health` as JSON, status 200
   when the verdict passes and 503 when not (``?max_backlog_age=S`` on ``/readyz`` adds the
-  backlog check). Without an engine they answer 404.
+  backlog check, ``?timeout=S`` bounds the database and broker checks, default 5 s).
+  Without an engine they answer 404.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from outboxkit.health import LIVENESS, READINESS
+from outboxkit.health import DEFAULT_TIMEOUT, LIVENESS, READINESS
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -78,8 +79,12 @@ def serve_metrics(
                 self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
             elif url.path in ("/livez", "/readyz") and engine is not None:
                 probe = LIVENESS if url.path == "/livez" else READINESS
-                max_age = _float(parse_qs(url.query).get("max_backlog_age"))
-                report = engine.health(max_backlog_age=max_age if probe == READINESS else None)
+                query = parse_qs(url.query)
+                max_age = _float(query.get("max_backlog_age"))
+                timeout = _float(query.get("timeout")) or DEFAULT_TIMEOUT
+                report = engine.health(
+                    max_backlog_age=max_age if probe == READINESS else None, timeout=timeout
+                )
                 body = json.dumps(report.to_dict(), default=str, sort_keys=True).encode()
                 self._send(200 if report.passes(probe) else 503, "application/json", body)
             else:

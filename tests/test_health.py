@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -231,3 +232,27 @@ def test_a_dead_consumer_thread_fails_liveness_naming_the_thread(
         assert failure.name == "threads" and failure.reason == f"threads not alive: {consumer}"
     finally:
         engine.stop(timeout=10)
+
+
+def test_a_database_that_never_answers_fails_readiness_within_the_timeout(
+    redis_url: str, unique: str
+) -> None:
+    # Given a "PostgreSQL" that accepts connections and never answers (a listening socket
+    # nobody serves: the real driver connects and then waits forever)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        hung = sa.create_engine(f"postgresql+psycopg2://postgres@127.0.0.1:{port}/test")
+        engine = _engine(hung, redis_url, unique)
+        try:
+            # When health is asked with a 1 s timeout
+            started = time.monotonic()
+            report = engine.health(timeout=1.0)
+            elapsed = time.monotonic() - started
+            # Then it answers in about that time: not ready because of the database alone
+            assert elapsed < 3, f"took {elapsed:.1f} s"
+            assert report.live and not report.ready
+            (failure,) = report.failures
+            assert (failure.name, failure.reason) == ("database", "no answer within 1 s")
+        finally:
+            engine.stop(timeout=5)
+    hung.dispose()

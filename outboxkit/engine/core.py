@@ -26,6 +26,7 @@ from outboxkit.engine.loops import run_consumer, run_listener, run_relay
 from outboxkit.engine.stats import EngineStats, StatsRecorder
 from outboxkit.engine.wakeups import Wakeups
 from outboxkit.errors import ConfigurationError
+from outboxkit.health import DEFAULT_TIMEOUT as HEALTH_TIMEOUT
 from outboxkit.health import HealthReport, check_health
 from outboxkit.messages import Event, PublishRequest
 from outboxkit.observe import Observer, Observers, report_outcome
@@ -318,9 +319,11 @@ class Engine:
         """Name -> alive, for every thread this engine started (empty before :meth:`start`)."""
         return {t.name: t.is_alive() for t in self._threads}
 
-    def health(self, *, max_backlog_age: float | None = None) -> HealthReport:
+    def health(
+        self, *, max_backlog_age: float | None = None, timeout: float | None = HEALTH_TIMEOUT
+    ) -> HealthReport:
         """Liveness and readiness with a reason per failing check (:mod:`outboxkit.health`)."""
-        return check_health(self, max_backlog_age=max_backlog_age)
+        return check_health(self, max_backlog_age=max_backlog_age, timeout=timeout)
 
     # ------------------------------------------------------------------ internals
 
