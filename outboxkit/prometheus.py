@@ -149,6 +149,9 @@ class _BacklogCollector(Collector):
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
         self.source: BacklogSource | None = None
+        #: Whether the last read failed: an outage is logged when it starts and ends, not
+        #: at every scrape.
+        self._failing = False
 
     def collect(self) -> Iterator[Metric]:
         source = self.source
@@ -168,10 +171,15 @@ class _BacklogCollector(Collector):
         try:
             backlog = source()
         except Exception as exc:
-            logger.warning("metrics: could not read the backlog: %s", exc)
+            if not self._failing:
+                logger.warning("metrics: cannot read the backlog (gauges left out): %s", exc)
+            self._failing = True
             up.add_metric([], 0.0)
             yield up
             return
+        if self._failing:
+            logger.info("metrics: the backlog can be read again")
+        self._failing = False
         up.add_metric([], 1.0)
         for service, facts in sorted(backlog.items()):
             pending.add_metric([service], float(facts.get("pending", 0) or 0))
