@@ -143,27 +143,36 @@ def _assert_histogram(samples: Samples, name: str, *, count: int) -> None:
     assert value(samples, f"{name}_bucket", le="600.0", **labels) == count
 
 
-def test_the_backlog_gauge_reports_down_when_the_database_cannot_be_read(
-    redis_url: str, unique: str
+def test_the_backlog_gauge_reports_down_while_the_table_cannot_be_read_and_logs_it_once(
+    sqlite_engine: sa.Engine, redis_url: str, unique: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Given metrics bound to an engine whose outbox table does not exist
+    # Given metrics bound to an engine whose outbox table does not exist yet
     routing = unique_routing(unique, "orders")
     routing.register(PLACED, "orders")
     metrics = PrometheusMetrics(registry=CollectorRegistry())
-    db = sa.create_engine("sqlite://")
-    engine = Engine(SqlRepository(db), RedisStreamsBroker.from_url(redis_url), routing)
+    engine = Engine(SqlRepository(sqlite_engine), RedisStreamsBroker.from_url(redis_url), routing)
     engine.register_handler(PLACED, lambda event, connection: None)
     engine.add_observer(metrics)
     try:
-        with metrics.serve(0, host="127.0.0.1") as server:
-            # When Prometheus scrapes
+        with metrics.serve(0, host="127.0.0.1") as server, caplog.at_level("INFO"):
+            # When Prometheus scrapes twice
             samples = scrape(f"{server.url}/metrics")
-        # Then "cannot see the backlog" is not mistaken for "nothing pending"
-        assert value(samples, "outboxkit_backlog_up") == 0
-        assert value(samples, "outboxkit_pending_rows", service="orders") is None
+            scrape(f"{server.url}/metrics")
+            # Then "cannot see the backlog" is not mistaken for "nothing pending"
+            assert value(samples, "outboxkit_backlog_up") == 0
+            assert value(samples, "outboxkit_pending_rows", service="orders") is None
+            # When the table appears
+            engine.create_schema()
+            samples = scrape(f"{server.url}/metrics")
+        # Then the gauges come back, and the outage was logged once, its end once
+        assert value(samples, "outboxkit_backlog_up") == 1
+        assert value(samples, "outboxkit_pending_rows", service="orders") == 0
+        lines = [r.getMessage() for r in caplog.records if r.name == "outboxkit.prometheus"]
+        assert len(lines) == 2, lines
+        assert lines[0].startswith("metrics: cannot read the backlog")
+        assert lines[1] == "metrics: the backlog can be read again"
     finally:
         engine.stop(timeout=5)
-        db.dispose()
 
 
 def test_a_failing_observer_is_logged_and_the_others_still_count() -> None:
