@@ -19,7 +19,9 @@ from typing import Any
 
 from outboxkit.engine import Engine
 from outboxkit.errors import ConfigurationError, OutboxError
+from outboxkit.health import add_health_command
 from outboxkit.messages import Status
+from outboxkit.metrics_server import MetricsServer
 
 logger = logging.getLogger("outboxkit.cli")
 
@@ -72,12 +74,28 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     if args.migrate:
         engine.create_schema()
+    metrics = _serve_metrics(engine, args.metrics_port)
     engine.start()
     print(f"outboxkit worker running {args.app} (pid {os.getpid()})", flush=True)
     while not stop_requested.wait(0.5):
         pass
     finished = engine.stop(timeout=args.stop_timeout)
+    if metrics is not None:
+        metrics.close()
     return 0 if finished else 1
+
+
+def _serve_metrics(engine: Engine, port: int | None) -> MetricsServer | None:
+    """``--metrics-port``: serve /metrics, /livez and /readyz (needs the ``prometheus`` extra)."""
+    if port is None:
+        return None
+    try:
+        from outboxkit.prometheus import worker_metrics
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"--metrics-port needs prometheus_client: pip install 'outboxkit[prometheus]' ({exc})"
+        ) from exc
+    return worker_metrics(engine, port)
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -146,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("app", help="module:attribute of an Engine (or a factory of one)")
     worker.add_argument("--stop-timeout", type=float, default=30.0)
     worker.add_argument("--migrate", action="store_true", help="create the tables first")
+    worker.add_argument(
+        "--metrics-port", type=int, help="serve /metrics, /livez and /readyz on this port"
+    )
     worker.set_defaults(func=_cmd_worker)
 
     migrate = sub.add_parser("migrate", help="create the outbox tables of an application")
@@ -172,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--after", type=int, default=0, help="list: only ids above this")
     dead.add_argument("ids", nargs="*", help="outbox ids to requeue (default: all dead rows)")
     dead.set_defaults(func=_cmd_dead)
+
+    add_health_command(sub, load_engine)
     return parser
 
 

@@ -27,6 +27,7 @@ stale lease can no longer mark the row.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 
@@ -35,6 +36,8 @@ import attrs
 from outboxkit.broker import Broker, BrokerMessage
 from outboxkit.codec import broker_headers, encode_envelope, envelope_from_row
 from outboxkit.errors import BrokerUnavailableError, DecodeError, MessageRejectedError
+from outboxkit.messages import OutboxMessage
+from outboxkit.observe import Observer, seconds_between
 from outboxkit.repository import Claim, Repository, RetryOutcome
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Route
@@ -93,8 +96,11 @@ class Relay:
         config: RelayConfig | None = None,
         retry_policy: RetryPolicy | None = None,
         tracing: Tracing = NO_TRACING,
+        observer: Observer | None = None,
     ) -> None:
         self.repository = repository
+        #: Told about each published, retried and dead row (metrics); no-op by default.
+        self.observer = observer or Observer()
         self.broker = broker
         self.route = route
         self.config = config or RelayConfig()
@@ -200,8 +206,8 @@ class Relay:
         for future in pending:
             future.result()
 
-    def _publish_claim(self, claim: Claim) -> RelayStep:
-        """Publish one claimed batch and record each row's outcome."""
+    def _encode_claim(self, claim: Claim) -> tuple[list[tuple[int, BrokerMessage]], int]:
+        """The claimed rows as broker messages; an undecodable row goes dead (counted)."""
         now = datetime.now(timezone.utc)
         to_send: list[tuple[int, BrokerMessage]] = []
         dead = 0
@@ -212,6 +218,7 @@ class Relay:
                 reason = f"failed to parse outbox event shell: {exc.reason}"
                 if self.repository.mark_dead(self.route, row.id, reason=reason):
                     dead += 1
+                    self.observer.dead(self.route.service, row.event_type)
                 logger.error(
                     "outbox row %s of %s is undecodable, marked dead: %s",
                     row.id,
@@ -226,6 +233,11 @@ class Relay:
                 headers=broker_headers(envelope),
             )
             to_send.append((row.id, message))
+        return to_send, dead
+
+    def _publish_claim(self, claim: Claim) -> RelayStep:
+        """Publish one claimed batch and record each row's outcome."""
+        to_send, dead = self._encode_claim(claim)
         if not to_send:
             return RelayStep(claimed=len(claim.messages), dead=dead)
 
@@ -252,6 +264,7 @@ class Relay:
                 unavailable.append(row_id)
             else:
                 rejected.append((row_id, result.error))
+        self._observe_published(claim.messages, sent)
 
         if self._next_claim is not None:
             # A backlog: record this batch on the helper thread while the next one is sent.
@@ -269,6 +282,7 @@ class Relay:
                 backoff=self.retry_policy.delay,
                 token=claim.token,
             )
+            self._observe_retry(outcome, claim.messages, row_id)
             if outcome is RetryOutcome.DEAD:
                 dead += 1
                 logger.error("outbox row %s of %s dead: %s", row_id, self.route.table, error)
@@ -296,6 +310,26 @@ class Relay:
                 f"{step.published} published in the same batch"
             )
         return step
+
+    def _observe_published(self, rows: Sequence[OutboxMessage], sent: Sequence[int]) -> None:
+        """Tell the observer about the acknowledged rows, timed row creation -> now (the ack)."""
+        acked_at = datetime.now(timezone.utc)
+        ids = set(sent)
+        for row in rows:
+            if row.id in ids:
+                latency = seconds_between(row.created_at, acked_at)
+                self.observer.published(
+                    self.route.service, row.event_type, commit_to_publish=latency
+                )
+
+    def _observe_retry(
+        self, outcome: RetryOutcome, rows: Sequence[OutboxMessage], row_id: int
+    ) -> None:
+        event_type = next(r.event_type for r in rows if r.id == row_id)
+        if outcome is RetryOutcome.DEAD:
+            self.observer.dead(self.route.service, event_type)
+        elif outcome is RetryOutcome.SCHEDULED:
+            self.observer.retried(self.route.service, event_type)
 
     def republish_stale(self) -> int:
         """Send ``published``-but-never-consumed rows back to pending (bounded by max_retry)."""

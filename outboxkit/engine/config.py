@@ -8,6 +8,7 @@ import socket
 import attrs
 
 from outboxkit.consumer import ConsumerConfig
+from outboxkit.observe import Observer
 from outboxkit.outbox import PublisherConfig
 from outboxkit.relay import RelayConfig
 from outboxkit.retry import RetryPolicy
@@ -40,3 +41,6 @@ class EngineConfig:
     enabled: bool = True
     #: Tracing hooks (:class:`outboxkit.otel.OpenTelemetryTracing` with the ``otel`` extra).
     tracing: Tracing = NO_TRACING
+    #: Told what the relay and consumers did (e.g. :class:`outboxkit.prometheus.PrometheusMetrics`);
+    #: ``None`` observes nothing. More can be added with :meth:`Engine.add_observer`.
+    observer: Observer | None = attrs.field(default=None, eq=False)

@@ -21,13 +21,16 @@ from sqlalchemy.orm import Session
 
 from outboxkit.broker import Broker, Subscription
 from outboxkit.causality import handled_event, handling, with_flow_ids
-from outboxkit.consumer import Consumer
+from outboxkit.consumer import Consumer, Outcome
 from outboxkit.engine.config import EngineConfig
 from outboxkit.engine.loops import run_consumer, run_listener, run_relay
 from outboxkit.engine.stats import EngineStats, StatsRecorder
 from outboxkit.engine.wakeups import Wakeups
 from outboxkit.errors import ConfigurationError
+from outboxkit.health import DEFAULT_TIMEOUT as HEALTH_TIMEOUT
+from outboxkit.health import HealthReport, check_health
 from outboxkit.messages import Event, PublishRequest
+from outboxkit.observe import Observer, Observers, report_outcome
 from outboxkit.outbox import Publisher
 from outboxkit.registry import HandlerRegistry
 from outboxkit.relay import Relay
@@ -70,6 +73,8 @@ class Engine:
         self._stats = StatsRecorder()
         self._step_relays: dict[str, Relay] = {}
         self._step_consumers: dict[str, tuple[Consumer, Subscription]] = {}
+        self._observers = Observers([self.config.observer] if self.config.observer else [])
+        self._observers.bind_backlog(self.backlog)
 
     # ------------------------------------------------------------------ registration
 
@@ -97,6 +102,15 @@ class Engine:
         return self.registry.register(event_type, handler, transactional=transactional)
 
     handler = register_handler
+
+    def add_observer(self, observer: Observer) -> None:
+        """Tell ``observer`` too what the relay and consumers do (before :meth:`start`)."""
+        self._observers.add(observer)
+
+    @property
+    def observers(self) -> tuple[Observer, ...]:
+        """The observers told what the relay and consumers do, in the order given."""
+        return self._observers.observers
 
     # ------------------------------------------------------------------ publishing
 
@@ -309,6 +323,16 @@ class Engine:
             }
         return result
 
+    def thread_states(self) -> dict[str, bool]:
+        """Name -> alive, for every thread this engine started (empty before :meth:`start`)."""
+        return {t.name: t.is_alive() for t in self._threads}
+
+    def health(
+        self, *, max_backlog_age: float | None = None, timeout: float | None = HEALTH_TIMEOUT
+    ) -> HealthReport:
+        """Liveness and readiness with a reason per failing check (:mod:`outboxkit.health`)."""
+        return check_health(self, max_backlog_age=max_backlog_age, timeout=timeout)
+
     # ------------------------------------------------------------------ internals
 
     def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
@@ -325,16 +349,21 @@ class Engine:
             config=self.config.relay,
             retry_policy=self.config.retry,
             tracing=self.config.tracing,
+            observer=self._observers,
         )
 
     def _consumer(self, route: Route) -> Consumer:
+        def on_outcome(event: Event | None, outcome: Outcome) -> None:
+            self._stats.record_outcome(event, outcome)
+            report_outcome(self._observers, route.service, event, outcome)
+
         return Consumer(
             self.repository,
             route,
             self.registry,
             config=self.config.consumer,
             retry_policy=self.config.retry,
-            on_outcome=self._stats.record_outcome,
+            on_outcome=on_outcome,
             tracing=self.config.tracing,
         )
 
