@@ -19,7 +19,9 @@ from typing import Any
 
 from outboxkit.engine import Engine
 from outboxkit.errors import ConfigurationError, OutboxError
+from outboxkit.health import add_health_command
 from outboxkit.messages import Status
+from outboxkit.metrics_server import MetricsServer
 
 logger = logging.getLogger("outboxkit.cli")
 
@@ -63,7 +65,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     """Run the engine until a signal or a fatal error; exit 0 only after a clean drain.
 
     Exit codes: 0 stopped on a signal with every thread finished in time; 1 a fatal error
-    (refused password, unknown database, missing table or topic: one line on stderr) or a
+    (refused password, unknown database, missing table or topic: one ERROR log line) or a
     stop that did not finish within ``--stop-timeout``; 130 forced by a second signal.
     """
     engine = load_engine(args.app)
@@ -78,6 +80,16 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    metrics = _serve_metrics(engine, args.metrics_port)  # a usage error (exit 2) if it cannot
+    try:
+        return _run_worker(engine, args, stop_requested)
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def _run_worker(engine: Engine, args: argparse.Namespace, stop_requested: threading.Event) -> int:
+    """Start, wait for a signal or a fatal error, stop; the exit code of ``_cmd_worker``."""
     try:
         if args.migrate:
             engine.create_schema()
@@ -102,13 +114,30 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_metrics(engine: Engine, port: int | None) -> MetricsServer | None:
+    """``--metrics-port``: serve /metrics, /livez and /readyz (needs the ``prometheus`` extra)."""
+    if port is None:
+        return None
+    try:
+        from outboxkit.prometheus import worker_metrics
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"--metrics-port needs prometheus_client: pip install 'outboxkit[prometheus]' ({exc})"
+        ) from exc
+    return worker_metrics(engine, port)
+
+
 def _cmd_migrate(args: argparse.Namespace) -> int:
     engine = load_engine(args.app)
     services = args.service or None
     if args.print_sql:
         names = services or engine.routing.services()
         routes = [engine.routing.route_of_service(s) for s in names]
-        print(engine.repository.schema_ddl(routes))
+        # By default what this database needs (ALTER TABLE for a Go table); --offline
+        # prints the full CREATE DDL without connecting.
+        repository = engine.repository
+        ddl = repository.schema_ddl if args.offline else repository.schema_upgrade_ddl
+        print(ddl(routes))
         return 0
     routes = engine.create_schema(services)
     for route in routes:
@@ -164,12 +193,25 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("app", help="module:attribute of an Engine (or a factory of one)")
     worker.add_argument("--stop-timeout", type=float, default=30.0)
     worker.add_argument("--migrate", action="store_true", help="create the tables first")
+    worker.add_argument(
+        "--metrics-port", type=int, help="serve /metrics, /livez and /readyz on this port"
+    )
     worker.set_defaults(func=_cmd_worker)
 
     migrate = sub.add_parser("migrate", help="create the outbox tables of an application")
     migrate.add_argument("app", help="module:attribute of an Engine (or a factory of one)")
     migrate.add_argument("--service", action="append", help="only this service (repeatable)")
-    migrate.add_argument("--print-sql", action="store_true", help="print the DDL, change nothing")
+    migrate.add_argument(
+        "--print-sql",
+        action="store_true",
+        help="print the DDL this database needs (CREATE, or ALTER TABLE for an existing "
+        "table such as a Go one), change nothing",
+    )
+    migrate.add_argument(
+        "--offline",
+        action="store_true",
+        help="with --print-sql: the full CREATE DDL, without connecting",
+    )
     migrate.set_defaults(func=_cmd_migrate)
 
     dead = sub.add_parser("dead", help="count, list or requeue dead events of a service")
@@ -180,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--after", type=int, default=0, help="list: only ids above this")
     dead.add_argument("ids", nargs="*", help="outbox ids to requeue (default: all dead rows)")
     dead.set_defaults(func=_cmd_dead)
+
+    add_health_command(sub, load_engine)
     return parser
 
 

@@ -86,6 +86,9 @@ class Dialect:
       Waiting does not fix such an error, so it becomes
       :class:`~outboxkit.errors.DatabaseSetupError` and stops the engine instead of being
       retried as an outage for ever.
+    * ``is_missing_column``: whether a driver exception says a column does not exist: the
+      sign of a table created by the Go system (or an older outboxkit) and never migrated,
+      reported as a :class:`~outboxkit.errors.SchemaError` that says to run ``migrate``.
     * ``notify``: a SQL expression that, evaluated in the publishing transaction, notifies
       listeners in other processes once the transaction commits (PostgreSQL ``pg_notify``;
       delivered on commit, dropped on rollback), or ``None`` where relays poll.
@@ -104,6 +107,7 @@ class Dialect:
     own_isolation_level: str | None = None
     is_transient: Callable[[BaseException], bool] = attrs.field(default=lambda _exc: False)
     is_fatal: Callable[[BaseException], bool] = attrs.field(default=lambda _exc: False)
+    is_missing_column: Callable[[BaseException], bool] = attrs.field(default=lambda _exc: False)
     notify: Callable[[str], ColumnElement[Any]] | None = None
     version_query: str
     check_version: Callable[[str], str]

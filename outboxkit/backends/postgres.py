@@ -88,6 +88,10 @@ def _is_fatal(exc: BaseException) -> bool:
     return "FATAL:" in text and any(t in text for t in _FATAL_CONNECT_TEXTS)
 
 
+def _is_missing_column(exc: BaseException) -> bool:
+    return getattr(exc, "pgcode", None) == "42703"  # undefined_column
+
+
 #: The channel publishers notify and relays listen on; the payload is the table name.
 NOTIFY_CHANNEL = "outboxkit_new_rows"
 
@@ -115,6 +119,7 @@ POSTGRESQL = Dialect(
     extra_indexes=_extra_indexes,
     is_transient=_is_transient,
     is_fatal=_is_fatal,
+    is_missing_column=_is_missing_column,
     notify=_notify,
     version_query="SHOW server_version",
     check_version=_check_version,

@@ -53,6 +53,11 @@ def _is_fatal(exc: BaseException) -> bool:
     return "no such table" in text or "unable to open database file" in text
 
 
+def _is_missing_column(exc: BaseException) -> bool:
+    text = str(exc)
+    return text.startswith("no such column") or " has no column named " in text
+
+
 SQLITE = Dialect(
     name="sqlite",
     now=_now,
@@ -63,6 +68,7 @@ SQLITE = Dialect(
     index_names_per_table=False,
     is_transient=_is_transient,
     is_fatal=_is_fatal,
+    is_missing_column=_is_missing_column,
     version_query="SELECT sqlite_version()",
     check_version=_check_version,
 )
