@@ -42,7 +42,7 @@ from outboxkit.broker import Delivery, Subscription
 from outboxkit.causality import handling
 from outboxkit.codec import Envelope, decode_envelope, row_event_id
 from outboxkit.errors import DecodeError, PermanentError
-from outboxkit.logs import event_fields
+from outboxkit.logs import event_fields, hide_parameters
 from outboxkit.messages import Event
 from outboxkit.registry import HandlerRegistry, HandlerSpec
 from outboxkit.repository import (
@@ -281,6 +281,7 @@ class Consumer:
         return self._settle(event, ConsumeResult(ConsumeOutcome.DUPLICATE))
 
     def _retry(self, event: Event, exc: BaseException) -> Outcome:
+        hide_parameters(exc)  # a handler's SQL error must not put its parameters in logs
         reason = f"consume handling failed: {type(exc).__name__}: {exc}"
         outcome = self.repository.schedule_retry(
             self.route, event.outbox_id, reason=reason, backoff=self.retry_policy.delay

@@ -24,6 +24,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from sqlalchemy.exc import StatementError
+
 EVENT_ID = "outbox_event_id"
 EVENT_TYPE = "outbox_event_type"
 SERVICE = "outbox_service"
@@ -64,3 +66,22 @@ def mask_url(url: str) -> str:
     user = parts.username or ""
     host = parts.netloc.rsplit("@", 1)[1]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def hide_parameters(exc: BaseException) -> BaseException:
+    """Make ``exc`` (and the SQLAlchemy errors it chains) render without bound parameters.
+
+    SQLAlchemy appends ``[parameters: ...]`` to a statement error's text; for an insert
+    into the outbox that is the whole payload, personal data included, which would then
+    reach every log and error report the exception passes through. An engine created with
+    ``hide_parameters=True`` leaves them out; the caller's engine may not be, so every error
+    the repository raises is scrubbed here first. Returns ``exc``.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, StatementError):
+            current.hide_parameters = True
+        current = current.__cause__ or current.__context__
+    return exc

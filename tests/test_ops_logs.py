@@ -115,6 +115,33 @@ def test_handler_tracebacks_are_warnings_on_retry_and_errors_when_dead(
     assert dead.exc_info is not None and dead.exc_info[0] is PermanentError
 
 
+def test_a_handler_sql_error_is_logged_and_recorded_without_its_parameters(
+    engine: tuple[Engine, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox, _table = engine
+
+    @outbox.handler("invoice.sent")
+    def store_card(event: Event, connection: sa.Connection) -> None:
+        connection.execute(
+            sa.text("INSERT INTO no_such_cards_table_for_outboxkit (card) VALUES (:card)"),
+            {"card": event.payload["card"]},
+        )
+
+    caplog.set_level(logging.INFO, logger="outboxkit")
+    event_id = outbox.publish(PublishRequest(event_type="invoice.sent", payload={"card": SECRET}))
+    _drive(outbox, until=1.0)
+
+    retries = [r for r in _records_of(caplog, event_id) if r.levelno == logging.WARNING]
+    assert retries and retries[0].exc_info is not None  # with the traceback
+    assert "no_such_cards_table_for_outboxkit" in caplog.text  # the error is there...
+    assert SECRET not in caplog.text  # ...its parameters are not
+    route = outbox.routing.route_of_service("billing")
+    row = outbox.repository.get_by_event_id(route, event_id)
+    assert row is not None and row.last_error is not None
+    assert "no_such_cards_table_for_outboxkit" in row.last_error
+    assert SECRET not in row.last_error
+
+
 def test_the_republish_warning_names_the_rows_it_sends_back(
     engine: tuple[Engine, str], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from outboxkit.backends.dialect import Dialect, dialect_for
 from outboxkit.backends.schema import build_table
 from outboxkit.errors import DatabaseSetupError, RepositoryError, SchemaError
+from outboxkit.logs import hide_parameters
 from outboxkit.messages import OutboxMessage, Status
 from outboxkit.routing import Route
 
@@ -78,25 +79,6 @@ def row_message(row: RowMapping, **overrides: Any) -> OutboxMessage:
     )
     values.update(overrides)
     return OutboxMessage(**values)
-
-
-def hide_parameters(exc: BaseException) -> BaseException:
-    """Make ``exc`` (and the SQLAlchemy errors it chains) render without bound parameters.
-
-    SQLAlchemy appends ``[parameters: ...]`` to a statement error's text; for an insert
-    into the outbox that is the whole payload, personal data included, which would then
-    reach every log and error report the exception passes through. An engine created with
-    ``hide_parameters=True`` leaves them out; the caller's engine may not be, so every error
-    the repository raises is scrubbed here first. Returns ``exc``.
-    """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, sa.exc.StatementError):
-            current.hide_parameters = True
-        current = current.__cause__ or current.__context__
-    return exc
 
 
 class SqlStore:
