@@ -32,6 +32,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import attrs
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from outboxkit.messages import DEFAULT_MAX_RETRY, OutboxMessage, Status
@@ -158,6 +159,22 @@ class Repository(abc.ABC):
     @abc.abstractmethod
     def schema_ddl(self, routes: Iterable[Route]) -> str:
         """The SQL that :meth:`create_schema` would run, for Alembic or plain migrations."""
+
+    @abc.abstractmethod
+    def table_for(self, route: Route, metadata: sa.MetaData) -> sa.Table:
+        """``route``'s outbox table (columns and indexes) as a Core table on ``metadata``.
+
+        For schema tools that compare a ``MetaData`` with the database, above all Alembic
+        autogenerate: an application that adds its outbox tables to its own
+        ``Base.metadata`` gets them created by its migrations and never dropped as unknown
+        tables. The table is exactly what :meth:`create_schema` creates, so a table made
+        either way satisfies the other. Idempotent: when ``metadata`` already holds a table
+        of that name, it is returned unchanged. Needs no database connection.
+        """
+
+    def tables(self, routes: Iterable[Route], metadata: sa.MetaData) -> list[sa.Table]:
+        """:meth:`table_for` of each route, in order."""
+        return [self.table_for(route, metadata) for route in routes]
 
     # ------------------------------------------------------------------ writing
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -67,6 +68,7 @@ class Engine:
         self._stats = StatsRecorder()
         self._step_relays: dict[str, Relay] = {}
         self._step_consumers: dict[str, tuple[Consumer, Subscription]] = {}
+        self._table_sources: list[Callable[[sa.MetaData], Iterable[sa.Table]]] = []
 
     # ------------------------------------------------------------------ registration
 
@@ -165,6 +167,33 @@ class Engine:
         routes = [self.routing.route_of_service(s) for s in names]
         self.repository.create_schema(routes)
         return routes
+
+    def tables(
+        self, metadata: sa.MetaData, services: Iterable[str] | None = None
+    ) -> list[sa.Table]:
+        """Put the outbox tables of ``services`` (default: every routed service) on ``metadata``.
+
+        The tables are those :meth:`create_schema` creates. Call it with the application's
+        ``Base.metadata`` where Alembic's ``env.py`` sets ``target_metadata``, after the
+        event types are routed: autogenerate then creates the outbox tables in a migration
+        and keeps them, instead of dropping them as unknown (see ``docs/alembic.md``).
+        Tables of :meth:`add_table_source` sources follow the outbox tables. Idempotent.
+        """
+        names = list(services) if services is not None else self.routing.services()
+        routes = [self.routing.route_of_service(s) for s in names]
+        tables = self.repository.tables(routes, metadata)
+        for source in self._table_sources:
+            tables.extend(source(metadata))
+        return tables
+
+    def add_table_source(self, source: Callable[[sa.MetaData], Iterable[sa.Table]]) -> None:
+        """Have :meth:`tables` also put ``source(metadata)``'s tables on the metadata.
+
+        The hook for tables other than the outbox that a feature of this engine needs in
+        the application's database (a consumer-side inbox, for instance), so one call in
+        Alembic's ``env.py`` covers every table outboxkit owns.
+        """
+        self._table_sources.append(source)
 
     # ------------------------------------------------------------------ what to serve
 
