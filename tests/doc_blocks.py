@@ -2,7 +2,9 @@
 
 Only blocks fenced with exactly ```` ```python ```` count; indented blocks and other
 languages (shell commands) are left alone. A block whose first line is a comment naming a
-file (``# myapp/models.py``) is a file to write, see :attr:`CodeBlock.path`.
+file (``# myapp/models.py``) is a file to write, see :attr:`CodeBlock.path`. A ```` ```text ````
+block right after a python block (at most one line of prose between them, such as
+"prints") is what the program prints, see :attr:`CodeBlock.output`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import attrs
 ROOT = Path(__file__).resolve().parent.parent
 
 _FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+_OUTPUT = re.compile(r"\n*(?:[^`\n][^\n]*\n\n*)?```text[ \t]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 _PATH_COMMENT = re.compile(r"^#\s*([\w./-]+\.py)\b")
 
 
@@ -24,6 +27,7 @@ class CodeBlock:
 
     source: str
     line: int
+    output: str | None = None
 
     @property
     def path(self) -> str | None:
@@ -38,7 +42,14 @@ class CodeBlock:
 def python_blocks(markdown: Path) -> list[CodeBlock]:
     """Every ```` ```python ```` block of ``markdown``, in order."""
     text = markdown.read_text(encoding="utf-8")
-    return [
-        CodeBlock(source=m.group(1), line=text.count("\n", 0, m.start()) + 2)
-        for m in _FENCE.finditer(text)
-    ]
+    blocks = []
+    for match in _FENCE.finditer(text):
+        output = _OUTPUT.match(text, match.end() + 1)
+        blocks.append(
+            CodeBlock(
+                source=match.group(1),
+                line=text.count("\n", 0, match.start()) + 2,
+                output=output.group(1) if output else None,
+            )
+        )
+    return blocks
