@@ -42,8 +42,8 @@ class SideEffectHandler(Protocol[P_contra]):
 AnyHandler = TransactionalHandler[Any] | SideEffectHandler[Any]
 
 #: A transactional / side-effect handler, kept at its own type by the decorator.
-TxHandlerT = TypeVar("TxHandlerT", bound=TransactionalHandler[Any])
-SideHandlerT = TypeVar("SideHandlerT", bound=SideEffectHandler[Any])
+TransactionalHandlerT = TypeVar("TransactionalHandlerT", bound=TransactionalHandler[Any])
+SideEffectHandlerT = TypeVar("SideEffectHandlerT", bound=SideEffectHandler[Any])
 
 
 @attrs.frozen(kw_only=True)
@@ -82,7 +82,7 @@ class HandlerRegistry:
         *,
         transactional: Literal[True] = True,
         payload_type: Any = None,
-    ) -> Callable[[TxHandlerT], TxHandlerT]: ...
+    ) -> Callable[[TransactionalHandlerT], TransactionalHandlerT]: ...
 
     @overload
     def register(
@@ -92,27 +92,27 @@ class HandlerRegistry:
         *,
         transactional: Literal[False],
         payload_type: Any = None,
-    ) -> Callable[[SideHandlerT], SideHandlerT]: ...
+    ) -> Callable[[SideEffectHandlerT], SideEffectHandlerT]: ...
 
     @overload
     def register(
         self,
         event_type: str,
-        handler: TxHandlerT,
+        handler: TransactionalHandlerT,
         *,
         transactional: Literal[True] = True,
         payload_type: Any = None,
-    ) -> TxHandlerT: ...
+    ) -> TransactionalHandlerT: ...
 
     @overload
     def register(
         self,
         event_type: str,
-        handler: SideHandlerT,
+        handler: SideEffectHandlerT,
         *,
         transactional: Literal[False],
         payload_type: Any = None,
-    ) -> SideHandlerT: ...
+    ) -> SideEffectHandlerT: ...
 
     def register(
         self,

@@ -31,7 +31,7 @@ from outboxkit.messages import Event, PublishRequest
 from outboxkit.misuse import check_executor
 from outboxkit.outbox import Publisher
 from outboxkit.payloads import decode_payload
-from outboxkit.registry import HandlerRegistry, SideHandlerT, TxHandlerT
+from outboxkit.registry import HandlerRegistry, SideEffectHandlerT, TransactionalHandlerT
 from outboxkit.relay import Relay
 from outboxkit.repository import Repository
 from outboxkit.routing import Route, Routing
@@ -87,7 +87,7 @@ class Engine:
         *,
         transactional: Literal[True] = True,
         payload_type: Any = None,
-    ) -> Callable[[TxHandlerT], TxHandlerT]: ...
+    ) -> Callable[[TransactionalHandlerT], TransactionalHandlerT]: ...
 
     @overload
     def register_handler(
@@ -97,27 +97,27 @@ class Engine:
         *,
         transactional: Literal[False],
         payload_type: Any = None,
-    ) -> Callable[[SideHandlerT], SideHandlerT]: ...
+    ) -> Callable[[SideEffectHandlerT], SideEffectHandlerT]: ...
 
     @overload
     def register_handler(
         self,
         event_type: str,
-        handler: TxHandlerT,
+        handler: TransactionalHandlerT,
         *,
         transactional: Literal[True] = True,
         payload_type: Any = None,
-    ) -> TxHandlerT: ...
+    ) -> TransactionalHandlerT: ...
 
     @overload
     def register_handler(
         self,
         event_type: str,
-        handler: SideHandlerT,
+        handler: SideEffectHandlerT,
         *,
         transactional: Literal[False],
         payload_type: Any = None,
-    ) -> SideHandlerT: ...
+    ) -> SideEffectHandlerT: ...
 
     def register_handler(
         self,
