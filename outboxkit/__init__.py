@@ -17,6 +17,7 @@ from outboxkit.errors import (
     InvalidEventError,
     MessageRejectedError,
     OutboxError,
+    PayloadConflictError,
     PermanentError,
     RepositoryError,
     RoutingError,
@@ -24,7 +25,8 @@ from outboxkit.errors import (
 )
 from outboxkit.messages import Event, OutboxMessage, PublishRequest, Status
 from outboxkit.outbox import Publisher, PublisherConfig
-from outboxkit.registry import HandlerRegistry
+from outboxkit.payloads import JsonPayloadCodec, PayloadCodec, PayloadCodecs, PayloadDecodeError
+from outboxkit.registry import HandlerRegistry, SideEffectHandler, TransactionalHandler
 from outboxkit.relay import RelayConfig
 from outboxkit.repository import Repository
 from outboxkit.retry import RetryPolicy
@@ -41,6 +43,12 @@ __all__ = [
     "ConsumerConfig",
     "HandlerRegistry",
     "Event",
+    # typed handlers and payloads
+    "TransactionalHandler",
+    "SideEffectHandler",
+    "PayloadCodec",
+    "JsonPayloadCodec",
+    "PayloadCodecs",
     # publishing
     "Publisher",
     "PublisherConfig",
@@ -71,6 +79,8 @@ __all__ = [
     "BrokerUnavailableError",
     "MessageRejectedError",
     "DecodeError",
+    "PayloadDecodeError",
+    "PayloadConflictError",
     "PermanentError",
     "__version__",
 ]

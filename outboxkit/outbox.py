@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import datetime, timezone
+from typing import Literal
 
 import attrs
 from sqlalchemy.engine import Connection
@@ -22,6 +23,8 @@ from sqlalchemy.orm import Session
 from outboxkit.codec import encode_shell
 from outboxkit.errors import InvalidEventError
 from outboxkit.messages import DEFAULT_MAX_RETRY, PublishRequest
+from outboxkit.misuse import check_executor, report_conflicts
+from outboxkit.payloads import PayloadCodecs
 from outboxkit.repository import NewMessage, Repository
 from outboxkit.routing import MAX_EVENT_TYPE, MAX_MESSAGE_KEY, Route, Routing
 
@@ -46,6 +49,15 @@ class PublisherConfig:
         default=DEFAULT_MAX_PAYLOAD_BYTES, validator=attrs.validators.ge(1)
     )
     max_retry: int = attrs.field(default=DEFAULT_MAX_RETRY, validator=attrs.validators.ge(1))
+    #: ``True`` makes a publish without ``connection=`` a ``TypeError``: the row would be
+    #: written in a transaction of its own, outside the caller's business change.
+    require_connection: bool = False
+    #: What to do when an event id is published again with a different payload (the first
+    #: payload is kept either way): ``"warn"`` logs both digests, ``"error"`` raises
+    #: :class:`~outboxkit.errors.PayloadConflictError`, ``"ignore"`` says nothing.
+    on_payload_conflict: Literal["warn", "error", "ignore"] = attrs.field(
+        default="warn", validator=attrs.validators.in_(("warn", "error", "ignore"))
+    )
 
 
 Executor = Connection | Session
@@ -65,10 +77,12 @@ class Publisher:
         routing: Routing,
         *,
         config: PublisherConfig | None = None,
+        codecs: PayloadCodecs | None = None,
     ) -> None:
         self.repository = repository
         self.routing = routing
         self.config = config or PublisherConfig()
+        self.codecs = codecs or PayloadCodecs()
 
     def publish(self, request: PublishRequest, *, connection: Executor | None = None) -> str:
         """Write one event; returns its ``event_id``. See :meth:`publish_many`."""
@@ -86,6 +100,7 @@ class Publisher:
         :class:`~outboxkit.errors.UnknownEventTypeError` means nothing was written. Rows
         are grouped by route (one table per service) with one multi-row insert per table.
         """
+        check_executor(connection, required=self.config.require_connection)
         batch = list(requests)
         if not batch:
             return []
@@ -109,6 +124,7 @@ class Publisher:
     def _write(self, conn: Connection, groups: dict[str, tuple[Route, list[NewMessage]]]) -> None:
         for route, messages in groups.values():
             results = self.repository.add(conn, route, messages)
+            report_conflicts(route, messages, results, self.config.on_payload_conflict)
             created = sum(1 for r in results if r.created)
             logger.debug(
                 "outbox: wrote %d of %d events to %s (%d already known)",
@@ -149,6 +165,12 @@ class Publisher:
                     f"event {request.event_id!r} ({event_type!r}): {name} contains a NUL character"
                 )
         route = self.routing.route_of(event_type)  # UnknownEventTypeError
+        try:
+            payload = self.codecs.for_type(event_type).encode(request.payload)
+        except InvalidEventError as exc:
+            raise InvalidEventError(f"event {request.event_id} ({event_type}): {exc}") from exc
+        if payload is not request.payload:
+            request = attrs.evolve(request, payload=payload)
         shell = encode_shell(request, occurred_at=occurred_at)  # InvalidEventError
         size = len(shell.encode("utf-8"))
         if size > self.config.max_payload_bytes:

@@ -57,11 +57,17 @@ class NewMessage:
 
 @attrs.frozen(kw_only=True)
 class AddResult:
-    """Outcome of adding one message: ``created`` is False for an already-known event id."""
+    """Outcome of adding one message: ``created`` is False for an already-known event id.
+
+    ``existing_payload`` is the stored ``payload`` column of an already-known row, when the
+    repository read it anyway (the SQL repository does, in the statement that finds the
+    row's id), so the publisher can report a re-publish with a different payload for free.
+    """
 
     outbox_id: int
     event_id: str
     created: bool
+    existing_payload: str | None = None
 
 
 @attrs.frozen(kw_only=True)

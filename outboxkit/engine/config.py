@@ -9,6 +9,7 @@ import attrs
 
 from outboxkit.consumer import ConsumerConfig
 from outboxkit.outbox import PublisherConfig
+from outboxkit.payloads import PayloadCodecs
 from outboxkit.relay import RelayConfig
 from outboxkit.retry import RetryPolicy
 
@@ -37,3 +38,6 @@ class EngineConfig:
     #: ``False`` mirrors the Go ``kafka.enabled=false`` fallback: no threads, no broker,
     #: and :meth:`Engine.publish` runs the local handler at once in the caller's transaction.
     enabled: bool = True
+    #: How payloads become JSON on publish and typed objects on consume; one codec for
+    #: every event type unless ``PayloadCodecs(by_event_type=...)`` names others.
+    codecs: PayloadCodecs = attrs.field(factory=PayloadCodecs)

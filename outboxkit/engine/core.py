@@ -14,8 +14,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
+import attrs
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -28,8 +29,10 @@ from outboxkit.engine.stats import EngineStats, StatsRecorder
 from outboxkit.engine.wakeups import Wakeups
 from outboxkit.errors import ConfigurationError
 from outboxkit.messages import Event, PublishRequest
+from outboxkit.misuse import check_executor
 from outboxkit.outbox import Publisher
-from outboxkit.registry import HandlerRegistry
+from outboxkit.payloads import decode_payload
+from outboxkit.registry import HandlerRegistry, SideEffectHandlerT, TransactionalHandlerT
 from outboxkit.relay import Relay
 from outboxkit.repository import Repository
 from outboxkit.routing import Route, Routing
@@ -58,7 +61,9 @@ class Engine:
         self.registry = registry or HandlerRegistry(self.routing)
         if self.registry.routing is not self.routing:
             raise ConfigurationError("the handler registry must use the engine's routing")
-        self.publisher = Publisher(repository, self.routing, config=self.config.publisher)
+        self.publisher = Publisher(
+            repository, self.routing, config=self.config.publisher, codecs=self.config.codecs
+        )
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._wakeups = Wakeups()
@@ -76,15 +81,60 @@ class Engine:
         """Route ``event_type`` to ``service`` (see :meth:`Routing.register`)."""
         return self.routing.register(event_type, service)
 
+    @overload
+    def register_handler(
+        self,
+        event_type: str,
+        handler: None = None,
+        *,
+        transactional: Literal[True] = True,
+        payload_type: Any = None,
+    ) -> Callable[[TransactionalHandlerT], TransactionalHandlerT]: ...
+
+    @overload
+    def register_handler(
+        self,
+        event_type: str,
+        handler: None = None,
+        *,
+        transactional: Literal[False],
+        payload_type: Any = None,
+    ) -> Callable[[SideEffectHandlerT], SideEffectHandlerT]: ...
+
+    @overload
+    def register_handler(
+        self,
+        event_type: str,
+        handler: TransactionalHandlerT,
+        *,
+        transactional: Literal[True] = True,
+        payload_type: Any = None,
+    ) -> TransactionalHandlerT: ...
+
+    @overload
+    def register_handler(
+        self,
+        event_type: str,
+        handler: SideEffectHandlerT,
+        *,
+        transactional: Literal[False],
+        payload_type: Any = None,
+    ) -> SideEffectHandlerT: ...
+
     def register_handler(
         self,
         event_type: str,
         handler: Callable[..., Any] | None = None,
         *,
         transactional: bool = True,
+        payload_type: Any = None,
     ) -> Callable[..., Any]:
         """Register the handler of ``event_type``; usable as a decorator without ``handler``.
 
+        A transactional handler is ``(Event[T], Connection) -> None``, a side-effect one
+        (``transactional=False``) ``(Event[T]) -> None``; the shape is checked now (see
+        :meth:`HandlerRegistry.register`). ``payload_type`` (or an ``Event[X]`` annotation)
+        is what the payload is decoded into before the handler runs.
         Must happen before :meth:`start` for the service's consumer to be started.
         """
         if self._started and handler is not None:
@@ -93,7 +143,9 @@ class Engine:
                 "already was",
                 event_type,
             )
-        return self.registry.register(event_type, handler, transactional=transactional)
+        return self.registry.register(  # type: ignore[call-overload, no-any-return]
+            event_type, handler, transactional=transactional, payload_type=payload_type
+        )
 
     handler = register_handler
 
@@ -115,6 +167,7 @@ class Engine:
         connection: Connection | Session | None = None,
     ) -> list[str]:
         """Write several events in one go; see :meth:`publish`. Returns their event ids."""
+        check_executor(connection, required=self.config.publisher.require_connection)
         if not self.config.enabled:
             missing = sorted({r.event_type for r in requests} - set(self.registry.event_types()))
             if missing:  # checked for all first, so no handler runs for a rejected batch
@@ -149,6 +202,11 @@ class Engine:
             attempt=1,
             occurred_at=None,
         )
+        # The same round trip a relayed event makes, so a disabled engine decodes alike.
+        codec = self.config.codecs.for_type(request.event_type)
+        event = attrs.evolve(event, payload=codec.encode(request.payload))
+        if spec.payload_type is not None:
+            event = decode_payload(event, spec.payload_type, self.config.codecs)
         if not spec.transactional:
             spec.func(event)
         elif connection is not None:
@@ -355,6 +413,7 @@ class Engine:
             config=self.config.consumer,
             retry_policy=self.config.retry,
             on_outcome=self._stats.record_outcome,
+            codecs=self.config.codecs,
         )
 
     def _relay_loop(self, route: Route) -> None:
