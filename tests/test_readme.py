@@ -45,6 +45,12 @@ def test_the_readme_shows_the_embedded_default_kafka_and_redis() -> None:
     assert sorted({_needs(b) for b in BLOCKS}) == ["embedded", "kafka", "redis"]
 
 
+def test_the_readme_names_the_command_ci_runs() -> None:
+    # CI runs .ci/run, which runs scripts/test: the README must keep saying so
+    assert "\n    scripts/test\n" in README.read_text(encoding="utf-8")
+    assert "exec bash scripts/test" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+
 @pytest.fixture
 def namespace(unique: str, request: pytest.FixtureRequest) -> Iterator[str]:
     """This run's namespace; its Redis streams and keys are deleted afterwards."""
