@@ -63,7 +63,7 @@ class Publishing(SqlStore):
         if not messages:
             return []
         table = self.table(route)
-        self._check_server()
+        self._check_server(connection)
         first: dict[str, NewMessage] = {}
         for message in messages:
             first.setdefault(message.event_id, message)
