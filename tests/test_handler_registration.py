@@ -132,3 +132,28 @@ def test_payload_type_without_annotation_is_used(registry: HandlerRegistry) -> N
 def test_something_not_callable_is_refused(registry: HandlerRegistry) -> None:
     with pytest.raises(ConfigurationError, match="not callable"):
         registry.register("order.placed", sa.MetaData())  # type: ignore[call-overload]
+
+
+def test_an_unresolvable_event_annotation_asks_for_payload_type(registry: HandlerRegistry) -> None:
+    # Given a payload class defined inside a function (annotations are strings here)
+    @dataclasses.dataclass
+    class Local:
+        n: int
+
+    def ship(event: Event[Local], connection: Connection) -> None: ...
+
+    # Then registering without payload_type refuses rather than handing it dicts
+    with pytest.raises(ConfigurationError, match=r"'Event\[Local\]' cannot be resolved"):
+        registry.register("order.placed", ship)
+    registry.register("order.placed", ship, payload_type=Local)
+    spec = registry.get("order.placed")
+    assert spec is not None and spec.payload_type is Local
+
+
+def test_only_the_event_annotation_needs_to_resolve(registry: HandlerRegistry) -> None:
+    # A connection type imported under TYPE_CHECKING only does not hide the payload type.
+    def ship(event: Event[OrderPlaced], connection: NotImportedAtRunTime) -> None: ...  # type: ignore[name-defined]  # noqa: F821
+
+    registry.register("order.placed", ship)
+    spec = registry.get("order.placed")
+    assert spec is not None and spec.payload_type is OrderPlaced
