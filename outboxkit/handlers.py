@@ -10,6 +10,7 @@ decodes by.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from collections.abc import Callable
@@ -58,7 +59,7 @@ def check_handler(
             f"handler {describe(func)}{signature} of {event_type!r} cannot be called as "
             f"{kind} handler {shape}{hint}"
         )
-    declared = _declared_payload_type(func, signature)
+    declared = _declared_payload_type(event_type, func, signature, given=payload_type is not None)
     if payload_type is None:
         if declared is None or declared in _JSON_TYPES or not isinstance(declared, type):
             return None
@@ -79,25 +80,54 @@ def _accepts(signature: inspect.Signature, count: int) -> bool:
     return True
 
 
-def _declared_payload_type(func: Callable[..., Any], signature: inspect.Signature) -> Any:
-    """``X`` of an ``Event[X]`` annotation on the first parameter, or ``None``."""
+def _declared_payload_type(
+    event_type: str, func: Callable[..., Any], signature: inspect.Signature, *, given: bool
+) -> Any:
+    """``X`` of an ``Event[X]`` annotation on the first parameter, or ``None``.
+
+    Only that one annotation is resolved, so names imported under ``TYPE_CHECKING`` for
+    the other parameters do not matter. An ``Event[...]`` annotation that cannot be
+    resolved (a class defined inside a function) is an error unless ``payload_type`` was
+    given: the handler would otherwise receive a dict while mypy believes otherwise.
+    """
     params = list(signature.parameters.values())
-    if not params:
+    if not params or params[0].annotation is inspect.Parameter.empty:
         return None
-    hints: dict[str, Any] = {}
-    # A callable object's annotations are on its __call__ method.
-    for target in (func, type(func).__call__):
+    annotation = params[0].annotation
+    if isinstance(annotation, str):
+        holder = _resolve_in(func)
+        if holder is None:
+            return None
+
+        def probe() -> None: ...
+
+        probe.__annotations__ = {"event": annotation}
         try:
-            hints = typing.get_type_hints(target)
-        except Exception:  # unresolvable forward references: no annotation to use
-            continue
-        if hints:
-            break
-    hint = hints.get(params[0].name)
-    if typing.get_origin(hint) is Event:
-        args = typing.get_args(hint)
+            annotation = typing.get_type_hints(probe, globalns=holder)["event"]
+        except Exception as exc:
+            if given or not annotation.replace(" ", "").startswith("Event["):
+                return None
+            raise ConfigurationError(
+                f"handler {describe(func)} of {event_type!r}: its annotation {annotation!r} "
+                f"cannot be resolved ({type(exc).__name__}: {exc}); define the payload class "
+                "at module level or pass payload_type="
+            ) from exc
+    if typing.get_origin(annotation) is Event:
+        args = typing.get_args(annotation)
         return args[0] if args and args[0] is not Any else None
     return None
+
+
+def _resolve_in(func: Callable[..., Any]) -> dict[str, Any] | None:
+    """The globals an annotation of ``func`` is written against."""
+    target: Any = func
+    while isinstance(target, functools.partial):
+        target = target.func
+    target = inspect.unwrap(getattr(target, "__func__", target))
+    if not inspect.isfunction(target):  # a callable object: its class's __call__
+        target = type(target).__call__
+    namespace = getattr(target, "__globals__", None)
+    return namespace if isinstance(namespace, dict) else None
 
 
 def _name(value: Any) -> str:
