@@ -43,8 +43,13 @@ def empty_database(request: pytest.FixtureRequest) -> Iterator[sa.Engine]:
     server: sa.Engine = request.getfixturevalue(f"{request.param}_engine")
     name = f"okx_alembic_{uuid.uuid4().hex[:10]}"
     admin = server.execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    except sa.exc.DBAPIError as exc:
+        pytest.fail(
+            f"the Alembic test needs to create a database on {server.url}: {exc}", pytrace=False
+        )
     engine = sa.create_engine(server.url.set(database=name))
     try:
         yield engine
