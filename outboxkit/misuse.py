@@ -76,15 +76,27 @@ def report_conflicts(
     for result in results:
         if result.created or result.existing_payload is None:
             continue
-        ours = payload_digest(new_payload.get(result.event_id, ""))
-        theirs = payload_digest(result.existing_payload)
-        if ours is None or theirs is None or ours == theirs:
-            continue
-        text = (
-            f"event {result.event_id} was published again with a different payload "
-            f"(stored sha256 {theirs[:16]}, new sha256 {ours[:16]}) in {route.table}: the "
-            "stored payload is kept"
+        report_conflict(
+            route.table,
+            result.event_id,
+            result.existing_payload,
+            new_payload.get(result.event_id, ""),
+            mode,
         )
-        if mode == "error":
-            raise PayloadConflictError(text)
-        logger.warning("%s", text)
+
+
+def report_conflict(table: str, event_id: str, kept: str, dropped: str, mode: str) -> None:
+    """Compare two event shells of one event id; warn or raise when their payloads differ."""
+    if mode == "ignore":
+        return
+    theirs, ours = payload_digest(kept), payload_digest(dropped)
+    if ours is None or theirs is None or ours == theirs:
+        return
+    text = (
+        f"event {event_id} was published again with a different payload "
+        f"(stored sha256 {theirs[:16]}, new sha256 {ours[:16]}) in {table}: the "
+        "stored payload is kept"
+    )
+    if mode == "error":
+        raise PayloadConflictError(text)
+    logger.warning("%s", text)

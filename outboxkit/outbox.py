@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from outboxkit.codec import encode_shell
 from outboxkit.errors import InvalidEventError
 from outboxkit.messages import DEFAULT_MAX_RETRY, PublishRequest
-from outboxkit.misuse import check_executor, report_conflicts
+from outboxkit.misuse import check_executor, report_conflict, report_conflicts
 from outboxkit.payloads import PayloadCodecs
 from outboxkit.repository import NewMessage, Repository
 from outboxkit.routing import MAX_EVENT_TYPE, MAX_MESSAGE_KEY, Route, Routing
@@ -106,12 +106,15 @@ class Publisher:
             return []
         occurred_at = datetime.now(timezone.utc)
         groups: dict[str, tuple[Route, list[NewMessage]]] = {}
-        seen: set[str] = set()
+        seen: dict[str, NewMessage] = {}
         for request in batch:
             route, message = self._prepare(request, occurred_at)
-            if message.event_id in seen:
+            first = seen.get(message.event_id)
+            if first is not None:  # the first of a batch wins, as the first row would
+                mode = self.config.on_payload_conflict
+                report_conflict(route.table, first.event_id, first.payload, message.payload, mode)
                 continue
-            seen.add(message.event_id)
+            seen[message.event_id] = message
             groups.setdefault(route.table, (route, []))[1].append(message)
         if connection is None:
             with self.repository.transaction() as conn:

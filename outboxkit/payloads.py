@@ -45,6 +45,8 @@ from outboxkit.errors import DecodeError, InvalidEventError
 from outboxkit.messages import Event
 
 T = TypeVar("T")
+#: Exact types written as they are (subclasses such as enums take the slow path).
+_JSON_SCALARS: frozenset[type] = frozenset({str, int, float, bool, type(None)})
 
 
 class PayloadDecodeError(DecodeError):
@@ -106,6 +108,14 @@ class JsonPayloadCodec(PayloadCodec):
         return self._encode(payload, "payload")
 
     def _encode(self, value: Any, path: str) -> Any:
+        cls = type(value)
+        # Fast paths for plain JSON, the common case (most payloads are dicts of these).
+        if cls in _JSON_SCALARS:
+            return value
+        if cls is dict:
+            return self._encode_mapping(value, path)
+        if cls is list:
+            return [self._encode(v, f"{path}[{i}]") for i, v in enumerate(value)]
         if isinstance(value, enum.Enum):  # before str/int: StrEnum and IntEnum are both
             return self._encode(value.value, path)
         if value is None or isinstance(value, (str, bool, int, float)):
@@ -135,16 +145,7 @@ class JsonPayloadCodec(PayloadCodec):
                 for a in attrs.fields(type(value))
             }
         if isinstance(value, Mapping):
-            out: dict[str, Any] = {}
-            for raw_key, item in value.items():
-                key = raw_key.value if isinstance(raw_key, enum.Enum) else raw_key
-                if not isinstance(key, str):
-                    raise InvalidEventError(
-                        f"{path} has the non-string key {key!r}: JSON would silently turn "
-                        "it into a string"
-                    )
-                out[key] = self._encode(item, f"{path}.{key}")
-            return out
+            return self._encode_mapping(value, path)
         if isinstance(value, (set, frozenset)):
             items = [self._encode(v, f"{path}[]") for v in value]
             try:
@@ -157,6 +158,18 @@ class JsonPayloadCodec(PayloadCodec):
             f"{path} is not JSON-serialisable: {type(value).__qualname__} (give the event "
             "type a payload codec that knows it)"
         )
+
+    def _encode_mapping(self, value: Mapping[Any, Any], path: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for raw_key, item in value.items():
+            key = raw_key.value if isinstance(raw_key, enum.Enum) else raw_key
+            if not isinstance(key, str):
+                raise InvalidEventError(
+                    f"{path} has the non-string key {key!r}: JSON would silently turn "
+                    "it into a string"
+                )
+            out[key] = self._encode(item, f"{path}.{key}")
+        return out
 
     def decode(self, data: Any, payload_type: Any) -> Any:
         return self._decode(data, payload_type, "payload")

@@ -164,3 +164,19 @@ def test_a_disabled_engine_checks_the_connection_and_decodes_like_the_relay(
     with sqlite_engine.begin() as conn:
         engine.publish(request, connection=conn)
     assert received == [OrderPlaced(order_id=7)]
+
+
+def test_one_event_id_twice_in_a_batch_with_different_payloads_is_reported_too(
+    outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    batch = [
+        PublishRequest(event_type=EVENT, payload={"n": 1}, event_id="e-1"),
+        PublishRequest(event_type=EVENT, payload={"n": 2}, event_id="e-1"),
+    ]
+    with pytest.raises(PayloadConflictError, match="e-1 was published again"):
+        publisher(outbox, on_payload_conflict="error").publish_many(batch)
+    assert rows(outbox) == 0
+    with caplog.at_level(logging.WARNING, logger="outboxkit"):
+        assert publisher(outbox).publish_many(batch) == ["e-1", "e-1"]
+    assert len(caplog.records) == 1
+    assert rows(outbox) == 1

@@ -362,6 +362,8 @@ class RepositoryContract:
             [result] = repository.add(conn, route, [message])
         assert result.created is False
         assert result.outbox_id == row["id"]
+        # Optional (it lets the publisher report a changed payload), but never wrong.
+        assert result.existing_payload in (None, row["payload"])
         assert len(self.rows(engine, route)) == 1
 
     def test_add_reports_created_and_existing_rows(
