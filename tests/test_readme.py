@@ -11,6 +11,7 @@ topics, streams and groups on the shared servers.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -43,6 +44,13 @@ def _param(block: CodeBlock) -> object:
 
 def test_the_readme_shows_the_embedded_default_kafka_and_redis() -> None:
     assert sorted({_needs(b) for b in BLOCKS}) == ["embedded", "kafka", "redis"]
+
+
+def test_every_python_fence_of_the_readme_is_one_the_test_runs() -> None:
+    # A block fenced ```py or ```python3 would be shown as Python and never run
+    fences = re.findall(r"^```(\w+)", README.read_text(encoding="utf-8"), re.MULTILINE)
+    assert {f for f in fences if f.startswith("py")} <= {"python"}
+    assert fences.count("python") == len(BLOCKS)
 
 
 def test_the_readme_names_the_command_ci_runs() -> None:
