@@ -41,10 +41,25 @@ from typing import Any, Literal, TypeVar, Union
 
 import attrs
 
-from outboxkit.errors import DecodeError, InvalidEventError
+from outboxkit.errors import ConfigurationError, DecodeError, InvalidEventError
 from outboxkit.messages import Event
 
 T = TypeVar("T")
+#: What a JSON array decodes into, by declared origin (``Sequence`` becomes a list).
+_ARRAYS: tuple[Any, ...] = (list, Sequence, tuple, set, frozenset)
+#: Classes decoded from a JSON scalar or string.
+_SCALARS: tuple[type, ...] = (
+    bool,
+    int,
+    float,
+    str,
+    datetime,
+    date,
+    time,
+    Decimal,
+    uuid.UUID,
+    bytes,
+)
 #: Exact types written as they are (subclasses such as enums take the slow path).
 _JSON_SCALARS: frozenset[type] = frozenset({str, int, float, bool, type(None)})
 
@@ -83,6 +98,13 @@ class PayloadCodec(abc.ABC):
 
         Raises :class:`PayloadDecodeError` when it does not fit.
         """
+
+    def check_payload_type(self, payload_type: Any) -> None:
+        """Raise :class:`~outboxkit.errors.ConfigurationError` when :meth:`decode` could
+        never produce ``payload_type``; called when a handler is registered, so such a
+        mistake fails at start-up rather than killing every event. Accepts all by default.
+        """
+        return None
 
 
 @attrs.frozen(kw_only=True)
@@ -171,6 +193,55 @@ class JsonPayloadCodec(PayloadCodec):
             out[key] = self._encode(item, f"{path}.{key}")
         return out
 
+    def check_payload_type(self, payload_type: Any) -> None:
+        self._check(payload_type, _name(payload_type), set())
+
+    def _check(self, tp: Any, path: str, seen: set[type]) -> None:
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if tp is Any or tp is object or origin is Literal:
+            return
+        if origin is Union or origin is types.UnionType:
+            for arm in args:
+                self._check(arm, path, seen)
+            return
+        if origin is typing.Annotated:
+            self._check(args[0], path, seen)
+            return
+        if origin in _ARRAYS:
+            for arm in args:
+                if arm is not Ellipsis:
+                    self._check(arm, f"{path}[]", seen)
+            return
+        if origin in (dict, Mapping):
+            if args and args[0] is not str:
+                raise ConfigurationError(
+                    f"{path}: JSON object keys are strings, not {_name(args[0])}"
+                )
+            if args:
+                self._check(args[1], f"{path}[]", seen)
+            return
+        if origin is not None or not isinstance(tp, type):
+            raise ConfigurationError(f"{path}: {_name(tp)} cannot be decoded from JSON")
+        if tp in seen or tp in _SCALARS or tp in _ARRAYS or tp is dict or tp is type(None):
+            return
+        seen.add(tp)
+        if _is_pydantic_model(tp) or issubclass(tp, enum.Enum):
+            return
+        if dataclasses.is_dataclass(tp) or attrs.has(tp):
+            try:
+                hints = typing.get_type_hints(tp, include_extras=True)
+            except Exception as exc:
+                raise ConfigurationError(
+                    f"{path}: the field types of {tp.__qualname__} cannot be resolved: {exc}"
+                ) from exc
+            for name, hint in hints.items():
+                self._check(hint, f"{path}.{name}", seen)
+            return
+        raise ConfigurationError(
+            f"{path}: {tp.__qualname__} is not a dataclass, attrs class, pydantic model, enum "
+            "or JSON type: the default payload codec cannot build it"
+        )
+
     def decode(self, data: Any, payload_type: Any) -> Any:
         return self._decode(data, payload_type, "payload")
 
@@ -197,7 +268,7 @@ class JsonPayloadCodec(PayloadCodec):
             raise PayloadDecodeError(f"expected one of {args!r}, got {data!r}", path=path)
         if origin is typing.Annotated:
             return self._decode(data, args[0], path)
-        if origin in (list, Sequence, tuple, set, frozenset) or tp in (list, tuple, set):
+        if origin in _ARRAYS or tp in _ARRAYS:
             if not isinstance(data, list):
                 raise PayloadDecodeError(f"expected an array, got {_got(data)}", path=path)
             if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
@@ -214,7 +285,7 @@ class JsonPayloadCodec(PayloadCodec):
             container = (
                 origin
                 if origin not in (None, Sequence)
-                else (tp if tp in (list, tuple, set) else list)
+                else (tp if tp in _ARRAYS and tp is not Sequence else list)
             )
             return container(items)
         if origin in (dict, Mapping) or tp is dict:
@@ -336,6 +407,8 @@ def _got(data: Any) -> str:
 
 
 def _name(tp: Any) -> str:
+    if typing.get_origin(tp) is not None:  # list[int]: its qualname would say "list"
+        return repr(tp).replace("typing.", "")
     return getattr(tp, "__qualname__", None) or repr(tp)
 
 

@@ -40,6 +40,9 @@ class SideEffectHandler(Protocol[P_contra]):
 
 
 AnyHandler = TransactionalHandler[Any] | SideEffectHandler[Any]
+#: ``(event_type, payload_type) -> None``, raising ConfigurationError for a type that
+#: cannot be decoded.
+PayloadTypeCheck = Callable[[str, Any], None]
 
 #: A transactional / side-effect handler, kept at its own type by the decorator.
 TransactionalHandlerT = TypeVar("TransactionalHandlerT", bound=TransactionalHandler[Any])
@@ -69,8 +72,13 @@ class HandlerSpec:
 class HandlerRegistry:
     """Event type -> handler, checked against a :class:`~outboxkit.routing.Routing`."""
 
-    def __init__(self, routing: Routing) -> None:
+    def __init__(
+        self, routing: Routing, *, check_payload_type: PayloadTypeCheck | None = None
+    ) -> None:
         self.routing = routing
+        #: Called with (event type, payload type) before a typed handler is registered;
+        #: the engine passes its codecs' check, so an undecodable type fails at start-up.
+        self.check_payload_type = check_payload_type
         self._handlers: dict[str, HandlerSpec] = {}
         self._lock = threading.Lock()
 
@@ -137,6 +145,8 @@ class HandlerRegistry:
             declared = check_handler(
                 event_type, func, transactional=transactional, payload_type=payload_type
             )
+            if declared is not None and self.check_payload_type is not None:
+                self.check_payload_type(event_type, declared)
             service = self.routing.service_of(event_type)
             with self._lock:
                 existing = self._handlers.get(event_type)

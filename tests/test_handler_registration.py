@@ -14,7 +14,18 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from outboxkit import ConfigurationError, Event, HandlerRegistry, Routing
+from outboxkit import (
+    ConfigurationError,
+    Engine,
+    EngineConfig,
+    Event,
+    HandlerRegistry,
+    JsonPayloadCodec,
+    PayloadCodecs,
+    Routing,
+)
+from outboxkit.backends import SqlRepository
+from outboxkit.brokers.memory import MemoryBroker
 
 
 @dataclasses.dataclass
@@ -157,3 +168,62 @@ def test_only_the_event_annotation_needs_to_resolve(registry: HandlerRegistry) -
     registry.register("order.placed", ship)
     spec = registry.get("order.placed")
     assert spec is not None and spec.payload_type is OrderPlaced
+
+
+class NotAPayload:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+@dataclasses.dataclass
+class IntKeys:
+    by_id: dict[int, str]
+
+
+@dataclasses.dataclass
+class Outer:
+    fine: list[OrderPlaced] | None
+    inner: NotAPayload
+
+
+@pytest.fixture
+def engine(sqlite_engine: sa.Engine) -> Engine:
+    routing = Routing()
+    routing.register("order.placed", "orders")
+    return Engine(SqlRepository(sqlite_engine), MemoryBroker(), routing)
+
+
+@pytest.mark.parametrize(
+    ("payload_type", "message"),
+    [
+        (NotAPayload, "NotAPayload: NotAPayload is not a dataclass, attrs class, pydantic"),
+        (IntKeys, "IntKeys.by_id: JSON object keys are strings, not int"),
+        (Outer, "Outer.inner: NotAPayload is not a dataclass"),
+        (list[set[complex]], r"list\[set\[complex\]\]\[\]\[\]: complex is not a dataclass"),
+    ],
+)
+def test_a_payload_type_the_codec_cannot_build_is_refused_at_registration(
+    engine: Engine, payload_type: Any, message: str
+) -> None:
+    def ship(event: Event[Any], connection: Connection) -> None: ...
+
+    with pytest.raises(ConfigurationError, match=message):
+        engine.register_handler("order.placed", ship, payload_type=payload_type)
+    assert engine.registry.get("order.placed") is None
+
+
+def test_a_custom_codec_decides_what_it_can_decode(sqlite_engine: sa.Engine) -> None:
+    class Anything(JsonPayloadCodec):
+        def check_payload_type(self, payload_type: Any) -> None:
+            return None
+
+    routing = Routing()
+    routing.register("order.placed", "orders")
+    config = EngineConfig(codecs=PayloadCodecs(by_event_type={"order.placed": Anything()}))
+    engine = Engine(SqlRepository(sqlite_engine), MemoryBroker(), routing, config=config)
+
+    def ship(event: Event[NotAPayload], connection: Connection) -> None: ...
+
+    engine.register_handler("order.placed", ship)
+    spec = engine.registry.get("order.placed")
+    assert spec is not None and spec.payload_type is NotAPayload

@@ -217,3 +217,10 @@ def test_any_declared_value_survives_the_wire_unchanged(sample: Sample) -> None:
     assert back.at.replace(tzinfo=None) == sample.at.replace(tzinfo=None)
     assert str(back.amount) == str(sample.amount)
     assert type(back.pair) is tuple and type(back.names) is frozenset
+
+
+@pytest.mark.parametrize(
+    "payload_type", [Everything, Customer, Sample, dict[str, Any], list[Line] | None, Colour]
+)
+def test_every_type_the_codec_decodes_passes_its_registration_check(payload_type: Any) -> None:
+    codec.check_payload_type(payload_type)

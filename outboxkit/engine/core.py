@@ -59,6 +59,8 @@ class Engine:
         self.broker = broker
         self.routing = routing or Routing()
         self.registry = registry or HandlerRegistry(self.routing)
+        if self.registry.check_payload_type is None:
+            self.registry.check_payload_type = self._check_payload_type
         if self.registry.routing is not self.routing:
             raise ConfigurationError("the handler registry must use the engine's routing")
         self.publisher = Publisher(
@@ -148,6 +150,9 @@ class Engine:
         )
 
     handler = register_handler
+
+    def _check_payload_type(self, event_type: str, payload_type: Any) -> None:
+        self.config.codecs.for_type(event_type).check_payload_type(payload_type)
 
     # ------------------------------------------------------------------ publishing
 
