@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from outboxkit.broker import Broker, Subscription
 from outboxkit.consumer import Consumer
 from outboxkit.engine.config import EngineConfig
+from outboxkit.engine.housekeeping import run_housekeeping
 from outboxkit.engine.loops import run_consumer, run_listener, run_relay
 from outboxkit.engine.stats import EngineStats, StatsRecorder
 from outboxkit.engine.wakeups import Wakeups
@@ -211,6 +212,8 @@ class Engine:
                     self._spawn(
                         f"outboxkit-consumer-{route.service}-{n}", self._consumer_loop, route, name
                     )
+            if self.config.retention is not None and self.relay_routes():
+                self._spawn("outboxkit-housekeeping", self._housekeeping_loop)
             logger.info(
                 "outbox engine started: relays %s, consumers %s",
                 [r.service for r in self.relay_routes()],
@@ -341,6 +344,15 @@ class Engine:
     def _listener_loop(self, services_by_table: dict[str, str]) -> None:
         run_listener(
             self.repository, services_by_table, stopping=self._stopping, wakeups=self._wakeups
+        )
+
+    def _housekeeping_loop(self) -> None:
+        assert self.config.retention is not None
+        run_housekeeping(
+            self.repository,
+            self.relay_routes(),
+            self.config.retention,
+            stopping=self._stopping,
         )
 
     def _consumer_loop(self, route: Route, member: str) -> None:
