@@ -8,6 +8,8 @@ pending after one failed attempt; in ``billing-*`` 3 published rows nobody consu
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -21,6 +23,7 @@ import attrs
 import pytest
 import sqlalchemy as sa
 
+from outboxkit.cli import main
 from outboxkit.messages import Status
 from outboxkit.routing import Route
 from tests import ops_app
@@ -54,8 +57,16 @@ class Filled:
             timeout=60,
         )
 
+    def main(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """The same command in this process (``outboxkit.cli.main``): the checks that only
+        vary filters use it, to keep the suite fast; each command also runs as a script."""
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+        return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
     def json(self, *args: str) -> Any:
-        result = self.run(*args, "--json")
+        result = self.main(*args, "--json")
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
@@ -136,7 +147,7 @@ def test_status_reports_counts_backlog_age_stuck_rows_retries_and_dead(filled: F
     assert cells[:6] == [filled.billing.service, filled.billing.table, "0", "3", "0", "0"]
     assert cells[7] == "3"  # stuck published
 
-    rich = filled.run("status", APP, "--service", filled.orders.service)
+    rich = filled.main("status", APP, "--service", filled.orders.service)
     assert rich.returncode == 0, rich.stderr
     assert filled.orders.table in rich.stdout and "oldest pending" in rich.stdout
 
@@ -221,7 +232,7 @@ def test_dlq_requeue_by_positional_ids_reports_ids_that_matched_nothing(filled: 
     row = filled.engine.repository.get(filled.orders, second)
     assert row.retry_count == 0 and row.next_retry_at is not None
 
-    again = filled.run("dlq", "requeue", str(second), APP, "--service", filled.orders.service)
+    again = filled.main("dlq", "requeue", str(second), APP, "--service", filled.orders.service)
     assert again.returncode == 1 and f"no dead row with id {second}" in again.stderr
 
 
@@ -229,7 +240,7 @@ def test_bulk_requeue_needs_all_and_confirmation_and_runs_in_batches(filled: Fil
     service = ("--service", filled.orders.service)
     everything = filled.run("dlq", "requeue", APP, *service)
     assert everything.returncode == 2 and "--all" in everything.stderr
-    unconfirmed = filled.run("dlq", "requeue", APP, *service, "--all")
+    unconfirmed = filled.main("dlq", "requeue", APP, *service, "--all")
     assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
     assert len(filled.dead_ids()) == 5
 
@@ -255,7 +266,7 @@ def test_dlq_purge_deletes_only_the_matching_dead_rows(filled: Filled) -> None:
     assert purged["changed"] == 2
     remaining = filled.dead_ids()
     assert len(remaining) == 3
-    with_id = filled.run("dlq", "purge", str(remaining[0]), APP, *service, "--plain")
+    with_id = filled.main("dlq", "purge", str(remaining[0]), APP, *service, "--plain")
     assert with_id.returncode == 0 and "purged 1 of 1" in with_id.stdout
     assert filled.status_of(remaining[0]) is None
     assert filled.engine.repository.count_by_status(filled.orders)[Status.CONSUMED] == 4
@@ -298,26 +309,40 @@ def test_usage_and_runtime_errors_are_one_clear_line_with_documented_exit_codes(
     assert "unknown service 'nope'" in unknown.stderr and filled.orders.service in unknown.stderr
     assert "Traceback" not in unknown.stderr
 
-    no_table = filled.run("status", "--database-url", filled.url, "--service", "nope-nothing")
+    no_table = filled.main("status", "--database-url", filled.url, "--service", "nope-nothing")
     assert no_table.returncode == 1
     assert "no table nope_nothing_outbox_messages" in no_table.stderr
     assert "Traceback" not in no_table.stderr
 
-    sa_engine = filled.run("status", "tests.ops_app:db")
-    assert sa_engine.returncode == 2
-    assert "is a SQLAlchemy Engine, not an outboxkit Engine" in sa_engine.stderr
-
-    handler = filled.run("status", "tests.ops_app:handler_function")
-    assert handler.returncode == 2
-    assert "not called" in handler.stderr and "AssertionError" not in handler.stderr
-
     loud = filled.run("status", APP, "--log-level", "LOUD")
     assert loud.returncode == 2 and "invalid log level 'LOUD'" in loud.stderr
-    after = filled.run("status", APP, "--log-level", "info", "--json")
-    assert after.returncode == 0 and "outbox repository on" in after.stderr
 
-    version = filled.run("--version")
-    assert version.returncode == 0 and version.stdout.startswith("outboxkit ")
-
-    two_services = filled.run("dlq", "count", APP)
+    two_services = filled.main("dlq", "count", APP)
     assert two_services.returncode == 2 and "name one service" in two_services.stderr
+
+
+def test_an_app_that_is_not_an_outboxkit_engine_is_named_and_never_called(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["status", "tests.ops_app:db"]) == 2
+    assert "is a SQLAlchemy Engine, not an outboxkit Engine" in capsys.readouterr().err
+
+    assert main(["dlq", "list", "tests.ops_app:handler_function"]) == 2
+    assert "not called" in capsys.readouterr().err  # the handler raises if it is called
+
+    assert main(["status", "tests.ops_app:nothing_here"]) == 2
+    assert "has no attribute 'nothing_here'" in capsys.readouterr().err
+    assert main(["status", "tests.no_such_module:engine"]) == 2
+    assert "cannot import module 'tests.no_such_module'" in capsys.readouterr().err
+    assert main(["status"]) == 2
+    assert "APP (module:attribute) or --database-url" in capsys.readouterr().err
+
+
+def test_log_level_is_validated_after_the_subcommand_and_version_is_printed() -> None:
+    version = subprocess.run(
+        [str(OUTBOXKIT), "--version"], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert version.returncode == 0 and version.stdout.startswith("outboxkit ")
+    with pytest.raises(SystemExit) as usage:
+        main(["status", "tests.ops_app:build", "--log-level", "LOUD"])
+    assert usage.value.code == 2
