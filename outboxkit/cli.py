@@ -1,5 +1,6 @@
 """The ``outboxkit`` command: ``demo``, ``worker``, ``migrate``, and for operators ``status``,
-``dlq`` (alias ``dead``) and ``purge`` (whose code lives in :mod:`outboxkit.cli_commands`).
+``rows``, ``dlq`` (alias ``dead``) and ``purge`` (their code lives in
+:mod:`outboxkit.cli_commands`).
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage error, 130 forced or interrupted.
 
@@ -22,6 +23,7 @@ from outboxkit import __version__
 from outboxkit.cli_commands import app_loading, logs
 from outboxkit.cli_commands import dlq as dlq_command
 from outboxkit.cli_commands import purge as purge_command
+from outboxkit.cli_commands import rows as rows_command
 from outboxkit.cli_commands import status as status_command
 from outboxkit.cli_commands.common import (
     EXIT_FAILURE,
@@ -138,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status_command.add_parser(sub, common)
     dlq_command.add_parser(sub, common)
+    rows_command.add_parser(sub, common)
     purge_command.add_parser(sub, common)
     return parser
 
@@ -149,6 +152,7 @@ _QUIET_COMMANDS = {
     "dlq": "warning",
     "dead": "warning",
     "purge": "warning",
+    "rows": "warning",
 }
 
 

@@ -346,3 +346,22 @@ def test_log_level_is_validated_after_the_subcommand_and_version_is_printed() ->
     with pytest.raises(SystemExit) as usage:
         main(["status", "tests.ops_app:build", "--log-level", "LOUD"])
     assert usage.value.code == 2
+
+
+def test_rows_lists_the_pending_backlog_and_stuck_published_rows(filled: Filled) -> None:
+    pending = filled.json("rows", APP, "--service", filled.orders.service)
+    assert [(r["status"], r["retry_count"], r["message_key"]) for r in pending["rows"]] == [
+        ("pending", 1, "c-flaky")
+    ]
+    billing = ("--service", filled.billing.service)
+    assert filled.json("rows", APP, *billing, "--stuck")["rows"] == []  # not past 300 s yet
+    stuck = filled.run("rows", APP, *billing, "--stuck", "--older-than", "0", "--plain")
+    assert stuck.returncode == 0, stuck.stderr
+    lines = stuck.stdout.splitlines()
+    assert (
+        lines[0]
+        == f"stuck published rows of {filled.billing.table} (service {filled.billing.service})"
+    )
+    assert [line.split()[2] for line in lines[2:]] == ["invoice.sent"] * 3
+    consumed = filled.json("rows", APP, "--service", filled.orders.service, "--status", "consumed")
+    assert len(consumed["rows"]) == 4

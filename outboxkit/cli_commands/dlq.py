@@ -25,20 +25,16 @@ from outboxkit.cli_commands.common import (
     CommandFailedError,
     UsageError,
 )
+from outboxkit.cli_commands.listing import print_rows, row_dict
 from outboxkit.cli_commands.options import (
     add_filter_arguments,
     add_output_arguments,
     selection_from,
 )
 from outboxkit.cli_commands.output import (
-    format_time,
-    iso,
-    one_line,
     print_json,
-    print_table,
 )
 from outboxkit.cli_commands.targets import add_target_arguments, open_target, split_positionals
-from outboxkit.messages import OutboxMessage
 
 ACTIONS = ("count", "list", "show", "requeue", "purge")
 #: Rows per page of ``dlq list`` by default.
@@ -123,69 +119,11 @@ def _count(args: argparse.Namespace, dlq: DeadLetters, selection: Selection) -> 
     return EXIT_OK
 
 
-def _row_dict(row: OutboxMessage, *, with_payload: bool) -> dict[str, object]:
-    document: dict[str, object] = {
-        "id": row.id,
-        "event_id": row.event_id,
-        "event_type": row.event_type,
-        "service": row.service_name,
-        "topic": row.topic,
-        "message_key": row.message_key,
-        "status": row.status.value,
-        "retry_count": row.retry_count,
-        "max_retry": row.max_retry,
-        "last_error": row.last_error,
-        "created_at": iso(row.created_at),
-        "updated_at": iso(row.updated_at),
-        "published_at": iso(row.published_at),
-        "consumed_at": iso(row.consumed_at),
-        "next_retry_at": iso(row.next_retry_at),
-    }
-    if with_payload:
-        try:
-            document["payload"] = json.loads(row.payload)
-        except ValueError:
-            document["payload"] = row.payload
-    return document
-
-
 def _list(args: argparse.Namespace, dlq: DeadLetters, selection: Selection) -> int:
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
     rows = dlq.find(selection, limit=args.limit, after_id=args.after)
-    more = len(rows) == args.limit
-    if args.json:
-        print_json(
-            {
-                "service": dlq.route.service,
-                "table": dlq.route.table,
-                "rows": [_row_dict(r, with_payload=False) for r in rows],
-                "next_after": rows[-1].id if more else None,
-            }
-        )
-        return EXIT_OK
-    print_table(
-        ["id", "event id", "type", "key", "retries", "created", "died", "last error"],
-        [
-            [
-                r.id,
-                r.event_id or "-",
-                r.event_type,
-                r.message_key or "-",
-                f"{r.retry_count}/{r.max_retry}",
-                format_time(r.created_at),
-                format_time(r.updated_at),
-                one_line(r.last_error) or "-",
-            ]
-            for r in rows
-        ],
-        plain=args.plain,
-        title=f"dead rows of {dlq.route.table} (service {dlq.route.service})",
-    )
-    if more:
-        print(f"more rows may follow: --after {rows[-1].id}", file=sys.stderr)
-    elif not rows:
-        print("no dead rows match", file=sys.stderr)
+    print_rows(args, dlq.route, rows, what="dead", changed="died")
     return EXIT_OK
 
 
@@ -193,7 +131,7 @@ def _show(args: argparse.Namespace, dlq: DeadLetters, outbox_id: int) -> int:
     row = dlq.get(outbox_id)
     if row is None:
         raise CommandFailedError(f"no row with id {outbox_id} in {dlq.route.table}")
-    document = _row_dict(row, with_payload=True)
+    document = row_dict(row, with_payload=True)
     if args.json:
         print_json(document)
         return EXIT_OK

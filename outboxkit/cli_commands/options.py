@@ -17,8 +17,10 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("which dead rows (all given must match)")
+def add_filter_arguments(parser: argparse.ArgumentParser, *, changed: str = "died") -> None:
+    """``--event-type``, ``--key``, ``--error``, ``--since`` and ``--until``; ``changed``
+    says what the time window is about (the row's last change)."""
+    group = parser.add_argument_group("which rows (all given must match)")
     group.add_argument("--event-type", action="append", default=[], help="event type (repeatable)")
     group.add_argument("--key", help="exact message key")
     group.add_argument("--error", help="text contained in the last error")
@@ -26,10 +28,10 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
         "--since",
         type=parse_moment,
         metavar="WHEN",
-        help="died at or after WHEN: a duration ago (30m, 2h, 7d) or an ISO timestamp (UTC)",
+        help=f"{changed} at or after WHEN: a duration ago (30m, 2h, 7d) or an ISO timestamp (UTC)",
     )
     group.add_argument(
-        "--until", type=parse_moment, metavar="WHEN", help="died before WHEN (as --since)"
+        "--until", type=parse_moment, metavar="WHEN", help=f"{changed} before WHEN (as --since)"
     )
 
 
