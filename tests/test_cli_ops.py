@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -365,3 +366,35 @@ def test_rows_lists_the_pending_backlog_and_stuck_published_rows(filled: Filled)
     assert [line.split()[2] for line in lines[2:]] == ["invoice.sent"] * 3
     consumed = filled.json("rows", APP, "--service", filled.orders.service, "--status", "consumed")
     assert len(consumed["rows"]) == 4
+
+
+def test_bulk_requeue_at_a_terminal_asks_first_and_a_no_changes_nothing(filled: Filled) -> None:
+    service = ("--service", filled.orders.service)
+
+    def answer(reply: str) -> subprocess.CompletedProcess[str]:
+        leader, follower = pty.openpty()  # stdin is a terminal: the command may ask
+        try:
+            os.write(leader, reply.encode() + b"\n")
+            return subprocess.run(
+                [str(OUTBOXKIT), "dlq", "requeue", APP, "--error", "bank", *service],
+                check=False,
+                cwd=ROOT,
+                env=filled.env,
+                stdin=follower,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        finally:
+            os.close(leader)
+            os.close(follower)
+
+    refused = answer("n")
+    assert refused.returncode == 1 and "cancelled; nothing changed" in refused.stderr
+    assert "requeue 2 dead rows of" in refused.stdout  # the question names the count
+    assert len(filled.dead_ids()) == 5
+
+    accepted = answer("y")
+    assert accepted.returncode == 0, accepted.stderr
+    assert "requeued 2 of 2" in accepted.stdout
+    assert len(filled.dead_ids()) == 3

@@ -1,6 +1,7 @@
 """The :class:`Engine`: routes, handlers, the publisher, and the threads that relay and consume.
 
-Threads are named ``outboxkit-relay-<service>-<n>`` and ``outboxkit-consumer-<service>-<n>``.
+Threads are named ``outboxkit-relay-<service>-<n>`` and ``outboxkit-consumer-<service>-<n>``
+(plus ``outboxkit-housekeeping`` when ``EngineConfig.retention`` is set).
 They wait on events (never bare sleeps), log unexpected exceptions with their ids and go on,
 and back off while the broker or database is unreachable, resuming by themselves.
 :meth:`Engine.stop` stops claiming and receiving, lets in-flight handlers finish, then closes
