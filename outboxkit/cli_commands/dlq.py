@@ -32,6 +32,7 @@ from outboxkit.cli_commands.options import (
     selection_from,
 )
 from outboxkit.cli_commands.output import (
+    help_text,
     print_json,
 )
 from outboxkit.cli_commands.targets import add_target_arguments, open_target, split_positionals
@@ -50,7 +51,7 @@ def add_parser(
         aliases=["dead"],
         parents=parents,
         help="count, list, show, requeue or purge the dead events of a service",
-        description=__doc__,
+        description=help_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(

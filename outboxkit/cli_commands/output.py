@@ -113,3 +113,8 @@ def _print_rich(
     for row in cells:
         table.add_row(*row)
     console.print(table)
+
+
+def help_text(doc: str | None) -> str:
+    """A module docstring as ``--help`` text: the reST literal quotes removed."""
+    return (doc or "").replace("``", "")

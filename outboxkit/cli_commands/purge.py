@@ -16,7 +16,7 @@ from outboxkit.admin.selection import DEFAULT_BATCH_SIZE
 from outboxkit.cli_commands.common import EXIT_OK, UsageError
 from outboxkit.cli_commands.durations import parse_duration
 from outboxkit.cli_commands.options import add_output_arguments
-from outboxkit.cli_commands.output import format_age, print_json, print_table
+from outboxkit.cli_commands.output import format_age, help_text, print_json, print_table
 from outboxkit.cli_commands.targets import add_target_arguments, open_target, split_positionals
 from outboxkit.messages import Status
 
@@ -29,7 +29,7 @@ def add_parser(
         "purge",
         parents=parents,
         help="retention: delete consumed (and optionally dead) rows older than a period",
-        description=__doc__,
+        description=help_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("words", nargs="*", metavar="APP", help="module:attribute of an Engine")

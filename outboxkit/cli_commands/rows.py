@@ -21,6 +21,7 @@ from outboxkit.cli_commands.options import (
     add_output_arguments,
     selection_from,
 )
+from outboxkit.cli_commands.output import help_text
 from outboxkit.cli_commands.targets import add_target_arguments, open_target, split_positionals
 from outboxkit.messages import Status
 
@@ -36,7 +37,7 @@ def add_parser(
         "rows",
         parents=parents,
         help="list a service's pending, stuck, consumed or dead rows",
-        description=__doc__,
+        description=help_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("words", nargs="*", metavar="APP", help="module:attribute of an Engine")

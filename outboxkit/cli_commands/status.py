@@ -15,7 +15,13 @@ from outboxkit.admin.status import ServiceStatus, status_report
 from outboxkit.cli_commands.common import EXIT_OK
 from outboxkit.cli_commands.durations import parse_duration
 from outboxkit.cli_commands.options import add_output_arguments
-from outboxkit.cli_commands.output import format_age, format_time, print_json, print_table
+from outboxkit.cli_commands.output import (
+    format_age,
+    format_time,
+    help_text,
+    print_json,
+    print_table,
+)
 from outboxkit.cli_commands.targets import (
     Target,
     add_target_arguments,
@@ -36,7 +42,7 @@ def add_parser(
         "status",
         parents=parents,
         help="rows by status, backlog age, stuck and dead rows per service",
-        description=__doc__,
+        description=help_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("words", nargs="*", metavar="APP", help="module:attribute of an Engine")
