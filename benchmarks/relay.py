@@ -77,7 +77,11 @@ def measure_relay(env: Env, label: str, broker: Broker, count: int) -> Rate:
         ours.fill(count)
         broker.ensure_topic(ours.route.topic)
         _remember(env, broker, ours)
-        rate = drain(Relay(ours.repository, broker, ours.route), count)
+        relay = Relay(ours.repository, broker, ours.route)
+        try:
+            rate = drain(relay, count)
+        finally:
+            relay.close()
         published = ours.repository.count_by_status(ours.route)[Status.PUBLISHED]
         if published != count:
             raise RuntimeError(f"relay {label}: {published} of {count} rows published")

@@ -22,7 +22,9 @@ from outboxkit.errors import (
     RoutingError,
     UnknownEventTypeError,
 )
+from outboxkit.health import HealthCheck, HealthReport
 from outboxkit.messages import Event, OutboxMessage, PublishRequest, Status
+from outboxkit.observe import Observer
 from outboxkit.outbox import Publisher, PublisherConfig
 from outboxkit.registry import HandlerRegistry
 from outboxkit.relay import RelayConfig
@@ -60,6 +62,10 @@ __all__ = [
     "SendResult",
     "Subscription",
     "RetryPolicy",
+    # observing (metrics exporters: outboxkit.prometheus, extra "prometheus")
+    "Observer",
+    "HealthReport",
+    "HealthCheck",
     # errors
     "OutboxError",
     "ConfigurationError",

@@ -140,6 +140,15 @@ class Broker(abc.ABC):
     def close(self) -> None:
         """Flush and release every connection. Idempotent; subscriptions stop receiving."""
 
+    def ping(self) -> None:
+        """Return when the broker answers now; raise (ideally ``BrokerUnavailableError``) if not.
+
+        Used by health checks, so it must be quick and change nothing on the broker. The
+        default raises :class:`NotImplementedError`: a broker that cannot check itself is
+        reported as "not judged" rather than guessed healthy or unhealthy.
+        """
+        raise NotImplementedError
+
     def __enter__(self) -> Broker:
         return self
 

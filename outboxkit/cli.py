@@ -35,6 +35,8 @@ from outboxkit.cli_commands.common import (
 )
 from outboxkit.engine import Engine
 from outboxkit.errors import ConfigurationError, OutboxError
+from outboxkit.health import add_health_command
+from outboxkit.metrics_server import MetricsServer
 
 logger = logging.getLogger("outboxkit.cli")
 
@@ -76,12 +78,28 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     if args.migrate:
         engine.create_schema()
+    metrics = _serve_metrics(engine, args.metrics_port)
     engine.start()
     print(f"outboxkit worker running {args.app} (pid {os.getpid()})", flush=True)
     while not stop_requested.wait(0.5):
         pass
     finished = engine.stop(timeout=args.stop_timeout)
+    if metrics is not None:
+        metrics.close()
     return 0 if finished else 1
+
+
+def _serve_metrics(engine: Engine, port: int | None) -> MetricsServer | None:
+    """``--metrics-port``: serve /metrics, /livez and /readyz (needs the ``prometheus`` extra)."""
+    if port is None:
+        return None
+    try:
+        from outboxkit.prometheus import worker_metrics
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"--metrics-port needs prometheus_client: pip install 'outboxkit[prometheus]' ({exc})"
+        ) from exc
+    return worker_metrics(engine, port)
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -90,7 +108,11 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     if args.print_sql:
         names = services or engine.routing.services()
         routes = [engine.routing.route_of_service(s) for s in names]
-        print(engine.repository.schema_ddl(routes))
+        # By default what this database needs (ALTER TABLE for a Go table); --offline
+        # prints the full CREATE DDL without connecting.
+        repository = engine.repository
+        ddl = repository.schema_ddl if args.offline else repository.schema_upgrade_ddl
+        print(ddl(routes))
         return 0
     routes = engine.create_schema(services)
     for route in routes:
@@ -129,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("app", help="module:attribute of an Engine (or a factory of one)")
     worker.add_argument("--stop-timeout", type=float, default=30.0)
     worker.add_argument("--migrate", action="store_true", help="create the tables first")
+    worker.add_argument(
+        "--metrics-port", type=int, help="serve /metrics, /livez and /readyz on this port"
+    )
     worker.set_defaults(func=_cmd_worker)
 
     migrate = sub.add_parser(
@@ -136,13 +161,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument("app", help="module:attribute of an Engine (or a factory of one)")
     migrate.add_argument("--service", action="append", help="only this service (repeatable)")
-    migrate.add_argument("--print-sql", action="store_true", help="print the DDL, change nothing")
+    migrate.add_argument(
+        "--print-sql",
+        action="store_true",
+        help="print the DDL this database needs (CREATE, or ALTER TABLE for an existing "
+        "table such as a Go one), change nothing",
+    )
+    migrate.add_argument(
+        "--offline",
+        action="store_true",
+        help="with --print-sql: the full CREATE DDL, without connecting",
+    )
     migrate.set_defaults(func=_cmd_migrate)
 
     status_command.add_parser(sub, common)
     dlq_command.add_parser(sub, common)
     rows_command.add_parser(sub, common)
     purge_command.add_parser(sub, common)
+    add_health_command(sub, load_engine)
+    logs.add_logging_arguments(sub.choices["health"])
     return parser
 
 

@@ -9,6 +9,15 @@ fencing lease, publishes it as one broker batch, then records the outcome per ro
 * rejected by the broker -> one counted retry with backoff, ``dead`` when exhausted;
 * undecodable row -> ``dead`` with the reason.
 
+**Overlap.** When a claim comes back full (a backlog), one helper thread claims the next
+batch while this one is published, and then marks this one ``published`` while the next is
+published: the database's claim and mark overlap the broker's acknowledgements instead of
+adding up. Rows of one key still reach the broker in order (batch k is acknowledged before
+batch k+1 is sent). A ``run_once`` that returns without holding a next claim has finished
+every mark; a prefetched claim that is not used (the broker became unreachable, the relay
+stops) is released uncounted, and a background mark that fails only means the rows are
+sent again when their lease runs out.
+
 A relay killed mid-batch loses nothing: its rows become due again when the lease runs out.
 Two relays never publish the same row in normal operation (disjoint claims); after a lease
 expiry a duplicate publish is possible and harmless, because consumers are idempotent and a
@@ -18,6 +27,8 @@ stale lease can no longer mark the row.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import attrs
@@ -25,9 +36,12 @@ import attrs
 from outboxkit.broker import Broker, BrokerMessage
 from outboxkit.codec import broker_headers, encode_envelope, envelope_from_row
 from outboxkit.errors import BrokerUnavailableError, DecodeError, MessageRejectedError
-from outboxkit.repository import Repository, RetryOutcome
+from outboxkit.messages import OutboxMessage
+from outboxkit.observe import Observer, seconds_between
+from outboxkit.repository import Claim, Repository, RetryOutcome
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Route
+from outboxkit.tracing import NO_TRACING, Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +68,8 @@ class RelayConfig:
     republish_after: float | None = 300.0
     #: How often the rescue sweep runs.
     republish_interval: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    #: Claim the next batch while this one is published, when this claim came back full.
+    prefetch: bool = True
 
 
 @attrs.frozen(kw_only=True)
@@ -79,12 +95,20 @@ class Relay:
         *,
         config: RelayConfig | None = None,
         retry_policy: RetryPolicy | None = None,
+        tracing: Tracing = NO_TRACING,
+        observer: Observer | None = None,
     ) -> None:
         self.repository = repository
+        #: Told about each published, retried and dead row (metrics); no-op by default.
+        self.observer = observer or Observer()
         self.broker = broker
         self.route = route
         self.config = config or RelayConfig()
         self.retry_policy = retry_policy or RetryPolicy()
+        self.tracing = tracing
+        self._helper_thread: ThreadPoolExecutor | None = None
+        self._next_claim: Future[Claim] | None = None
+        self._pending_marks: list[Future[None]] = []
 
     def run_once(self) -> RelayStep:
         """Claim, publish and record one batch.
@@ -92,11 +116,98 @@ class Relay:
         Raises :class:`~outboxkit.errors.BrokerUnavailableError` (after giving the rows back
         uncounted) when the broker could not be reached, so the caller can pause.
         """
-        claim = self.repository.claim_due(
+        claim = self._take_claim()
+        if not claim.messages:
+            self._finish_marks()
+            return RelayStep()
+        if self.config.prefetch and len(claim.messages) >= self.config.batch_size:
+            self._start_prefetch()
+        try:
+            step = self._publish_claim(claim)
+        except BaseException:
+            # The caller pauses now: rows claimed for later must not wait out their lease.
+            self._release_prefetched(delay=self.config.outage_backoff)
+            self._finish_marks()
+            raise
+        if self._next_claim is None:
+            self._finish_marks()
+        return step
+
+    def close(self) -> None:
+        """Finish pending marks, give back a prefetched claim, stop the helper thread."""
+        self._release_prefetched(delay=0.0)
+        self._finish_marks()
+        if self._helper_thread is not None:
+            self._helper_thread.shutdown(wait=True)
+            self._helper_thread = None
+
+    def _claim_due(self) -> Claim:
+        return self.repository.claim_due(
             self.route, limit=self.config.batch_size, lease_seconds=self.config.lease_seconds
         )
-        if not claim.messages:
-            return RelayStep()
+
+    def _take_claim(self) -> Claim:
+        """The prefetched claim if there is one (its error, if it failed), else a new one."""
+        pending, self._next_claim = self._next_claim, None
+        if pending is not None:
+            return pending.result()
+        return self._claim_due()
+
+    def _helper(self) -> ThreadPoolExecutor:
+        """One thread that runs prefetched claims and backlog marks in submission order."""
+        if self._helper_thread is None:
+            self._helper_thread = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"outboxkit-relay-helper-{self.route.service}"
+            )
+        return self._helper_thread
+
+    def _start_prefetch(self) -> None:
+        self._next_claim = self._helper().submit(self._claim_due)
+
+    def _release_prefetched(self, *, delay: float) -> None:
+        pending, self._next_claim = self._next_claim, None
+        if pending is None:
+            return
+        try:
+            claim = pending.result()
+            if claim.messages:
+                ids = [row.id for row in claim.messages]
+                self.repository.release(self.route, ids, token=claim.token, delay=delay)
+        except Exception as exc:  # the lease runs out instead: nothing is lost
+            logger.debug("could not release the prefetched claim of %s: %s", self.route.table, exc)
+
+    def _mark_published(self, sent: list[int], token: str, *, background: bool) -> None:
+        try:
+            published = self.repository.mark_published(self.route, sent, token=token)
+        except Exception as exc:
+            if not background:
+                raise
+            # Nothing is lost: the rows stay pending under a lease and are sent again when it
+            # runs out (a duplicate the consumers absorb). The next claim meets the outage.
+            logger.warning(
+                "could not mark %d sent rows of %s published (sent again after their lease): %s",
+                len(sent),
+                self.route.table,
+                exc,
+            )
+            return
+        if len(published) != len(sent):
+            # Consumed, retried or re-claimed meanwhile: the guard kept the newer state.
+            logger.debug(
+                "%d of %d sent rows of %s had moved on before mark_published",
+                len(sent) - len(published),
+                len(sent),
+                self.route.table,
+            )
+
+    def _finish_marks(self) -> None:
+        """Wait for the marks running on the helper thread (they log their own failures)."""
+        pending, self._pending_marks = self._pending_marks, []
+        for future in pending:
+            future.result()
+
+    def _encode_claim(self, claim: Claim) -> tuple[list[tuple[int, BrokerMessage]], int]:
+        """The claimed rows as broker messages; an undecodable row goes dead (counted)."""
         now = datetime.now(timezone.utc)
         to_send: list[tuple[int, BrokerMessage]] = []
         dead = 0
@@ -107,6 +218,7 @@ class Relay:
                 reason = f"failed to parse outbox event shell: {exc.reason}"
                 if self.repository.mark_dead(self.route, row.id, reason=reason):
                     dead += 1
+                    self.observer.dead(self.route.service, row.event_type)
                 logger.error(
                     "outbox row %s of %s is undecodable, marked dead: %s",
                     row.id,
@@ -121,11 +233,18 @@ class Relay:
                 headers=broker_headers(envelope),
             )
             to_send.append((row.id, message))
+        return to_send, dead
+
+    def _publish_claim(self, claim: Claim) -> RelayStep:
+        """Publish one claimed batch and record each row's outcome."""
+        to_send, dead = self._encode_claim(claim)
         if not to_send:
             return RelayStep(claimed=len(claim.messages), dead=dead)
 
         try:
-            results = self.broker.publish([message for _, message in to_send])
+            messages = [message for _, message in to_send]
+            with self.tracing.sending(self.route, messages):
+                results = self.broker.publish(messages)
         except Exception:
             # Unreachable broker, or a bug: either way nothing is known to be wrong with
             # the rows, so give them back uncounted now rather than when the lease ends.
@@ -145,16 +264,15 @@ class Relay:
                 unavailable.append(row_id)
             else:
                 rejected.append((row_id, result.error))
+        self._observe_published(claim.messages, sent)
 
-        published = self.repository.mark_published(self.route, sent, token=claim.token)
-        if len(published) != len(sent):
-            # Consumed, retried or re-claimed meanwhile: the guard kept the newer state.
-            logger.debug(
-                "%d of %d sent rows of %s had moved on before mark_published",
-                len(sent) - len(published),
-                len(sent),
-                self.route.table,
+        if self._next_claim is not None:
+            # A backlog: record this batch on the helper thread while the next one is sent.
+            self._pending_marks.append(
+                self._helper().submit(self._mark_published, sent, claim.token, background=True)
             )
+        else:
+            self._mark_published(sent, claim.token, background=False)
         retried = 0
         for row_id, error in rejected:
             outcome = self.repository.schedule_retry(
@@ -164,6 +282,7 @@ class Relay:
                 backoff=self.retry_policy.delay,
                 token=claim.token,
             )
+            self._observe_retry(outcome, claim.messages, row_id)
             if outcome is RetryOutcome.DEAD:
                 dead += 1
                 logger.error("outbox row %s of %s dead: %s", row_id, self.route.table, error)
@@ -191,6 +310,26 @@ class Relay:
                 f"{step.published} published in the same batch"
             )
         return step
+
+    def _observe_published(self, rows: Sequence[OutboxMessage], sent: Sequence[int]) -> None:
+        """Tell the observer about the acknowledged rows, timed row creation -> now (the ack)."""
+        acked_at = datetime.now(timezone.utc)
+        ids = set(sent)
+        for row in rows:
+            if row.id in ids:
+                latency = seconds_between(row.created_at, acked_at)
+                self.observer.published(
+                    self.route.service, row.event_type, commit_to_publish=latency
+                )
+
+    def _observe_retry(
+        self, outcome: RetryOutcome, rows: Sequence[OutboxMessage], row_id: int
+    ) -> None:
+        event_type = next(r.event_type for r in rows if r.id == row_id)
+        if outcome is RetryOutcome.DEAD:
+            self.observer.dead(self.route.service, event_type)
+        elif outcome is RetryOutcome.SCHEDULED:
+            self.observer.retried(self.route.service, event_type)
 
     def republish_stale(self) -> int:
         """Send ``published``-but-never-consumed rows back to pending (bounded by max_retry)."""

@@ -166,6 +166,10 @@ class MemoryBroker(Broker):
         for subscription in subscriptions:
             subscription.close()
 
+    def ping(self) -> None:
+        """In-process: reachable while open."""
+        self._check_open()
+
     def _check_open(self) -> None:
         if self._closed:
             raise BrokerClosedError("memory broker is closed")

@@ -48,13 +48,15 @@ def load_engine(spec: str) -> Engine:
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigurationError(f"cannot import module {module_name!r} of {spec}: {exc}") from exc
+        raise ConfigurationError(
+            f"cannot load {spec}: cannot import module {module_name!r}: {exc}"
+        ) from exc
     for part in attribute.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
             raise ConfigurationError(
-                f"{spec}: {module_name} has no attribute {attribute!r}"
+                f"cannot load {spec}: {module_name} has no attribute {attribute!r}"
             ) from None
     if isinstance(obj, Engine):
         return obj

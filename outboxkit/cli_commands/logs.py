@@ -34,7 +34,14 @@ def logging_options() -> argparse.ArgumentParser:
     is not repeated after it.
     """
     parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("logging")
+    add_logging_arguments(parent)
+    return parent
+
+
+def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--log-level`` and ``--client-log-level`` on ``parser`` (for subcommands built
+    elsewhere, which cannot take :func:`logging_options` as a parent)."""
+    group = parser.add_argument_group("logging")
     group.add_argument(
         "--log-level",
         type=log_level,
@@ -50,7 +57,6 @@ def logging_options() -> argparse.ArgumentParser:
         help="level of the kafka, redis and urllib3 loggers (default: warning, "
         "or debug with --log-level debug)",
     )
-    return parent
 
 
 def configure_logging(level: str, client_level: str | None = None) -> None:

@@ -9,9 +9,11 @@ import attrs
 
 from outboxkit.admin.retention import RetentionPolicy
 from outboxkit.consumer import ConsumerConfig
+from outboxkit.observe import Observer
 from outboxkit.outbox import PublisherConfig
 from outboxkit.relay import RelayConfig
 from outboxkit.retry import RetryPolicy
+from outboxkit.tracing import NO_TRACING, Tracing
 
 
 def default_consumer_name() -> str:
@@ -41,3 +43,8 @@ class EngineConfig:
     #: ``False`` mirrors the Go ``kafka.enabled=false`` fallback: no threads, no broker,
     #: and :meth:`Engine.publish` runs the local handler at once in the caller's transaction.
     enabled: bool = True
+    #: Tracing hooks (:class:`outboxkit.otel.OpenTelemetryTracing` with the ``otel`` extra).
+    tracing: Tracing = NO_TRACING
+    #: Told what the relay and consumers did (e.g. :class:`outboxkit.prometheus.PrometheusMetrics`);
+    #: ``None`` observes nothing. More can be added with :meth:`Engine.add_observer`.
+    observer: Observer | None = attrs.field(default=None, eq=False)

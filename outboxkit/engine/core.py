@@ -21,14 +21,18 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from outboxkit.broker import Broker, Subscription
-from outboxkit.consumer import Consumer
+from outboxkit.causality import handled_event, handling, with_flow_ids
+from outboxkit.consumer import Consumer, Outcome
 from outboxkit.engine.config import EngineConfig
 from outboxkit.engine.housekeeping import run_housekeeping
 from outboxkit.engine.loops import run_consumer, run_listener, run_relay
 from outboxkit.engine.stats import EngineStats, StatsRecorder
 from outboxkit.engine.wakeups import Wakeups
 from outboxkit.errors import ConfigurationError
+from outboxkit.health import DEFAULT_TIMEOUT as HEALTH_TIMEOUT
+from outboxkit.health import HealthReport, check_health
 from outboxkit.messages import Event, PublishRequest
+from outboxkit.observe import Observer, Observers, report_outcome
 from outboxkit.outbox import Publisher
 from outboxkit.registry import HandlerRegistry
 from outboxkit.relay import Relay
@@ -59,7 +63,9 @@ class Engine:
         self.registry = registry or HandlerRegistry(self.routing)
         if self.registry.routing is not self.routing:
             raise ConfigurationError("the handler registry must use the engine's routing")
-        self.publisher = Publisher(repository, self.routing, config=self.config.publisher)
+        self.publisher = Publisher(
+            repository, self.routing, config=self.config.publisher, tracing=self.config.tracing
+        )
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._wakeups = Wakeups()
@@ -69,6 +75,8 @@ class Engine:
         self._stats = StatsRecorder()
         self._step_relays: dict[str, Relay] = {}
         self._step_consumers: dict[str, tuple[Consumer, Subscription]] = {}
+        self._observers = Observers([self.config.observer] if self.config.observer else [])
+        self._observers.bind_backlog(self.backlog)
 
     # ------------------------------------------------------------------ registration
 
@@ -96,6 +104,15 @@ class Engine:
         return self.registry.register(event_type, handler, transactional=transactional)
 
     handler = register_handler
+
+    def add_observer(self, observer: Observer) -> None:
+        """Tell ``observer`` too what the relay and consumers do (before :meth:`start`)."""
+        self._observers.add(observer)
+
+    @property
+    def observers(self) -> tuple[Observer, ...]:
+        """The observers told what the relay and consumers do, in the order given."""
+        return self._observers.observers
 
     # ------------------------------------------------------------------ publishing
 
@@ -136,6 +153,8 @@ class Engine:
     ) -> str:
         spec = self.registry.get(request.event_type)
         assert spec is not None  # checked by publish_many
+        conn = connection.connection() if isinstance(connection, Session) else connection
+        request = with_flow_ids(request, handled_event(conn))
         event = Event(
             event_id=request.event_id,
             outbox_id=0,
@@ -148,15 +167,18 @@ class Engine:
             headers=request.headers,
             attempt=1,
             occurred_at=None,
+            correlation_id=request.correlation_id,
+            causation_id=request.causation_id,
         )
         if not spec.transactional:
-            spec.func(event)
-        elif connection is not None:
-            conn = connection.connection() if isinstance(connection, Session) else connection
-            spec.func(event, conn)
-        else:
-            with self.repository.transaction() as conn:
+            with handling(event):
+                spec.func(event)
+        elif conn is not None:
+            with handling(event, conn):
                 spec.func(event, conn)
+        else:
+            with self.repository.transaction() as own, handling(event, own):
+                spec.func(event, own)
         return request.event_id
 
     # ------------------------------------------------------------------ schema
@@ -305,6 +327,16 @@ class Engine:
             }
         return result
 
+    def thread_states(self) -> dict[str, bool]:
+        """Name -> alive, for every thread this engine started (empty before :meth:`start`)."""
+        return {t.name: t.is_alive() for t in self._threads}
+
+    def health(
+        self, *, max_backlog_age: float | None = None, timeout: float | None = HEALTH_TIMEOUT
+    ) -> HealthReport:
+        """Liveness and readiness with a reason per failing check (:mod:`outboxkit.health`)."""
+        return check_health(self, max_backlog_age=max_backlog_age, timeout=timeout)
+
     # ------------------------------------------------------------------ internals
 
     def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
@@ -320,16 +352,23 @@ class Engine:
             route,
             config=self.config.relay,
             retry_policy=self.config.retry,
+            tracing=self.config.tracing,
+            observer=self._observers,
         )
 
     def _consumer(self, route: Route) -> Consumer:
+        def on_outcome(event: Event | None, outcome: Outcome) -> None:
+            self._stats.record_outcome(event, outcome)
+            report_outcome(self._observers, route.service, event, outcome)
+
         return Consumer(
             self.repository,
             route,
             self.registry,
             config=self.config.consumer,
             retry_policy=self.config.retry,
-            on_outcome=self._stats.record_outcome,
+            on_outcome=on_outcome,
+            tracing=self.config.tracing,
         )
 
     def _relay_loop(self, route: Route) -> None:

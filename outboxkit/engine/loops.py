@@ -33,6 +33,21 @@ def run_relay(
     wake: threading.Event,
     stats: StatsRecorder,
 ) -> None:
+    """Run :func:`relay_steps`, then give back what the relay still holds (a prefetched claim)."""
+    try:
+        relay_steps(relay, broker, stopping=stopping, wake=wake, stats=stats)
+    finally:
+        relay.close()
+
+
+def relay_steps(
+    relay: Relay,
+    broker: Broker,
+    *,
+    stopping: threading.Event,
+    wake: threading.Event,
+    stats: StatsRecorder,
+) -> None:
     """Claim and publish the service's due rows until ``stopping`` is set.
 
     Never sleeps after a claim that returned rows. After an empty claim it polls adaptively:

@@ -459,6 +459,31 @@ class BrokerContract:
         finally:
             consumer.close()
 
+    # ------------------------------------------------------------------ health (ping)
+    def test_ping_answers_while_the_broker_is_reachable(self, broker: Broker) -> None:
+        broker.ping()  # health checks call it: it must not raise, and must change nothing
+
+    def test_ping_after_close_raises_broker_closed(
+        self, other_broker: Callable[[], Broker]
+    ) -> None:
+        instance = other_broker()
+        instance.ping()
+        instance.close()
+        with pytest.raises(BrokerClosedError):
+            instance.ping()
+
+    def test_ping_of_an_unreachable_broker_raises_unavailable_in_time(
+        self, request: pytest.FixtureRequest
+    ) -> None:
+        if not self.can_be_unreachable:
+            pytest.skip("an in-process broker cannot be unreachable")
+        down: Broker = request.getfixturevalue("unreachable_broker")
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailableError):
+            down.ping()
+        elapsed = time.monotonic() - started
+        assert elapsed < self.unavailable_deadline, f"took {elapsed:.1f} s"
+
     # ------------------------------------------------------------------ outages
     def test_publish_to_an_unreachable_broker_reports_unavailable(
         self, request: pytest.FixtureRequest, unique: str

@@ -330,6 +330,20 @@ class ConfluentKafkaBroker(Broker):
             self._subscriptions.append(subscription)
         return subscription
 
+    # ------------------------------------------------------------------ health
+
+    def ping(self) -> None:
+        """Ask the cluster for its metadata (health checks), within ``admin_timeout``."""
+        with self._admin_lock:
+            self._check_open()
+            admin = self._get_admin()
+            try:
+                metadata = admin.list_topics(timeout=self.config.admin_timeout)
+            except KafkaException as exc:
+                raise translate_exception(exc, "cannot reach Kafka") from exc
+        if not metadata.brokers:
+            raise BrokerUnavailableError("Kafka answered with no brokers")
+
     # ------------------------------------------------------------------ close
 
     def close(self) -> None:

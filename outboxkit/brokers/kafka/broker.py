@@ -302,6 +302,21 @@ class KafkaBroker(Broker):
             self._subscriptions.append(subscription)
         return subscription
 
+    # ------------------------------------------------------------------ health
+
+    def ping(self) -> None:
+        """Ask the cluster for its metadata (health checks); bounded by the admin timeouts."""
+        admin = self._admins.get()
+        with self._admin_lock:
+            self._check_open()
+            try:
+                admin.describe_cluster()
+            except Exception as exc:
+                raise BrokerUnavailableError(
+                    f"Kafka at {self.config.bootstrap_servers} did not describe its cluster: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+
     # ------------------------------------------------------------------ close
 
     def close(self) -> None:

@@ -108,6 +108,14 @@ class RedisStreamsBroker(Broker):
             if "BUSYGROUP" not in str(exc):
                 raise BrokerError(f"creating group {group} on {topic} failed: {exc}") from exc
 
+    def ping(self) -> None:
+        """``PING`` the server (health checks); raises ``BrokerUnavailableError`` if it fails."""
+        self._check_open()
+        try:
+            self._client.ping()
+        except redis.exceptions.RedisError as exc:
+            raise unavailable(exc, "pinging Redis") from exc
+
     def close(self) -> None:
         """Stop every subscription and the heartbeat (deleting the liveness keys, so the
         other members take over at once), then release the connections if they are ours."""

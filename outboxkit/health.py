@@ -1,0 +1,306 @@
+"""Health of an engine, for orchestrators: liveness and readiness with a reason per failure.
+
+:func:`check_health` (also :meth:`outboxkit.Engine.health`) runs four checks and returns a
+:class:`HealthReport`:
+
+* ``threads`` (liveness): every relay/consumer thread this process started is alive. A
+  dead thread is a wedged worker only a restart cures. In a process that did not start the
+  engine (the ``outboxkit health`` command) there are no threads to judge and it passes.
+* ``database`` (readiness): the outbox tables of the served services can be read.
+* ``broker`` (readiness): the broker answers (:meth:`outboxkit.broker.Broker.ping`).
+* ``backlog`` (readiness, only with ``max_backlog_age``): no served service has a pending
+  row older than that many seconds.
+
+An unreachable database or broker makes a worker *not ready* but still *live*: restarting it
+would not bring the database back, and the engine resumes by itself when it returns.
+
+The ``outboxkit health APP`` command prints the report (``--json`` for machines) and exits
+``0`` when the probe passes, ``1`` when it fails, ``2`` on a usage error or an app that
+cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from outboxkit.errors import ConfigurationError
+from outboxkit.messages import Status
+from outboxkit.routing import Route
+
+if TYPE_CHECKING:
+    from outboxkit.engine import Engine
+
+#: The probe kinds a check can count for.
+LIVENESS = "liveness"
+READINESS = "readiness"
+
+#: Seconds the database and broker checks may take together before they count as failed.
+DEFAULT_TIMEOUT = 5.0
+
+#: Exit codes of ``outboxkit health``.
+EXIT_HEALTHY = 0
+EXIT_UNHEALTHY = 1
+
+
+@attrs.frozen(kw_only=True)
+class HealthCheck:
+    """One check's verdict; ``reason`` says why it failed (or why it was not judged)."""
+
+    name: str
+    ok: bool
+    #: :data:`LIVENESS` or :data:`READINESS`: which probe a failure fails.
+    probe: str
+    reason: str | None = None
+    seconds: float = 0.0
+    details: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class HealthReport:
+    """Every check of one health run, with the liveness and readiness verdicts."""
+
+    checks: tuple[HealthCheck, ...]
+
+    @property
+    def live(self) -> bool:
+        """Whether the process should keep running (no liveness check failed)."""
+        return all(c.ok for c in self.checks if c.probe == LIVENESS)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the worker can do its work now (live, and every readiness check passed)."""
+        return all(c.ok for c in self.checks)
+
+    @property
+    def failures(self) -> tuple[HealthCheck, ...]:
+        return tuple(c for c in self.checks if not c.ok)
+
+    def passes(self, probe: str) -> bool:
+        """The verdict for ``probe`` (:data:`LIVENESS` or :data:`READINESS`)."""
+        return self.live if probe == LIVENESS else self.ready
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "live": self.live,
+            "ready": self.ready,
+            "checks": [attrs.asdict(c) for c in self.checks],
+        }
+
+
+def check_health(
+    engine: Engine, *, max_backlog_age: float | None = None, timeout: float | None = DEFAULT_TIMEOUT
+) -> HealthReport:
+    """Run every check against ``engine`` (see the module docstring). Never raises.
+
+    The database and broker checks run side by side and each fails with "no answer within
+    ``timeout`` s" when it has not returned by then (``None``: wait as long as the drivers
+    do), so a probe returns in bounded time even when a server accepts connections and never
+    answers. An abandoned check goes on in a daemon thread until its driver gives up.
+    """
+    routes = _served_routes(engine)
+    backlog: dict[str, float | None] = {}
+    checks = [
+        _timed("threads", LIVENESS, lambda: _check_threads(engine)),
+        *_bounded(
+            [
+                ("database", lambda: _check_database(engine, routes, backlog)),
+                ("broker", lambda: _check_broker(engine)),
+            ],
+            timeout,
+        ),
+    ]
+    if max_backlog_age is not None:
+        database_ok = checks[1].ok
+        ages = dict(backlog) if database_ok else {}
+        checks.append(
+            _timed("backlog", READINESS, lambda: _check_backlog(ages, max_backlog_age, database_ok))
+        )
+    return HealthReport(checks=tuple(checks))
+
+
+# ---------------------------------------------------------------------- the checks
+
+_Verdict = tuple[bool, str | None, dict[str, Any]]
+
+
+def _timed(name: str, probe: str, check: Callable[[], _Verdict]) -> HealthCheck:
+    started = time.monotonic()
+    try:
+        ok, reason, details = check()
+    except Exception as exc:  # a check must report, never raise
+        ok, reason, details = False, _describe(exc), {}
+    return HealthCheck(
+        name=name,
+        ok=ok,
+        probe=probe,
+        reason=reason,
+        seconds=round(time.monotonic() - started, 4),
+        details=details,
+    )
+
+
+def _bounded(
+    checks: list[tuple[str, Callable[[], _Verdict]]], timeout: float | None
+) -> list[HealthCheck]:
+    """Run readiness checks in parallel daemon threads, giving up on each after ``timeout``."""
+    if timeout is None:
+        return [_timed(name, READINESS, check) for name, check in checks]
+    results: dict[str, HealthCheck] = {}
+
+    def run(name: str, check: Callable[[], _Verdict]) -> None:
+        results[name] = _timed(name, READINESS, check)
+
+    threads = [
+        threading.Thread(
+            target=run, args=(name, check), name=f"outboxkit-health-{name}", daemon=True
+        )
+        for name, check in checks
+    ]
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    late = HealthCheck(name="", ok=False, probe=READINESS, reason=f"no answer within {timeout:g} s")
+    return [
+        results.get(name) or attrs.evolve(late, name=name, seconds=timeout) for name, _ in checks
+    ]
+
+
+def _check_threads(engine: Engine) -> _Verdict:
+    threads = engine.thread_states()
+    if not engine.config.enabled:
+        return True, "engine disabled: no threads", {}
+    if not threads:
+        return True, "engine not started in this process: no threads to check", {}
+    if not engine.running:
+        return False, "engine stopped", {"threads": threads}
+    dead = sorted(name for name, alive in threads.items() if not alive)
+    if dead:
+        return False, f"threads not alive: {', '.join(dead)}", {"threads": threads}
+    return True, None, {"threads": len(threads)}
+
+
+def _check_database(
+    engine: Engine, routes: list[Route], backlog: dict[str, float | None]
+) -> _Verdict:
+    if not routes:
+        with engine.repository.transaction() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        return True, "no served services: only the connection was checked", {}
+    pending: dict[str, int] = {}
+    for route in routes:
+        try:
+            pending[route.service] = engine.repository.count_by_status(route).get(Status.PENDING, 0)
+            backlog[route.service] = engine.repository.oldest_pending_age(route)
+        except Exception as exc:
+            return (
+                False,
+                f"cannot read {route.table} (service {route.service}): {_describe(exc)}",
+                {},
+            )
+    return True, None, {"pending": pending, "oldest_pending_age": dict(backlog)}
+
+
+def _check_broker(engine: Engine) -> _Verdict:
+    if engine.broker is None:
+        return True, "engine disabled: no broker", {}
+    try:
+        engine.broker.ping()
+    except NotImplementedError:
+        return True, f"{type(engine.broker).__name__} cannot be checked: not judged", {}
+    return True, None, {}
+
+
+def _check_backlog(backlog: dict[str, float | None], max_age: float, database_ok: bool) -> _Verdict:
+    if not database_ok:
+        return False, "backlog unknown: the database check failed", {}
+    late = {s: age for s, age in backlog.items() if age is not None and age > max_age}
+    if late:
+        worst = max(late, key=lambda s: late[s] or 0.0)
+        return (
+            False,
+            f"oldest pending row of {worst} is {late[worst]:.1f} s old (limit {max_age:g} s)",
+            {"late": late},
+        )
+    return True, None, {"max_backlog_age": max_age}
+
+
+def _served_routes(engine: Engine) -> list[Route]:
+    by_service = {r.service: r for r in (*engine.relay_routes(), *engine.consumer_routes())}
+    return [by_service[s] for s in sorted(by_service)]
+
+
+def _describe(exc: BaseException) -> str:
+    """One line naming the error: driver messages can span lines and carry SQL."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+# ---------------------------------------------------------------------- the command
+
+
+def add_health_command(sub: Any, load_app: Callable[[str], Engine]) -> None:
+    """Add ``outboxkit health`` to the CLI's subparsers (``sub``)."""
+    parser = sub.add_parser(
+        "health",
+        help="check an application's database, broker and backlog (exit 0 ok, 1 failing)",
+        description="Exit codes: 0 the probe passes, 1 it fails, 2 usage error or app not "
+        "loadable. Liveness fails only on dead worker threads; readiness also on an "
+        "unreachable database or broker and, with --max-backlog-age, on a stale backlog.",
+    )
+    parser.add_argument("app", help="module:attribute of an Engine (or a factory of one)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--max-backlog-age",
+        type=float,
+        metavar="S",
+        help="not ready when a pending row is older than S seconds",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"a database or broker check silent for S seconds fails (default {DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--probe",
+        choices=[LIVENESS, READINESS],
+        default=READINESS,
+        help="which verdict decides the exit code (default: readiness, which includes liveness)",
+    )
+    parser.set_defaults(func=lambda args: run_health_command(args, load_app))
+
+
+def run_health_command(args: argparse.Namespace, load_app: Callable[[str], Engine]) -> int:
+    """Print the report; the exit code is the verdict of ``--probe``."""
+    try:
+        engine = load_app(args.app)
+    except (ImportError, AttributeError) as exc:
+        # A probe must tell "the worker is unhealthy" (1) from "the probe is misconfigured".
+        raise ConfigurationError(f"cannot load {args.app}: {exc}") from exc
+    try:
+        report = engine.health(max_backlog_age=args.max_backlog_age, timeout=args.timeout)
+    finally:
+        engine.stop(timeout=1.0)
+    if args.json:
+        print(json.dumps(report.to_dict(), default=str, sort_keys=True))
+    else:
+        print(f"live: {_yes(report.live)}  ready: {_yes(report.ready)}")
+        for check in report.checks:
+            verdict = "ok" if check.ok else "FAIL"
+            line = f"{check.name:<9} {verdict:<4} ({check.probe})"
+            print(f"{line}  {check.reason}" if check.reason else line)
+    return EXIT_HEALTHY if report.passes(args.probe) else EXIT_UNHEALTHY
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
