@@ -32,6 +32,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import attrs
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from outboxkit.messages import DEFAULT_MAX_RETRY, OutboxMessage, Status
@@ -56,11 +57,17 @@ class NewMessage:
 
 @attrs.frozen(kw_only=True)
 class AddResult:
-    """Outcome of adding one message: ``created`` is False for an already-known event id."""
+    """Outcome of adding one message: ``created`` is False for an already-known event id.
+
+    ``existing_payload`` is the stored ``payload`` column of an already-known row, when the
+    repository read it anyway (the SQL repository does, in the statement that finds the
+    row's id), so the publisher can report a re-publish with a different payload for free.
+    """
 
     outbox_id: int
     event_id: str
     created: bool
+    existing_payload: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -211,6 +218,22 @@ class Repository(abc.ABC):
         created), ``CREATE`` for a missing one. Changes nothing. The default, for
         repositories that cannot inspect, is :meth:`schema_ddl`."""
         return self.schema_ddl(routes)
+
+    @abc.abstractmethod
+    def table_for(self, route: Route, metadata: sa.MetaData) -> sa.Table:
+        """``route``'s outbox table (columns and indexes) as a Core table on ``metadata``.
+
+        For schema tools that compare a ``MetaData`` with the database, above all Alembic
+        autogenerate: an application that adds its outbox tables to its own
+        ``Base.metadata`` gets them created by its migrations and never dropped as unknown
+        tables. The table is exactly what :meth:`create_schema` creates, so a table made
+        either way satisfies the other. Idempotent: when ``metadata`` already holds a table
+        of that name, it is returned unchanged. Needs no database connection.
+        """
+
+    def tables(self, routes: Iterable[Route], metadata: sa.MetaData) -> list[sa.Table]:
+        """:meth:`table_for` of each route, in order."""
+        return [self.table_for(route, metadata) for route in routes]
 
     # ------------------------------------------------------------------ writing
 

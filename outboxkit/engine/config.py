@@ -11,6 +11,7 @@ from outboxkit.admin.retention import RetentionPolicy
 from outboxkit.consumer import ConsumerConfig
 from outboxkit.observe import Observer
 from outboxkit.outbox import PublisherConfig
+from outboxkit.payloads import PayloadCodecs
 from outboxkit.relay import RelayConfig
 from outboxkit.retry import RetryPolicy
 from outboxkit.tracing import NO_TRACING, Tracing
@@ -48,3 +49,6 @@ class EngineConfig:
     #: Told what the relay and consumers did (e.g. :class:`outboxkit.prometheus.PrometheusMetrics`);
     #: ``None`` observes nothing. More can be added with :meth:`Engine.add_observer`.
     observer: Observer | None = attrs.field(default=None, eq=False)
+    #: How payloads become JSON on publish and typed objects on consume; one codec for
+    #: every event type unless ``PayloadCodecs(by_event_type=...)`` names others.
+    codecs: PayloadCodecs = attrs.field(factory=PayloadCodecs)

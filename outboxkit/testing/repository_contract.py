@@ -218,6 +218,33 @@ class RepositoryContract:
         finally:
             _drop(engine, first.table, second.table, scratch)
 
+    def test_table_for_puts_the_create_schema_table_on_the_applications_metadata(
+        self, engine: sa.Engine, repository: Repository, routing: Routing
+    ) -> None:
+        # Given an application's own MetaData (as Alembic's target_metadata)
+        route = routing.route_of(TYPE_A)
+        metadata = sa.MetaData()
+        # When the repository puts the route's table on it, twice
+        table = repository.table_for(route, metadata)
+        assert repository.table_for(route, metadata) is table
+        assert repository.tables([route], metadata) == [table]
+        assert metadata.tables[route.table] is table
+        try:
+            # Then a table created from that metadata (not by create_schema) is the one the
+            # repository needs: create_schema finds nothing missing, rows flow through it
+            metadata.create_all(engine)
+            created = {i["name"] for i in sa.inspect(engine).get_indexes(route.table)}
+            assert created == {i.name for i in table.indexes}
+            repository.create_schema([route])
+            inspector = sa.inspect(engine)
+            assert {i["name"] for i in inspector.get_indexes(route.table)} == created
+            assert {c["name"] for c in inspector.get_columns(route.table)} == set(table.c.keys())
+            ids = self.add(repository, route, 2)
+            claim = self.claim_all(repository, route)
+            assert sorted(m.id for m in claim.messages) == ids
+        finally:
+            _drop(engine, route.table)
+
     # ------------------------------------------------------------------ publishing
 
     def test_publishing_while_relays_claim_never_fails_the_callers_transaction(
@@ -337,6 +364,8 @@ class RepositoryContract:
             [result] = repository.add(conn, route, [message])
         assert result.created is False
         assert result.outbox_id == row["id"]
+        # Optional (it lets the publisher report a changed payload), but never wrong.
+        assert result.existing_payload in (None, row["payload"])
         assert len(self.rows(engine, route)) == 1
 
     def test_add_reports_created_and_existing_rows(
