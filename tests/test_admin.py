@@ -25,7 +25,7 @@ from outboxkit.brokers.memory import MemoryBroker
 from outboxkit.cli_commands import logs
 from outboxkit.cli_commands.output import mask_url, print_table
 from outboxkit.engine import Engine
-from outboxkit.engine.housekeeping import HOUSEKEEPING_LOCK, housekeeping_step
+from outboxkit.engine.housekeeping import housekeeping_step, lock_name
 from outboxkit.messages import Event, PublishRequest, Status
 from outboxkit.routing import Route, Routing
 from tests.engine_support import fast_config, unique_routing, wait_for
@@ -86,7 +86,7 @@ def test_housekeeping_skips_while_another_worker_holds_the_lock_then_purges(
     policy = RetentionPolicy(consumed_after=0, dead_after=None, batch_size=2)
     other = SqlRepository(db)
     try:
-        with other.housekeeping_lock(HOUSEKEEPING_LOCK) as held:
+        with other.housekeeping_lock(lock_name([route])) as held:
             assert held
             outcome = housekeeping_step(engine.repository, [route], policy)
             if db.dialect.name == "sqlite":  # no cross-process lock: it just runs

@@ -1,14 +1,15 @@
 """The engine's housekeeping thread: retention, run by one worker at a time.
 
 Every worker process may run it; the database decides which one works. Each run first tries
-the repository's housekeeping lock (PostgreSQL ``pg_try_advisory_lock``, MySQL ``GET_LOCK``,
-always held on SQLite) without waiting, and a worker that does not get it skips the run. So
+the repository's housekeeping lock for its tables (PostgreSQL ``pg_try_advisory_lock``,
+MySQL ``GET_LOCK``, always held on SQLite) without waiting, and a worker that does not get it skips the run. So
 N workers never race N purges over the same rows, and a worker that dies mid-run frees the
 lock with its session.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -20,8 +21,16 @@ from outboxkit.routing import Route
 
 logger = logging.getLogger(__name__)
 
-#: The name of the lock; one per database, shared by every outboxkit worker using it.
+#: Prefix of the lock's name (see :func:`lock_name`).
 HOUSEKEEPING_LOCK = "outboxkit-housekeeping"
+
+
+def lock_name(routes: Sequence[Route]) -> str:
+    """The lock of housekeeping over these tables: workers serving the same tables share it,
+    while applications with other tables on the same server do not wait for each other
+    (MySQL's ``GET_LOCK`` names are server-wide, not per database)."""
+    tables = ",".join(sorted(r.table for r in routes))
+    return f"{HOUSEKEEPING_LOCK}-{hashlib.sha256(tables.encode()).hexdigest()[:16]}"
 
 
 def housekeeping_step(
@@ -32,7 +41,7 @@ def housekeeping_step(
     should_stop: Callable[[], bool] | None = None,
 ) -> list[PurgeResult] | None:
     """One retention run under the lock; ``None`` when another worker holds it."""
-    with repository.housekeeping_lock(HOUSEKEEPING_LOCK) as lock:
+    with repository.housekeeping_lock(lock_name(routes)) as lock:
         if not lock:
             logger.debug("housekeeping skipped: another worker holds the lock")
             return None
