@@ -2,9 +2,9 @@
 
 Every worker process may run it; the database decides which one works. Each run first tries
 the repository's housekeeping lock for its tables (PostgreSQL ``pg_try_advisory_lock``,
-MySQL ``GET_LOCK``, always held on SQLite) without waiting, and a worker that does not get it skips the run. So
-N workers never race N purges over the same rows, and a worker that dies mid-run frees the
-lock with its session.
+MySQL ``GET_LOCK``, always held on SQLite) without waiting, and a worker that does not get
+it skips the run. So N workers never race N purges over the same rows, and a worker that
+dies mid-run frees the lock with its session.
 """
 
 from __future__ import annotations
