@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from outboxkit.backends import SqlRepository
+from outboxkit.cli_commands.output import mask_url
 from outboxkit.consumer import ConsumerConfig
 from outboxkit.engine import Engine, EngineConfig
 from outboxkit.errors import PermanentError
@@ -182,7 +183,7 @@ class _Demo:
     def run(self) -> DemoSummary:
         say = self._say
         say(f"outboxkit demo: database {self.db.url.render_as_string(hide_password=True)}")
-        say(f"                broker   {self.broker_url}")
+        say(f"                broker   {mask_url(self.broker_url)}")
         self.engine.create_schema()
         self.metadata.create_all(self.db)
         try:

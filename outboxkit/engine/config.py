@@ -7,6 +7,7 @@ import socket
 
 import attrs
 
+from outboxkit.admin.retention import RetentionPolicy
 from outboxkit.consumer import ConsumerConfig
 from outboxkit.observe import Observer
 from outboxkit.outbox import PublisherConfig
@@ -37,6 +38,9 @@ class EngineConfig:
     consumer_threads: int = attrs.field(default=1, validator=attrs.validators.ge(0))
     #: Stable member name in the consumer groups (suffixed with the thread number).
     consumer_name: str = attrs.field(factory=default_consumer_name)
+    #: Delete old final rows in a housekeeping thread (one worker at a time, see
+    #: :mod:`outboxkit.engine.housekeeping`); ``None`` (the default) keeps every row.
+    retention: RetentionPolicy | None = None
     #: ``False`` mirrors the Go ``kafka.enabled=false`` fallback: no threads, no broker,
     #: and :meth:`Engine.publish` runs the local handler at once in the caller's transaction.
     enabled: bool = True

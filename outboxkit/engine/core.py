@@ -1,6 +1,7 @@
 """The :class:`Engine`: routes, handlers, the publisher, and the threads that relay and consume.
 
-Threads are named ``outboxkit-relay-<service>-<n>`` and ``outboxkit-consumer-<service>-<n>``.
+Threads are named ``outboxkit-relay-<service>-<n>`` and ``outboxkit-consumer-<service>-<n>``
+(plus ``outboxkit-housekeeping`` when ``EngineConfig.retention`` is set).
 They wait on events (never bare sleeps), log unexpected exceptions with their ids and go on,
 and back off while the broker or database is unreachable, resuming by themselves.
 :meth:`Engine.stop` stops claiming and receiving, lets in-flight handlers finish, then closes
@@ -25,6 +26,7 @@ from outboxkit.broker import Broker, Subscription
 from outboxkit.causality import handled_event, handling, with_flow_ids
 from outboxkit.consumer import Consumer, Outcome
 from outboxkit.engine.config import EngineConfig
+from outboxkit.engine.housekeeping import run_housekeeping
 from outboxkit.engine.loops import run_consumer, run_listener, run_relay
 from outboxkit.engine.stats import EngineStats, StatsRecorder
 from outboxkit.engine.wakeups import Wakeups
@@ -327,6 +329,8 @@ class Engine:
                     self._spawn(
                         f"outboxkit-consumer-{route.service}-{n}", self._consumer_loop, route, name
                     )
+            if self.config.retention is not None and self.relay_routes():
+                self._spawn("outboxkit-housekeeping", self._housekeeping_loop)
             logger.info(
                 "outbox engine started: relays %s, consumers %s",
                 [r.service for r in self.relay_routes()],
@@ -475,6 +479,15 @@ class Engine:
     def _listener_loop(self, services_by_table: dict[str, str]) -> None:
         run_listener(
             self.repository, services_by_table, stopping=self._stopping, wakeups=self._wakeups
+        )
+
+    def _housekeeping_loop(self) -> None:
+        assert self.config.retention is not None
+        run_housekeeping(
+            self.repository,
+            self.relay_routes(),
+            self.config.retention,
+            stopping=self._stopping,
         )
 
     def _consumer_loop(self, route: Route, member: str) -> None:
