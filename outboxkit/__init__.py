@@ -20,6 +20,7 @@ from outboxkit.errors import (
     InvalidEventError,
     MessageRejectedError,
     OutboxError,
+    PayloadConflictError,
     PermanentError,
     RepositoryError,
     RoutingError,
@@ -29,7 +30,8 @@ from outboxkit.health import HealthCheck, HealthReport
 from outboxkit.messages import Event, OutboxMessage, PublishRequest, Status
 from outboxkit.observe import Observer
 from outboxkit.outbox import Publisher, PublisherConfig
-from outboxkit.registry import HandlerRegistry
+from outboxkit.payloads import JsonPayloadCodec, PayloadCodec, PayloadCodecs, PayloadDecodeError
+from outboxkit.registry import HandlerRegistry, SideEffectHandler, TransactionalHandler
 from outboxkit.relay import RelayConfig
 from outboxkit.repository import Repository
 from outboxkit.retry import RetryPolicy
@@ -46,6 +48,12 @@ __all__ = [
     "ConsumerConfig",
     "HandlerRegistry",
     "Event",
+    # typed handlers and payloads
+    "TransactionalHandler",
+    "SideEffectHandler",
+    "PayloadCodec",
+    "JsonPayloadCodec",
+    "PayloadCodecs",
     # publishing
     "Publisher",
     "PublisherConfig",
@@ -80,6 +88,8 @@ __all__ = [
     "BrokerUnavailableError",
     "MessageRejectedError",
     "DecodeError",
+    "PayloadDecodeError",
+    "PayloadConflictError",
     "PermanentError",
     "FatalError",
     "DatabaseSetupError",

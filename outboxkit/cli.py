@@ -1,4 +1,8 @@
-"""The ``outboxkit`` command: ``demo``, ``worker``, ``migrate`` and ``dead`` (dead letters).
+"""The ``outboxkit`` command: ``demo``, ``worker``, ``migrate``, and for operators ``status``,
+``rows``, ``dlq`` (alias ``dead``) and ``purge`` (their code lives in
+:mod:`outboxkit.cli_commands`).
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage error, 130 forced or interrupted.
 
 Signals belong here, not in the library: ``worker`` stops gracefully on the first SIGTERM or
 SIGINT (in-flight handlers finish) and exits at once on the second.
@@ -7,7 +11,6 @@ SIGINT (in-flight handlers finish) and exits at once on the second.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import signal
@@ -15,12 +18,24 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
 
+from outboxkit import __version__
+from outboxkit.cli_commands import app_loading, logs
+from outboxkit.cli_commands import dlq as dlq_command
+from outboxkit.cli_commands import purge as purge_command
+from outboxkit.cli_commands import rows as rows_command
+from outboxkit.cli_commands import status as status_command
+from outboxkit.cli_commands.common import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandFailedError,
+    UsageError,
+)
 from outboxkit.engine import Engine
 from outboxkit.errors import ConfigurationError, OutboxError
 from outboxkit.health import add_health_command
-from outboxkit.messages import Status
 from outboxkit.metrics_server import MetricsServer
 
 logger = logging.getLogger("outboxkit.cli")
@@ -32,20 +47,9 @@ WORKER_POLL_SECONDS = 0.2
 
 
 def load_engine(spec: str) -> Engine:
-    """Import ``module:attribute``; the attribute is an Engine or a callable returning one."""
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise ConfigurationError(f"expected module:attribute, got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    obj: Any = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        obj = getattr(obj, part)
-    if not isinstance(obj, Engine) and callable(obj):
-        obj = obj()
-    if not isinstance(obj, Engine):
-        raise ConfigurationError(f"{spec} is not an outboxkit Engine (got {type(obj).__name__})")
-    return obj
+    """Import ``module:attribute``: an Engine or a no-argument factory of one (see
+    :mod:`outboxkit.cli_commands.app_loading` for what else is recognised and refused)."""
+    return app_loading.load_engine(spec)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -97,21 +101,21 @@ def _run_worker(engine: Engine, args: argparse.Namespace, stop_requested: thread
     except OutboxError as exc:
         print(f"outboxkit worker: cannot start {args.app}: {exc}", file=sys.stderr, flush=True)
         engine.stop(timeout=args.stop_timeout)
-        return 1
+        return EXIT_FAILURE
     print(f"outboxkit worker running {args.app} (pid {os.getpid()})", flush=True)
     while not stop_requested.wait(WORKER_POLL_SECONDS) and engine.fatal_error is None:
         pass
     finished = engine.stop(timeout=args.stop_timeout)
     if engine.fatal_error is not None:
-        return 1  # the engine logged it, as one ERROR line
+        return EXIT_FAILURE  # the engine logged it, as one ERROR line
     if not finished:
         print(
             f"outboxkit worker: could not drain within {args.stop_timeout:g} s",
             file=sys.stderr,
             flush=True,
         )
-        return 1
-    return 0
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def _serve_metrics(engine: Engine, port: int | None) -> MetricsServer | None:
@@ -145,39 +149,20 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_dead(args: argparse.Namespace) -> int:
-    engine = load_engine(args.app)
-    route = engine.routing.route_of_service(args.service)
-    if args.action == "count":
-        counts = engine.repository.count_by_status(route)
-        for status, n in counts.items():
-            print(f"{status.value}\t{n}")
-        return 0
-    if args.action == "list":
-        rows = engine.repository.list_by_status(
-            route, Status.DEAD, limit=args.limit, after_id=args.after
-        )
-        for row in rows:
-            error = (row.last_error or "").replace("\n", " ")
-            print(
-                f"{row.id}\t{row.event_id or ''}\t{row.event_type}\t{row.message_key}\t"
-                f"retries={row.retry_count}\t{error}"
-            )
-        return 0
-    ids = [int(i) for i in args.ids] if args.ids else None
-    requeued = engine.repository.requeue_dead(route, ids)
-    print(f"requeued {requeued} dead rows of {route.table}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="outboxkit", description=__doc__)
-    parser.add_argument(
-        "--log-level", help="DEBUG, INFO, WARNING, ERROR (default: INFO; ERROR for the demo)"
+    parser = argparse.ArgumentParser(
+        prog="outboxkit",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[logs.logging_options()],
     )
+    parser.add_argument("--version", action="version", version=f"outboxkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    common = [logs.logging_options()]
 
-    demo = sub.add_parser("demo", help="publish, relay and consume events for two services")
+    demo = sub.add_parser(
+        "demo", parents=common, help="publish, relay and consume events for two services"
+    )
     demo.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in a temp dir)")
     demo.add_argument(
         "--broker-url",
@@ -189,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="keep the demo tables")
     demo.set_defaults(func=_cmd_demo)
 
-    worker = sub.add_parser("worker", help="run an application's engine until SIGTERM/SIGINT")
+    worker = sub.add_parser(
+        "worker", parents=common, help="run an application's engine until SIGTERM/SIGINT"
+    )
     worker.add_argument("app", help="module:attribute of an Engine (or a factory of one)")
     worker.add_argument("--stop-timeout", type=float, default=30.0)
     worker.add_argument("--migrate", action="store_true", help="create the tables first")
@@ -198,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(func=_cmd_worker)
 
-    migrate = sub.add_parser("migrate", help="create the outbox tables of an application")
+    migrate = sub.add_parser(
+        "migrate", parents=common, help="create the outbox tables of an application"
+    )
     migrate.add_argument("app", help="module:attribute of an Engine (or a factory of one)")
     migrate.add_argument("--service", action="append", help="only this service (repeatable)")
     migrate.add_argument(
@@ -214,31 +203,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.set_defaults(func=_cmd_migrate)
 
-    dead = sub.add_parser("dead", help="count, list or requeue dead events of a service")
-    dead.add_argument("app", help="module:attribute of an Engine (or a factory of one)")
-    dead.add_argument("action", choices=["count", "list", "requeue"])
-    dead.add_argument("--service", required=True)
-    dead.add_argument("--limit", type=int, default=100, help="list: rows per page")
-    dead.add_argument("--after", type=int, default=0, help="list: only ids above this")
-    dead.add_argument("ids", nargs="*", help="outbox ids to requeue (default: all dead rows)")
-    dead.set_defaults(func=_cmd_dead)
-
+    status_command.add_parser(sub, common)
+    dlq_command.add_parser(sub, common)
+    rows_command.add_parser(sub, common)
+    purge_command.add_parser(sub, common)
     add_health_command(sub, load_engine)
+    logs.add_logging_arguments(sub.choices["health"])
     return parser
 
 
+#: Default log level per command: operator commands print results, not lifecycle lines.
+_QUIET_COMMANDS = {
+    "demo": "error",
+    "status": "warning",
+    "dlq": "warning",
+    "dead": "warning",
+    "purge": "warning",
+    "rows": "warning",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    level = args.log_level or ("ERROR" if args.command == "demo" else "INFO")
-    logging.basicConfig(
-        level=getattr(logging, str(level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
-    )
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Positional words (APP, ids) after options, e.g. ``dlq requeue --service orders 7``.
+    words = getattr(args, "extra_words", None)
+    if extra and words and not any(e.startswith("-") for e in extra):
+        getattr(args, words).extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    level = getattr(args, "log_level", None) or _QUIET_COMMANDS.get(args.command, "info")
+    logs.configure_logging(level, getattr(args, "client_log_level", None))
     try:
         return int(args.func(args))
-    except OutboxError as exc:
+    except (UsageError, ConfigurationError) as exc:
         print(f"outboxkit: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except (CommandFailedError, OutboxError) as exc:
+        print(f"outboxkit: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("outboxkit: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (``| head``): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -44,6 +44,7 @@ from outboxkit.codec import Envelope, decode_envelope, row_event_id
 from outboxkit.errors import DecodeError, PermanentError
 from outboxkit.logs import event_fields, hide_parameters
 from outboxkit.messages import Event
+from outboxkit.payloads import PayloadCodecs, decode_payload
 from outboxkit.registry import HandlerRegistry, HandlerSpec
 from outboxkit.repository import (
     ConsumeItem,
@@ -95,7 +96,9 @@ class Consumer:
         retry_policy: RetryPolicy | None = None,
         on_outcome: Callable[[Event | None, Outcome], None] | None = None,
         tracing: Tracing = NO_TRACING,
+        codecs: PayloadCodecs | None = None,
     ) -> None:
+        self.codecs = codecs or PayloadCodecs()
         self.repository = repository
         self.route = route
         self.registry = registry
@@ -195,6 +198,11 @@ class Consumer:
         if spec is None or spec.service != self.route.service:
             reason = f"no handler registered in service {self.route.service}: {event.event_type}"
             return self._report(event, self._dead(event, reason))
+        if spec.payload_type is not None:
+            try:  # deterministic: a payload that does not fit never will, so no retries
+                event = decode_payload(event, spec.payload_type, self.codecs)
+            except DecodeError as exc:
+                return self._report(event, self._dead(event, f"undecodable payload: {exc}"))
         return event, spec
 
     def _consume_segment(

@@ -145,3 +145,11 @@ class PermanentError(HandlerError):
 
 class DuplicateHandlerError(ConfigurationError):
     """A second handler was registered for an event type."""
+
+
+class PayloadConflictError(InvalidEventError):
+    """An event id was published again with a different payload.
+
+    Raised only with ``PublisherConfig(on_payload_conflict="error")``; the stored payload is
+    the one that counts, so the second publish would otherwise be silently lost.
+    """

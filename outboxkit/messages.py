@@ -6,14 +6,19 @@ import enum
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic
 
 import attrs
+from typing_extensions import TypeVar
 
 #: Version written when a request does not say one (the Go ``DefaultEventVersion``).
 DEFAULT_EVENT_VERSION = "v1"
 #: Rows are retried this many times before they go ``dead`` (the Go default).
 DEFAULT_MAX_RETRY = 20
+
+#: The payload type of an :class:`Event`. Covariant (an event is read-only), and ``Any`` by
+#: default so plain ``Event`` keeps meaning "an event with a JSON payload".
+PayloadT_co = TypeVar("PayloadT_co", covariant=True, default=Any)
 
 
 class Status(str, enum.Enum):
@@ -103,8 +108,12 @@ class OutboxMessage:
 
 
 @attrs.frozen(kw_only=True)
-class Event:
+class Event(Generic[PayloadT_co]):
     """What a handler receives: one decoded event and where it stands.
+
+    ``Event[OrderPlaced]`` is an event whose payload was decoded into ``OrderPlaced``
+    (the event type was registered with ``payload_type=OrderPlaced``); a plain ``Event``
+    carries the payload as JSON values (dicts, lists, strings, numbers).
 
     ``attempt`` is 1 on the first delivery and grows with each retry, so a handler can tell
     a retry from a first try. ``message_key`` is the broker key the event travelled under.
@@ -119,7 +128,7 @@ class Event:
     service_name: str
     aggregate_id: str
     message_key: str
-    payload: Any
+    payload: PayloadT_co
     headers: Mapping[str, str]
     attempt: int
     occurred_at: str | None = None

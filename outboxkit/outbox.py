@@ -15,6 +15,7 @@ import contextlib
 import logging
 from collections.abc import Iterable
 from datetime import datetime, timezone
+from typing import Literal
 
 import attrs
 from sqlalchemy.engine import Connection
@@ -24,6 +25,8 @@ from outboxkit.causality import handled_event, with_flow_ids
 from outboxkit.codec import encode_shell
 from outboxkit.errors import InvalidEventError
 from outboxkit.messages import DEFAULT_MAX_RETRY, PublishRequest
+from outboxkit.misuse import check_executor, report_conflict, report_conflicts
+from outboxkit.payloads import PayloadCodecs
 from outboxkit.repository import NewMessage, Repository
 from outboxkit.routing import MAX_EVENT_TYPE, MAX_MESSAGE_KEY, Route, Routing
 from outboxkit.tracing import NO_TRACING, Tracing
@@ -49,6 +52,15 @@ class PublisherConfig:
         default=DEFAULT_MAX_PAYLOAD_BYTES, validator=attrs.validators.ge(1)
     )
     max_retry: int = attrs.field(default=DEFAULT_MAX_RETRY, validator=attrs.validators.ge(1))
+    #: ``True`` makes a publish without ``connection=`` a ``TypeError``: the row would be
+    #: written in a transaction of its own, outside the caller's business change.
+    require_connection: bool = False
+    #: What to do when an event id is published again with a different payload (the first
+    #: payload is kept either way): ``"warn"`` logs both digests, ``"error"`` raises
+    #: :class:`~outboxkit.errors.PayloadConflictError`, ``"ignore"`` says nothing.
+    on_payload_conflict: Literal["warn", "error", "ignore"] = attrs.field(
+        default="warn", validator=attrs.validators.in_(("warn", "error", "ignore"))
+    )
 
 
 Executor = Connection | Session
@@ -69,11 +81,13 @@ class Publisher:
         *,
         config: PublisherConfig | None = None,
         tracing: Tracing = NO_TRACING,
+        codecs: PayloadCodecs | None = None,
     ) -> None:
         self.repository = repository
         self.routing = routing
         self.config = config or PublisherConfig()
         self.tracing = tracing
+        self.codecs = codecs or PayloadCodecs()
 
     def publish(self, request: PublishRequest, *, connection: Executor | None = None) -> str:
         """Write one event; returns its ``event_id``. See :meth:`publish_many`."""
@@ -93,6 +107,7 @@ class Publisher:
         Empty correlation and causation ids are filled from the event being handled on
         ``connection`` or in this context, if any (:mod:`outboxkit.causality`).
         """
+        check_executor(connection, required=self.config.require_connection)
         batch = list(requests)
         if not batch:
             return []
@@ -100,14 +115,19 @@ class Publisher:
         cause = handled_event(conn)
         occurred_at = datetime.now(timezone.utc)
         groups: dict[str, tuple[Route, list[NewMessage]]] = {}
-        seen: set[str] = set()
+        seen: dict[str, NewMessage] = {}
         with contextlib.ExitStack() as spans:  # a tracing span per event, ended after the write
             for request in batch:
                 flow = with_flow_ids(request, cause)
                 route, message = self._prepare(flow, occurred_at, spans)
-                if message.event_id in seen:
+                first = seen.get(message.event_id)
+                if first is not None:  # the first of a batch wins, as the first row would
+                    mode = self.config.on_payload_conflict
+                    report_conflict(
+                        route.table, first.event_id, first.payload, message.payload, mode
+                    )
                     continue
-                seen.add(message.event_id)
+                seen[message.event_id] = message
                 groups.setdefault(route.table, (route, []))[1].append(message)
             if conn is None:
                 with self.repository.transaction() as own:
@@ -119,6 +139,7 @@ class Publisher:
     def _write(self, conn: Connection, groups: dict[str, tuple[Route, list[NewMessage]]]) -> None:
         for route, messages in groups.values():
             results = self.repository.add(conn, route, messages)
+            report_conflicts(route, messages, results, self.config.on_payload_conflict)
             created = sum(1 for r in results if r.created)
             logger.debug(
                 "outbox: wrote %d of %d events to %s (%d already known)",
@@ -166,6 +187,12 @@ class Publisher:
                     f"event {request.event_id!r} ({event_type!r}): {name} contains a NUL character"
                 )
         route = self.routing.route_of(event_type)  # UnknownEventTypeError
+        try:
+            payload = self.codecs.for_type(event_type).encode(request.payload)
+        except InvalidEventError as exc:
+            raise InvalidEventError(f"event {request.event_id} ({event_type}): {exc}") from exc
+        if payload is not request.payload:
+            request = attrs.evolve(request, payload=payload)
         traced = spans.enter_context(self.tracing.publishing(request, route))
         if traced:
             request = attrs.evolve(request, headers={**traced, **request.headers})

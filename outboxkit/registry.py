@@ -9,29 +9,44 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol, overload
+from typing import Any, Literal, Protocol, TypeVar, overload
 
 import attrs
 from sqlalchemy.engine import Connection
 
 from outboxkit.errors import DuplicateHandlerError
+from outboxkit.handlers import check_handler
 from outboxkit.messages import Event
 from outboxkit.routing import Routing
 
-
-class TransactionalHandler(Protocol):
-    """Runs inside the consume transaction: its writes commit with the ``consumed`` status."""
-
-    def __call__(self, event: Event, connection: Connection, /) -> Any: ...
+P_contra = TypeVar("P_contra", contravariant=True)
 
 
-class SideEffectHandler(Protocol):
+class TransactionalHandler(Protocol[P_contra]):
+    """Runs inside the consume transaction: its writes commit with the ``consumed`` status.
+
+    ``TransactionalHandler[OrderPlaced]`` accepts ``(Event[OrderPlaced], Connection)``; the
+    return value is ignored, so it is declared ``None`` to catch handlers that mean
+    something by returning.
+    """
+
+    def __call__(self, event: Event[P_contra], connection: Connection, /) -> None: ...
+
+
+class SideEffectHandler(Protocol[P_contra]):
     """Runs outside any transaction (calls another system); the row is marked consumed after."""
 
-    def __call__(self, event: Event, /) -> Any: ...
+    def __call__(self, event: Event[P_contra], /) -> None: ...
 
 
-AnyHandler = TransactionalHandler | SideEffectHandler
+AnyHandler = TransactionalHandler[Any] | SideEffectHandler[Any]
+#: ``(event_type, payload_type) -> None``, raising ConfigurationError for a type that
+#: cannot be decoded.
+PayloadTypeCheck = Callable[[str, Any], None]
+
+#: A transactional / side-effect handler, kept at its own type by the decorator.
+TransactionalHandlerT = TypeVar("TransactionalHandlerT", bound=TransactionalHandler[Any])
+SideEffectHandlerT = TypeVar("SideEffectHandlerT", bound=SideEffectHandler[Any])
 
 
 @attrs.frozen(kw_only=True)
@@ -43,31 +58,69 @@ class HandlerSpec:
     ``transactional=False`` is the Go "side effect, then ``MarkConsumed``" style: if the
     process dies between the side effect and the mark, the event is delivered again, so the
     side effect must be idempotent on ``event.event_id`` (at-least-once).
+    ``payload_type``, when set, is what the consumer decodes the JSON payload into before
+    calling the handler (a payload that does not decode makes the event ``dead``).
     """
 
     event_type: str
     service: str
     func: Callable[..., Any]
     transactional: bool = True
+    payload_type: Any = None
 
 
 class HandlerRegistry:
     """Event type -> handler, checked against a :class:`~outboxkit.routing.Routing`."""
 
-    def __init__(self, routing: Routing) -> None:
+    def __init__(
+        self, routing: Routing, *, check_payload_type: PayloadTypeCheck | None = None
+    ) -> None:
         self.routing = routing
+        #: Called with (event type, payload type) before a typed handler is registered;
+        #: the engine passes its codecs' check, so an undecodable type fails at start-up.
+        self.check_payload_type = check_payload_type
         self._handlers: dict[str, HandlerSpec] = {}
         self._lock = threading.Lock()
 
     @overload
     def register(
-        self, event_type: str, handler: None = None, *, transactional: bool = True
-    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]: ...
+        self,
+        event_type: str,
+        handler: None = None,
+        *,
+        transactional: Literal[True] = True,
+        payload_type: Any = None,
+    ) -> Callable[[TransactionalHandlerT], TransactionalHandlerT]: ...
 
     @overload
     def register(
-        self, event_type: str, handler: Callable[..., Any], *, transactional: bool = True
-    ) -> Callable[..., Any]: ...
+        self,
+        event_type: str,
+        handler: None = None,
+        *,
+        transactional: Literal[False],
+        payload_type: Any = None,
+    ) -> Callable[[SideEffectHandlerT], SideEffectHandlerT]: ...
+
+    @overload
+    def register(
+        self,
+        event_type: str,
+        handler: TransactionalHandlerT,
+        *,
+        transactional: Literal[True] = True,
+        payload_type: Any = None,
+    ) -> TransactionalHandlerT: ...
+
+    @overload
+    def register(
+        self,
+        event_type: str,
+        handler: SideEffectHandlerT,
+        *,
+        transactional: Literal[False],
+        payload_type: Any = None,
+    ) -> SideEffectHandlerT: ...
 
     def register(
         self,
@@ -75,14 +128,25 @@ class HandlerRegistry:
         handler: Callable[..., Any] | None = None,
         *,
         transactional: bool = True,
+        payload_type: Any = None,
     ) -> Callable[..., Any]:
         """Register ``handler`` for ``event_type``; without a handler, act as a decorator.
 
-        Raises :class:`~outboxkit.errors.UnknownEventTypeError` when the type has no route
+        The handler's signature is checked now, not at its first delivery: a transactional
+        handler must accept ``(event, connection)``, a side-effect one ``(event)``, and an
+        ``Event[X]`` annotation must agree with ``payload_type`` (when the annotation names
+        a class and ``payload_type`` is not given, it becomes the payload type).
+        Raises :class:`~outboxkit.errors.ConfigurationError` for a handler of the wrong
+        shape, :class:`~outboxkit.errors.UnknownEventTypeError` when the type has no route
         and :class:`~outboxkit.errors.DuplicateHandlerError` when it already has a handler.
         """
 
         def add(func: Callable[..., Any]) -> Callable[..., Any]:
+            declared = check_handler(
+                event_type, func, transactional=transactional, payload_type=payload_type
+            )
+            if declared is not None and self.check_payload_type is not None:
+                self.check_payload_type(event_type, declared)
             service = self.routing.service_of(event_type)
             with self._lock:
                 existing = self._handlers.get(event_type)
@@ -96,6 +160,7 @@ class HandlerRegistry:
                     service=service,
                     func=func,
                     transactional=transactional,
+                    payload_type=declared,
                 )
             return func
 

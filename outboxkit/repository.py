@@ -32,6 +32,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import attrs
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from outboxkit.messages import DEFAULT_MAX_RETRY, OutboxMessage, Status
@@ -56,11 +57,17 @@ class NewMessage:
 
 @attrs.frozen(kw_only=True)
 class AddResult:
-    """Outcome of adding one message: ``created`` is False for an already-known event id."""
+    """Outcome of adding one message: ``created`` is False for an already-known event id.
+
+    ``existing_payload`` is the stored ``payload`` column of an already-known row, when the
+    repository read it anyway (the SQL repository does, in the statement that finds the
+    row's id), so the publisher can report a re-publish with a different payload for free.
+    """
 
     outbox_id: int
     event_id: str
     created: bool
+    existing_payload: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -118,6 +125,51 @@ class ConsumeItem:
     run: Callable[[Connection], Any]
 
 
+def _tuple_of_str(value: Iterable[str] | None) -> tuple[str, ...]:
+    return tuple(value or ())
+
+
+def _tuple_of_int(value: Iterable[int] | None) -> tuple[int, ...] | None:
+    return None if value is None else tuple(int(v) for v in value)
+
+
+@attrs.frozen(kw_only=True)
+class RowFilter:
+    """Which rows of one table an operator means: always one status, then any of the rest.
+
+    Used by :meth:`Repository.find_rows`, :meth:`Repository.count_rows` and the admin API
+    (dead-letter listing, requeue, purge, retention). Every field left at its default
+    matches everything. Times are naive UTC by the repository's clock
+    (:meth:`Repository.now`) and compare with ``updated_at``: the moment a row last changed,
+    which for a ``dead`` row is when it died and for a ``consumed`` row when it was consumed.
+    """
+
+    status: Status = attrs.field(converter=Status)
+    #: Only these row ids (``None``: any id).
+    ids: tuple[int, ...] | None = attrs.field(default=None, converter=_tuple_of_int)
+    #: Only these event types (empty: any type).
+    event_types: tuple[str, ...] = attrs.field(factory=tuple, converter=_tuple_of_str)
+    #: Only this exact message key.
+    message_key: str | None = None
+    #: Only rows whose ``last_error`` contains this text (case-sensitive, taken literally).
+    error_contains: str | None = None
+    #: Only rows changed at or after this moment.
+    changed_after: datetime | None = None
+    #: Only rows changed before this moment.
+    changed_before: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class HousekeepingLock:
+    """Whether this process holds the housekeeping lock (see
+    :meth:`Repository.housekeeping_lock`); falsy when another process holds it."""
+
+    acquired: bool
+
+    def __bool__(self) -> bool:
+        return self.acquired
+
+
 def truncate_error(reason: str, limit: int = MAX_LAST_ERROR) -> str:
     """Cut ``reason`` to ``limit`` characters; Python strings never split a code point."""
     return reason if len(reason) <= limit else reason[: limit - 1] + "\u2026"
@@ -166,6 +218,22 @@ class Repository(abc.ABC):
         created), ``CREATE`` for a missing one. Changes nothing. The default, for
         repositories that cannot inspect, is :meth:`schema_ddl`."""
         return self.schema_ddl(routes)
+
+    @abc.abstractmethod
+    def table_for(self, route: Route, metadata: sa.MetaData) -> sa.Table:
+        """``route``'s outbox table (columns and indexes) as a Core table on ``metadata``.
+
+        For schema tools that compare a ``MetaData`` with the database, above all Alembic
+        autogenerate: an application that adds its outbox tables to its own
+        ``Base.metadata`` gets them created by its migrations and never dropped as unknown
+        tables. The table is exactly what :meth:`create_schema` creates, so a table made
+        either way satisfies the other. Idempotent: when ``metadata`` already holds a table
+        of that name, it is returned unchanged. Needs no database connection.
+        """
+
+    def tables(self, routes: Iterable[Route], metadata: sa.MetaData) -> list[sa.Table]:
+        """:meth:`table_for` of each route, in order."""
+        return [self.table_for(route, metadata) for route in routes]
 
     # ------------------------------------------------------------------ writing
 
@@ -344,6 +412,66 @@ class Repository(abc.ABC):
     @abc.abstractmethod
     def oldest_pending_age(self, route: Route) -> float | None:
         """Seconds since the oldest ``pending`` row was created, or ``None`` when none."""
+
+    @abc.abstractmethod
+    def has_table(self, route: Route) -> bool:
+        """Whether the route's table exists, so operators get "no such table" in words
+        rather than a driver error."""
+
+    @abc.abstractmethod
+    def find_rows(
+        self, route: Route, row_filter: RowFilter, *, limit: int = 100, after_id: int = 0
+    ) -> list[OutboxMessage]:
+        """Up to ``limit`` rows matching ``row_filter`` with ``id > after_id``, by id.
+
+        The paging primitive of every bulk operation: callers walk a table in bounded
+        batches instead of loading or locking it whole.
+        """
+
+    @abc.abstractmethod
+    def count_rows(self, route: Route, row_filter: RowFilter) -> int:
+        """How many rows match ``row_filter`` (what a ``--dry-run`` reports)."""
+
+    @abc.abstractmethod
+    def requeue_rows(self, route: Route, ids: Sequence[int]) -> set[int]:
+        """``dead`` -> ``pending`` due now, ``retry_count=0``, lease cleared, for ``ids``.
+
+        Guarded: a row among ``ids`` that is not ``dead`` any more (requeued by someone
+        else, deleted) is left alone. Returns the ids that changed, so a caller can say
+        which of the ids it was given did nothing. Safe while workers run.
+        """
+
+    @abc.abstractmethod
+    def delete_rows(self, route: Route, ids: Sequence[int], *, status: Status) -> set[int]:
+        """Delete the rows among ``ids`` that are still in ``status``; the ids deleted.
+
+        Guarded by status, so a purge of ``dead`` rows never deletes one that was requeued
+        meanwhile. Meant for final statuses (``consumed``, ``dead``); safe while workers
+        run, since nothing else changes a row in a final status.
+        """
+
+    @abc.abstractmethod
+    def count_published_before(self, route: Route, *, older_than: float) -> int:
+        """Rows ``published`` more than ``older_than`` seconds ago and still not consumed:
+        the ones :meth:`republish_stale` will send again (stuck past the redelivery time)."""
+
+    @abc.abstractmethod
+    def retry_counts(self, route: Route) -> dict[int, int]:
+        """For the rows not yet final (``pending``, ``published``): ``retry_count -> rows``.
+
+        Only counts that occur are keys. The raw data of a retry histogram.
+        """
+
+    @abc.abstractmethod
+    def housekeeping_lock(self, name: str) -> contextlib.AbstractContextManager[HousekeepingLock]:
+        """Try, without waiting, to take the lock called ``name`` across every process
+        using this database, for the duration of the block.
+
+        Yields a :class:`HousekeepingLock` that is falsy when another holder has it; the
+        block should then do nothing. Held on a connection of its own, so a process that
+        dies releases it (PostgreSQL ``pg_try_advisory_lock``, MySQL ``GET_LOCK``). Where
+        the database has no such lock (SQLite, embedded: one host) it is always acquired.
+        """
 
     @abc.abstractmethod
     def now(self) -> datetime:

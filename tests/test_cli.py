@@ -138,13 +138,18 @@ def test_dead_requeue_puts_dead_rows_back_to_pending(
     row = repository.get_by_event_id(route, event_id)
     assert row is not None and repository.mark_dead(route, row.id, reason="poison")
 
-    assert main(["dead", "tests.worker_app:build", "list", "--service", "jobs"]) == 0
-    listed = capsys.readouterr().out
-    assert f"{row.id}\t{event_id}\tjob.requested" in listed and "poison" in listed
+    assert main(["dead", "tests.worker_app:build", "list", "--service", "jobs", "--plain"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    header = next(n for n, line in enumerate(listed) if line.startswith("id "))
+    assert listed[header].split()[:3] == ["id", "event", "id"]
+    assert listed[header + 1].split()[:3] == [str(row.id), event_id, "job.requested"]
+    assert "poison" in listed[header + 1]
 
-    assert main(["dead", "tests.worker_app:build", "requeue", "--service", "jobs"]) == 0
+    assert main(["dead", "tests.worker_app:build", "requeue", "--service", "jobs", "--all"]) == 2
+    assert "--yes" in capsys.readouterr().err
+    assert main(["dead", "tests.worker_app:build", "requeue", "--all", "--yes"]) == 0
 
-    assert "requeued 1" in capsys.readouterr().out
+    assert "requeued 1 of 1" in capsys.readouterr().out
     requeued = repository.get(route, row.id)
     assert requeued is not None and requeued.status is Status.PENDING
     assert requeued.retry_count == 0

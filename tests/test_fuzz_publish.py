@@ -27,6 +27,7 @@ from outboxkit.codec import decode_shell
 from outboxkit.errors import OutboxError
 from outboxkit.messages import PublishRequest
 from outboxkit.outbox import Publisher
+from outboxkit.payloads import JsonPayloadCodec
 from outboxkit.routing import Route
 from tests.engine_support import unique_routing
 
@@ -149,7 +150,9 @@ def test_a_request_round_trips_exactly_or_raises_an_outbox_error_writing_nothing
     assert shell.event_version == request.event_version
     assert shell.aggregate_id == request.aggregate_id
     assert dict(shell.headers) == dict(request.headers)
-    assert _same_json(shell.payload, request.payload), (
+    # The default payload codec writes dates, decimals, bytes and sets in their JSON form.
+    expected = JsonPayloadCodec().encode(request.payload)
+    assert _same_json(shell.payload, expected), (
         f"payload changed on the way: {request.payload!r} -> {shell.payload!r}"
     )
 

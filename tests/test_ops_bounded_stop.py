@@ -101,11 +101,11 @@ def test_a_worker_with_kafka_unreachable_exits_zero_within_its_stop_timeout(
     db_url = f"sqlite:///{tmp_path}/ops.db"
     env = dict(
         os.environ,
-        OPS_APP_DB_URL=db_url,
-        OPS_APP_SERVICE=f"bs{unique}",
-        OPS_APP_BROKER=f"kafka://127.0.0.1:{free_port()}",
+        RUNNER_APP_DB_URL=db_url,
+        RUNNER_APP_SERVICE=f"bs{unique}",
+        RUNNER_APP_BROKER=f"kafka://127.0.0.1:{free_port()}",
     )
-    worker = _worker(["tests.ops_app:build", "--migrate", "--stop-timeout", "3"], env)
+    worker = _worker(["tests.runner_app:build", "--migrate", "--stop-timeout", "3"], env)
     try:
         before = _read_until(worker, "outboxkit worker running")
         time.sleep(1.5)  # the admin client is waiting for a bootstrap server

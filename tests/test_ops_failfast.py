@@ -39,10 +39,10 @@ def _with_database(url: sa.URL, **parts: str) -> str:
 
 
 def _run_worker(db_url: str, service: str) -> tuple[int, str, float]:
-    env = dict(os.environ, OPS_APP_DB_URL=db_url, OPS_APP_SERVICE=service)
+    env = dict(os.environ, RUNNER_APP_DB_URL=db_url, RUNNER_APP_SERVICE=service)
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "outboxkit", "worker", "tests.ops_app:build"],
+        [sys.executable, "-m", "outboxkit", "worker", "tests.runner_app:build"],
         cwd=ROOT,
         env=env,
         check=False,

@@ -119,14 +119,14 @@ def test_a_worker_with_creation_off_and_no_topic_exits_non_zero_within_seconds(
 ) -> None:
     env = dict(
         os.environ,
-        OPS_APP_DB_URL=f"sqlite:///{tmp_path}/ops.db",
-        OPS_APP_SERVICE=f"ops{unique}",
-        OPS_APP_BROKER=f"kafka://{kafka_bootstrap}",
-        OPS_APP_CREATE_TOPICS="0",
+        RUNNER_APP_DB_URL=f"sqlite:///{tmp_path}/ops.db",
+        RUNNER_APP_SERVICE=f"ops{unique}",
+        RUNNER_APP_BROKER=f"kafka://{kafka_bootstrap}",
+        RUNNER_APP_CREATE_TOPICS="0",
     )
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "outboxkit", "worker", "tests.ops_app:build", "--migrate"],
+        [sys.executable, "-m", "outboxkit", "worker", "tests.runner_app:build", "--migrate"],
         cwd=ROOT,
         env=env,
         check=False,

@@ -51,6 +51,20 @@ def _format(version: tuple[int, ...]) -> str:
 
 
 @attrs.frozen(kw_only=True)
+class SessionLock:
+    """A named lock held by a database session, taken without waiting.
+
+    ``acquire`` and ``release`` are SQL with one ``:key`` parameter; ``acquire`` returns 1
+    when the lock was taken. ``key`` turns a lock name into that parameter. A session that
+    dies releases its locks, so a crashed holder never blocks the others.
+    """
+
+    acquire: str
+    release: str
+    key: Callable[[str], Any]
+
+
+@attrs.frozen(kw_only=True)
 class Dialect:
     """What one database family needs done differently; everything else is shared SQL.
 
@@ -92,6 +106,8 @@ class Dialect:
     * ``notify``: a SQL expression that, evaluated in the publishing transaction, notifies
       listeners in other processes once the transaction commits (PostgreSQL ``pg_notify``;
       delivered on commit, dropped on rollback), or ``None`` where relays poll.
+    * ``session_lock``: a cross-process named lock (:class:`SessionLock`) for work only one
+      worker should do at a time (housekeeping), or ``None`` where there is none (SQLite).
     * ``version_query``/``minimum_version``/``check_version``: the server check done on the
       first connection, raising :class:`UnsupportedDatabaseError` naming what is required.
     """
@@ -109,6 +125,7 @@ class Dialect:
     is_fatal: Callable[[BaseException], bool] = attrs.field(default=lambda _exc: False)
     is_missing_column: Callable[[BaseException], bool] = attrs.field(default=lambda _exc: False)
     notify: Callable[[str], ColumnElement[Any]] | None = None
+    session_lock: SessionLock | None = None
     version_query: str
     check_version: Callable[[str], str]
 

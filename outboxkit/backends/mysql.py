@@ -9,6 +9,7 @@ The clock is ``UTC_TIMESTAMP(6)``: the server's clock in UTC whatever the sessio
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -18,7 +19,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
-from outboxkit.backends.dialect import Dialect, require_version
+from outboxkit.backends.dialect import Dialect, SessionLock, require_version
 
 MINIMUM_MYSQL = (8, 0, 1)
 MINIMUM_MARIADB = (10, 6, 0)
@@ -87,6 +88,24 @@ def _extra_indexes(table: sa.Table, name: Callable[[str], str]) -> list[sa.Index
     return [sa.Index(name(IDX_CLAIM), table.c.status, table.c.next_retry_at)]
 
 
+#: MySQL limits user lock names to 64 characters.
+_MAX_LOCK_NAME = 64
+
+
+def _lock_name(name: str) -> str:
+    if len(name) <= _MAX_LOCK_NAME:
+        return name
+    return name[: _MAX_LOCK_NAME - 17] + "-" + hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+#: ``GET_LOCK(name, 0)``: a user lock of the session, not waiting; freed when it ends.
+USER_LOCK = SessionLock(
+    acquire="SELECT GET_LOCK(:key, 0)",
+    release="SELECT RELEASE_LOCK(:key)",
+    key=_lock_name,
+)
+
+
 def is_mariadb(version: str) -> bool:
     """True for a MariaDB ``VERSION()`` string such as ``10.11.19-MariaDB-0+deb12u1``."""
     return "mariadb" in version.lower()
@@ -121,6 +140,7 @@ MYSQL = Dialect(
     is_transient=_is_transient,
     is_fatal=_is_fatal,
     is_missing_column=_is_missing_column,
+    session_lock=USER_LOCK,
     version_query="SELECT VERSION()",
     check_version=check_version,
 )

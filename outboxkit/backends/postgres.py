@@ -7,6 +7,7 @@ the partial claim index (``clock_timestamp()`` is volatile and could not).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -16,7 +17,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
-from outboxkit.backends.dialect import Dialect, require_version
+from outboxkit.backends.dialect import Dialect, SessionLock, require_version
 from outboxkit.messages import Status
 
 #: ``ON CONFLICT`` and ``SKIP LOCKED`` both arrived in 9.5.
@@ -101,6 +102,20 @@ def _notify(table: str) -> ColumnElement[Any]:
     return sa.func.pg_notify(NOTIFY_CHANNEL, table)
 
 
+def _advisory_key(name: str) -> int:
+    # A stable signed 64-bit key per name, the same in every process (hash() is salted).
+    digest = hashlib.sha256(name.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+#: Session-level advisory lock: released by ``pg_advisory_unlock`` or when the session ends.
+ADVISORY_LOCK = SessionLock(
+    acquire="SELECT pg_try_advisory_lock(:key)",
+    release="SELECT pg_advisory_unlock(:key)",
+    key=_advisory_key,
+)
+
+
 def _check_version(text: str) -> str:
     version = require_version(
         "PostgreSQL", text, MINIMUM_VERSION, why="INSERT ... ON CONFLICT and SKIP LOCKED"
@@ -121,6 +136,7 @@ POSTGRESQL = Dialect(
     is_fatal=_is_fatal,
     is_missing_column=_is_missing_column,
     notify=_notify,
+    session_lock=ADVISORY_LOCK,
     version_query="SHOW server_version",
     check_version=_check_version,
 )

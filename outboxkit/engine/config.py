@@ -7,9 +7,11 @@ import socket
 
 import attrs
 
+from outboxkit.admin.retention import RetentionPolicy
 from outboxkit.consumer import ConsumerConfig
 from outboxkit.observe import Observer
 from outboxkit.outbox import PublisherConfig
+from outboxkit.payloads import PayloadCodecs
 from outboxkit.relay import RelayConfig
 from outboxkit.retry import RetryPolicy
 from outboxkit.tracing import NO_TRACING, Tracing
@@ -36,6 +38,9 @@ class EngineConfig:
     consumer_threads: int = attrs.field(default=1, validator=attrs.validators.ge(0))
     #: Stable member name in the consumer groups (suffixed with the thread number).
     consumer_name: str = attrs.field(factory=default_consumer_name)
+    #: Delete old final rows in a housekeeping thread (one worker at a time, see
+    #: :mod:`outboxkit.engine.housekeeping`); ``None`` (the default) keeps every row.
+    retention: RetentionPolicy | None = None
     #: ``False`` mirrors the Go ``kafka.enabled=false`` fallback: no threads, no broker,
     #: and :meth:`Engine.publish` runs the local handler at once in the caller's transaction.
     enabled: bool = True
@@ -44,3 +49,6 @@ class EngineConfig:
     #: Told what the relay and consumers did (e.g. :class:`outboxkit.prometheus.PrometheusMetrics`);
     #: ``None`` observes nothing. More can be added with :meth:`Engine.add_observer`.
     observer: Observer | None = attrs.field(default=None, eq=False)
+    #: How payloads become JSON on publish and typed objects on consume; one codec for
+    #: every event type unless ``PayloadCodecs(by_event_type=...)`` names others.
+    codecs: PayloadCodecs = attrs.field(factory=PayloadCodecs)

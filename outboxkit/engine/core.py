@@ -1,6 +1,7 @@
 """The :class:`Engine`: routes, handlers, the publisher, and the threads that relay and consume.
 
-Threads are named ``outboxkit-relay-<service>-<n>`` and ``outboxkit-consumer-<service>-<n>``.
+Threads are named ``outboxkit-relay-<service>-<n>`` and ``outboxkit-consumer-<service>-<n>``
+(plus ``outboxkit-housekeeping`` when ``EngineConfig.retention`` is set).
 They wait on events (never bare sleeps), log unexpected exceptions with their ids and go on,
 and back off while the broker or database is unreachable, resuming by themselves. A
 :class:`~outboxkit.errors.FatalError` (refused password, unknown database, missing table or
@@ -17,8 +18,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
+import attrs
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -26,6 +29,7 @@ from outboxkit.broker import Broker, Subscription
 from outboxkit.causality import handled_event, handling, with_flow_ids
 from outboxkit.consumer import Consumer, Outcome
 from outboxkit.engine.config import EngineConfig
+from outboxkit.engine.housekeeping import run_housekeeping
 from outboxkit.engine.loops import run_consumer, run_listener, run_relay
 from outboxkit.engine.outages import one_line
 from outboxkit.engine.stats import EngineStats, StatsRecorder
@@ -34,9 +38,11 @@ from outboxkit.errors import ConfigurationError, FatalError
 from outboxkit.health import DEFAULT_TIMEOUT as HEALTH_TIMEOUT
 from outboxkit.health import HealthReport, check_health
 from outboxkit.messages import Event, PublishRequest
+from outboxkit.misuse import check_executor
 from outboxkit.observe import Observer, Observers, report_outcome
 from outboxkit.outbox import Publisher
-from outboxkit.registry import HandlerRegistry
+from outboxkit.payloads import decode_payload
+from outboxkit.registry import HandlerRegistry, SideEffectHandlerT, TransactionalHandlerT
 from outboxkit.relay import Relay
 from outboxkit.repository import Repository
 from outboxkit.routing import Route, Routing
@@ -66,10 +72,16 @@ class Engine:
         self.broker = broker
         self.routing = routing or Routing()
         self.registry = registry or HandlerRegistry(self.routing)
+        if self.registry.check_payload_type is None:
+            self.registry.check_payload_type = self._check_payload_type
         if self.registry.routing is not self.routing:
             raise ConfigurationError("the handler registry must use the engine's routing")
         self.publisher = Publisher(
-            repository, self.routing, config=self.config.publisher, tracing=self.config.tracing
+            repository,
+            self.routing,
+            config=self.config.publisher,
+            tracing=self.config.tracing,
+            codecs=self.config.codecs,
         )
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -83,6 +95,7 @@ class Engine:
         self._fatal: FatalError | None = None
         self._observers = Observers([self.config.observer] if self.config.observer else [])
         self._observers.bind_backlog(self.backlog)
+        self._table_sources: list[Callable[[sa.MetaData], Iterable[sa.Table]]] = []
 
     # ------------------------------------------------------------------ registration
 
@@ -90,15 +103,60 @@ class Engine:
         """Route ``event_type`` to ``service`` (see :meth:`Routing.register`)."""
         return self.routing.register(event_type, service)
 
+    @overload
+    def register_handler(
+        self,
+        event_type: str,
+        handler: None = None,
+        *,
+        transactional: Literal[True] = True,
+        payload_type: Any = None,
+    ) -> Callable[[TransactionalHandlerT], TransactionalHandlerT]: ...
+
+    @overload
+    def register_handler(
+        self,
+        event_type: str,
+        handler: None = None,
+        *,
+        transactional: Literal[False],
+        payload_type: Any = None,
+    ) -> Callable[[SideEffectHandlerT], SideEffectHandlerT]: ...
+
+    @overload
+    def register_handler(
+        self,
+        event_type: str,
+        handler: TransactionalHandlerT,
+        *,
+        transactional: Literal[True] = True,
+        payload_type: Any = None,
+    ) -> TransactionalHandlerT: ...
+
+    @overload
+    def register_handler(
+        self,
+        event_type: str,
+        handler: SideEffectHandlerT,
+        *,
+        transactional: Literal[False],
+        payload_type: Any = None,
+    ) -> SideEffectHandlerT: ...
+
     def register_handler(
         self,
         event_type: str,
         handler: Callable[..., Any] | None = None,
         *,
         transactional: bool = True,
+        payload_type: Any = None,
     ) -> Callable[..., Any]:
         """Register the handler of ``event_type``; usable as a decorator without ``handler``.
 
+        A transactional handler is ``(Event[T], Connection) -> None``, a side-effect one
+        (``transactional=False``) ``(Event[T]) -> None``; the shape is checked now (see
+        :meth:`HandlerRegistry.register`). ``payload_type`` (or an ``Event[X]`` annotation)
+        is what the payload is decoded into before the handler runs.
         Must happen before :meth:`start` for the service's consumer to be started.
         """
         if self._started and handler is not None:
@@ -107,7 +165,9 @@ class Engine:
                 "already was",
                 event_type,
             )
-        return self.registry.register(event_type, handler, transactional=transactional)
+        return self.registry.register(  # type: ignore[call-overload, no-any-return]
+            event_type, handler, transactional=transactional, payload_type=payload_type
+        )
 
     handler = register_handler
 
@@ -119,6 +179,9 @@ class Engine:
     def observers(self) -> tuple[Observer, ...]:
         """The observers told what the relay and consumers do, in the order given."""
         return self._observers.observers
+
+    def _check_payload_type(self, event_type: str, payload_type: Any) -> None:
+        self.config.codecs.for_type(event_type).check_payload_type(payload_type)
 
     # ------------------------------------------------------------------ publishing
 
@@ -138,6 +201,7 @@ class Engine:
         connection: Connection | Session | None = None,
     ) -> list[str]:
         """Write several events in one go; see :meth:`publish`. Returns their event ids."""
+        check_executor(connection, required=self.config.publisher.require_connection)
         if not self.config.enabled:
             missing = sorted({r.event_type for r in requests} - set(self.registry.event_types()))
             if missing:  # checked for all first, so no handler runs for a rejected batch
@@ -176,6 +240,11 @@ class Engine:
             correlation_id=request.correlation_id,
             causation_id=request.causation_id,
         )
+        # The same round trip a relayed event makes, so a disabled engine decodes alike.
+        codec = self.config.codecs.for_type(request.event_type)
+        event = attrs.evolve(event, payload=codec.encode(request.payload))
+        if spec.payload_type is not None:
+            event = decode_payload(event, spec.payload_type, self.config.codecs)
         if not spec.transactional:
             with handling(event):
                 spec.func(event)
@@ -195,6 +264,33 @@ class Engine:
         routes = [self.routing.route_of_service(s) for s in names]
         self.repository.create_schema(routes)
         return routes
+
+    def tables(
+        self, metadata: sa.MetaData, services: Iterable[str] | None = None
+    ) -> list[sa.Table]:
+        """Put the outbox tables of ``services`` (default: every routed service) on ``metadata``.
+
+        The tables are those :meth:`create_schema` creates. Call it with the application's
+        ``Base.metadata`` where Alembic's ``env.py`` sets ``target_metadata``, after the
+        event types are routed: autogenerate then creates the outbox tables in a migration
+        and keeps them, instead of dropping them as unknown (see ``docs/alembic.md``).
+        Tables of :meth:`add_table_source` sources follow the outbox tables. Idempotent.
+        """
+        names = list(services) if services is not None else self.routing.services()
+        routes = [self.routing.route_of_service(s) for s in names]
+        tables = self.repository.tables(routes, metadata)
+        for source in self._table_sources:
+            tables.extend(source(metadata))
+        return tables
+
+    def add_table_source(self, source: Callable[[sa.MetaData], Iterable[sa.Table]]) -> None:
+        """Have :meth:`tables` also put ``source(metadata)``'s tables on the metadata.
+
+        The hook for tables other than the outbox that a feature of this engine needs in
+        the application's database (a consumer-side inbox, for instance), so one call in
+        Alembic's ``env.py`` covers every table outboxkit owns.
+        """
+        self._table_sources.append(source)
 
     # ------------------------------------------------------------------ what to serve
 
@@ -266,6 +362,8 @@ class Engine:
                     self._spawn(
                         f"outboxkit-consumer-{route.service}-{n}", self._consumer_loop, route, name
                     )
+            if self.config.retention is not None and self.relay_routes():
+                self._spawn("outboxkit-housekeeping", self._housekeeping_loop)
             logger.info(
                 "outbox engine started: relays %s, consumers %s",
                 [r.service for r in self.relay_routes()],
@@ -427,6 +525,7 @@ class Engine:
             retry_policy=self.config.retry,
             on_outcome=on_outcome,
             tracing=self.config.tracing,
+            codecs=self.config.codecs,
         )
 
     def _relay_loop(self, route: Route) -> None:
@@ -447,6 +546,15 @@ class Engine:
             stopping=self._stopping,
             wakeups=self._wakeups,
             on_fatal=self._on_fatal,
+        )
+
+    def _housekeeping_loop(self) -> None:
+        assert self.config.retention is not None
+        run_housekeeping(
+            self.repository,
+            self.relay_routes(),
+            self.config.retention,
+            stopping=self._stopping,
         )
 
     def _consumer_loop(self, route: Route, member: str) -> None:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
+import attrs
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -46,6 +47,7 @@ from outboxkit.repository import (
     NewMessage,
     Repository,
     RetryOutcome,
+    RowFilter,
     truncate_error,
 )
 from outboxkit.routing import Route, Routing, ServiceCatalog
@@ -216,6 +218,33 @@ class RepositoryContract:
         finally:
             _drop(engine, first.table, second.table, scratch)
 
+    def test_table_for_puts_the_create_schema_table_on_the_applications_metadata(
+        self, engine: sa.Engine, repository: Repository, routing: Routing
+    ) -> None:
+        # Given an application's own MetaData (as Alembic's target_metadata)
+        route = routing.route_of(TYPE_A)
+        metadata = sa.MetaData()
+        # When the repository puts the route's table on it, twice
+        table = repository.table_for(route, metadata)
+        assert repository.table_for(route, metadata) is table
+        assert repository.tables([route], metadata) == [table]
+        assert metadata.tables[route.table] is table
+        try:
+            # Then a table created from that metadata (not by create_schema) is the one the
+            # repository needs: create_schema finds nothing missing, rows flow through it
+            metadata.create_all(engine)
+            created = {i["name"] for i in sa.inspect(engine).get_indexes(route.table)}
+            assert created == {i.name for i in table.indexes}
+            repository.create_schema([route])
+            inspector = sa.inspect(engine)
+            assert {i["name"] for i in inspector.get_indexes(route.table)} == created
+            assert {c["name"] for c in inspector.get_columns(route.table)} == set(table.c.keys())
+            ids = self.add(repository, route, 2)
+            claim = self.claim_all(repository, route)
+            assert sorted(m.id for m in claim.messages) == ids
+        finally:
+            _drop(engine, route.table)
+
     # ------------------------------------------------------------------ publishing
 
     def test_publishing_while_relays_claim_never_fails_the_callers_transaction(
@@ -335,6 +364,8 @@ class RepositoryContract:
             [result] = repository.add(conn, route, [message])
         assert result.created is False
         assert result.outbox_id == row["id"]
+        # Optional (it lets the publisher report a changed payload), but never wrong.
+        assert result.existing_payload in (None, row["payload"])
         assert len(self.rows(engine, route)) == 1
 
     def test_add_reports_created_and_existing_rows(
@@ -1070,6 +1101,114 @@ class RepositoryContract:
         assert 0 <= age < SLACK.total_seconds()
         repository.mark_consumed(route, outbox_id)
         assert repository.oldest_pending_age(route) is None
+
+    # ------------------------------------------------------------------ admin
+
+    def test_has_table_tells_a_missing_table(
+        self, repository: Repository, route: Route, unique: str
+    ) -> None:
+        assert repository.has_table(route)
+        assert not repository.has_table(Route.by_convention(f"missing-{unique}"))
+
+    def test_find_rows_filters_by_type_key_error_and_time_and_pages(
+        self, repository: Repository, routes: tuple[Route, Route]
+    ) -> None:
+        route = routes[0]
+        ids = self.add(repository, route, 4, message_key="k1")
+        other_key = self.add(repository, route, 1, message_key="k2")
+        for outbox_id in ids[:3]:
+            repository.mark_dead(route, outbox_id, reason=f"boom_% {outbox_id}")
+        repository.mark_dead(route, other_key[0], reason="quiet")
+        dead = RowFilter(status=Status.DEAD)
+
+        assert [m.id for m in repository.find_rows(route, dead)] == ids[:3] + other_key
+        assert [m.id for m in repository.find_rows(route, dead, limit=2)] == ids[:2]
+        assert [m.id for m in repository.find_rows(route, dead, after_id=ids[1])] == [
+            ids[2],
+            other_key[0],
+        ]
+        by_key = RowFilter(status=Status.DEAD, message_key="k2")
+        assert [m.id for m in repository.find_rows(route, by_key)] == other_key
+        # LIKE wildcards in the text are taken literally
+        by_error = RowFilter(status=Status.DEAD, error_contains="m_% ")
+        assert [m.id for m in repository.find_rows(route, by_error)] == ids[:3]
+        assert repository.count_rows(route, RowFilter(status="dead", error_contains="%")) == 3
+        assert repository.count_rows(route, RowFilter(status="dead", error_contains="x%")) == 0
+        assert repository.count_rows(route, RowFilter(status="dead", event_types=[TYPE_B])) == 0
+        assert repository.count_rows(route, RowFilter(status="dead", event_types=[TYPE_A])) == 4
+        assert repository.count_rows(route, RowFilter(status="dead", ids=[ids[0], ids[3]])) == 1
+        assert repository.count_rows(route, RowFilter(status=Status.PENDING)) == 1
+        now = repository.now()
+        assert repository.count_rows(route, attrs.evolve(dead, changed_before=now - SLACK)) == 0
+        assert repository.count_rows(route, attrs.evolve(dead, changed_after=now - SLACK)) == 4
+        assert repository.count_rows(route, attrs.evolve(dead, changed_before=now + SLACK)) == 4
+        assert repository.count_rows(routes[1], dead) == 0
+
+    def test_requeue_rows_changes_only_dead_rows_and_reports_them(
+        self, repository: Repository, route: Route
+    ) -> None:
+        ids = self.add(repository, route, 3, max_retry=1)
+        for outbox_id in ids[:2]:
+            repository.schedule_retry(route, outbox_id, reason="gone", backoff=lambda _n: 1)
+
+        assert repository.requeue_rows(route, [ids[0], ids[2], 987654321]) == {ids[0]}
+        assert repository.requeue_rows(route, [ids[0]]) == set()
+        assert repository.requeue_rows(route, []) == set()
+
+        row = repository.get(route, ids[0])
+        assert row is not None
+        assert row.status is Status.PENDING and row.retry_count == 0
+        assert self.status(repository, route, ids[1]) is Status.DEAD
+        assert ids[0] in [m.id for m in self.claim_all(repository, route).messages]
+
+    def test_delete_rows_deletes_only_rows_still_in_the_status(
+        self, repository: Repository, route: Route
+    ) -> None:
+        ids = self.add(repository, route, 4)
+        repository.mark_consumed(route, ids[0])
+        repository.mark_consumed(route, ids[1])
+        repository.mark_dead(route, ids[2], reason="x")
+
+        assert repository.delete_rows(route, ids, status=Status.CONSUMED) == set(ids[:2])
+        assert repository.delete_rows(route, ids, status=Status.CONSUMED) == set()
+        assert repository.delete_rows(route, [], status=Status.DEAD) == set()
+        assert repository.get(route, ids[0]) is None
+        assert self.status(repository, route, ids[2]) is Status.DEAD
+        assert self.status(repository, route, ids[3]) is Status.PENDING
+
+    def test_status_figures_stuck_published_and_retry_counts(
+        self, repository: Repository, route: Route
+    ) -> None:
+        assert repository.retry_counts(route) == {}
+        ids = self.add(repository, route, 4)
+        claim = self.claim_all(repository, route)
+        repository.mark_published(route, ids[:2], token=claim.token)
+        repository.release(route, ids[2:], token=claim.token, delay=0)
+        repository.schedule_retry(route, ids[2], reason="again", backoff=lambda _n: 0)
+        repository.schedule_retry(route, ids[2], reason="again", backoff=lambda _n: 0)
+        repository.mark_consumed(route, ids[0])
+
+        assert repository.count_published_before(route, older_than=3600) == 0
+        assert repository.count_published_before(route, older_than=0) == 1
+        assert repository.retry_counts(route) == {0: 2, 2: 1}
+
+    def test_housekeeping_lock_is_held_by_one_holder_at_a_time(
+        self, repository: Repository, engine: sa.Engine, unique: str
+    ) -> None:
+        from outboxkit.backends import SqlRepository
+
+        other = SqlRepository(engine)
+        try:
+            with repository.housekeeping_lock(f"contract-{unique}") as first:
+                assert first
+                with other.housekeeping_lock(f"contract-{unique}") as second:
+                    assert bool(second) is not self.supports_concurrent_claims
+                with other.housekeeping_lock(f"contract-other-{unique}") as unrelated:
+                    assert unrelated
+            with other.housekeeping_lock(f"contract-{unique}") as after_release:
+                assert after_release
+        finally:
+            other.close()
 
     def test_now_is_naive_utc_by_the_database_clock(self, repository: Repository) -> None:
         now = repository.now()

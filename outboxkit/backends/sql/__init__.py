@@ -5,7 +5,9 @@ guarded updates), :mod:`~outboxkit.backends.sql.schema_ops` (create/upgrade tabl
 :mod:`~outboxkit.backends.sql.publishing` (inserts in the caller's transaction),
 :mod:`~outboxkit.backends.sql.relaying` (claims and marks), :mod:`~outboxkit.backends.sql.consuming`
 (consume and final marks), :mod:`~outboxkit.backends.sql.operations` (listing, requeue,
-counts) and :mod:`~outboxkit.backends.sql.repository` (:class:`SqlRepository`, all of them).
+counts), :mod:`~outboxkit.backends.sql.admin` (filtered finds, guarded bulk requeue and
+delete, status figures, the housekeeping lock) and
+:mod:`~outboxkit.backends.sql.repository` (:class:`SqlRepository`, all of them).
 
 
 Whatever differs between PostgreSQL, MySQL/MariaDB and SQLite comes from the

@@ -63,7 +63,7 @@ class Publishing(SqlStore):
         if not messages:
             return []
         table = self.table(route)
-        self._check_server()
+        self._check_server(connection)
         first: dict[str, NewMessage] = {}
         for message in messages:
             first.setdefault(message.event_id, message)
@@ -83,9 +83,9 @@ class Publishing(SqlStore):
         ]
         try:
             if self.dialect.insert_returning:
-                created, existing = self._add_returning(connection, table, rows)
+                created, existing, stored = self._add_returning(connection, table, rows)
             else:
-                created, existing = self._add_then_read(connection, table, rows)
+                created, existing, stored = self._add_then_read(connection, table, rows)
         except SQLAlchemyError as exc:
             raise self._driver_error(f"inserting {len(rows)} outbox rows", route, exc) from exc
         results: list[AddResult] = []
@@ -99,12 +99,19 @@ class Publishing(SqlStore):
                     f"outbox row of event {event_id} not found in {route.table!r} after insert"
                 )
             reported.add(event_id)
-            results.append(AddResult(outbox_id=outbox_id, event_id=event_id, created=is_new))
+            results.append(
+                AddResult(
+                    outbox_id=outbox_id,
+                    event_id=event_id,
+                    created=is_new,
+                    existing_payload=None if is_new else stored.get(event_id),
+                )
+            )
         return results
 
     def _add_returning(
         self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]
-    ) -> tuple[dict[str, int], dict[str, int]]:
+    ) -> tuple[dict[str, int], dict[str, int], dict[str, str]]:
         """One multi-row insert whose RETURNING names exactly the rows it inserted."""
         now = self.dialect.now()
         returned: list[Any] = [table.c.id, table.c.event_id]
@@ -117,12 +124,21 @@ class Publishing(SqlStore):
         stmt = stmt.returning(*returned)
         created = {str(r[1]): int(r[0]) for r in conn.execute(stmt, rows)}
         missing = [r["event_id"] for r in rows if r["event_id"] not in created]
-        existing = self._ids_by_event_id(conn, table, missing, lock=False) if missing else {}
-        return created, existing
+        existing: dict[str, int] = {}
+        stored: dict[str, str] = {}
+        if missing:
+            # Only duplicates get here: reading their payload too costs nothing extra.
+            query = sa.select(table.c.id, table.c.event_id, table.c.payload).where(
+                table.c.event_id.in_(missing)
+            )
+            for row in conn.execute(query):
+                existing[str(row[1])] = int(row[0])
+                stored[str(row[1])] = str(row[2])
+        return created, existing, stored
 
     def _add_then_read(
         self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]
-    ) -> tuple[dict[str, int], dict[str, int]]:
+    ) -> tuple[dict[str, int], dict[str, int], dict[str, str]]:
         """Without RETURNING: read the server clock and the known ids, executemany, read ids.
 
         The clock is bound as a value so the driver can batch the insert (PyMySQL only
@@ -135,14 +151,20 @@ class Publishing(SqlStore):
         # of a one-row clock to the table would be simpler but MariaDB scans for it.)
         before = conn.execute(
             sa.union_all(
-                sa.select(now_expr.label("now"), null.label("id"), null.label("event_id")),
-                sa.select(now_expr, table.c.id, table.c.event_id).where(
+                sa.select(
+                    now_expr.label("now"),
+                    null.label("id"),
+                    null.label("event_id"),
+                    null.label("payload"),
+                ),
+                sa.select(now_expr, table.c.id, table.c.event_id, table.c.payload).where(
                     table.c.event_id.in_(event_ids)
                 ),
             )
         ).all()
         now = before[0][0]
         known = {str(r[2]) for r in before if r[2] is not None}
+        stored = {str(r[2]): str(r[3]) for r in before if r[2] is not None}
         fresh = [
             {**r, "next_retry_at": now, "created_at": now, "updated_at": now}
             for r in rows
@@ -154,7 +176,7 @@ class Publishing(SqlStore):
         ids = self._ids_by_event_id(conn, table, event_ids, lock=True)
         created = {e: i for e, i in ids.items() if e not in known}
         existing = {e: i for e, i in ids.items() if e in known}
-        return created, existing
+        return created, existing, stored
 
     def _ids_by_event_id(
         self, conn: Connection, table: sa.Table, event_ids: Sequence[str], *, lock: bool

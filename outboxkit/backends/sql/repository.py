@@ -6,6 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from outboxkit.backends.sql.admin import AdminOps
 from outboxkit.backends.sql.consuming import ConsumerSide
 from outboxkit.backends.sql.operations import Operations
 from outboxkit.backends.sql.publishing import Publishing
@@ -14,7 +15,9 @@ from outboxkit.backends.sql.schema_ops import SchemaOps
 from outboxkit.repository import NewRowListener, Repository
 
 
-class SqlRepository(Publishing, RelaySide, ConsumerSide, Operations, SchemaOps, Repository):
+class SqlRepository(
+    Publishing, RelaySide, ConsumerSide, Operations, AdminOps, SchemaOps, Repository
+):
     """:class:`~outboxkit.repository.Repository` on PostgreSQL 9.5+, MySQL 8.0.1+ /
     MariaDB 10.6+ or SQLite 3.35+ (one relay at a time), through a SQLAlchemy engine.
 

@@ -12,11 +12,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.sql.elements import TextClause
 
-from outboxkit.backends.schema import table_ddl
+from outboxkit.backends.schema import build_table, table_ddl
 from outboxkit.backends.sql.store import (
     SqlStore,
 )
-from outboxkit.errors import SchemaError
+from outboxkit.errors import ConfigurationError, SchemaError
 from outboxkit.routing import Route
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,21 @@ class SchemaOps(SqlStore):
         missing = [i for i in table.indexes if i.name not in indexes]
         plan.extend(CreateIndex(i) for i in sorted(missing, key=lambda i: i.name or ""))
         return plan
+
+    def table_for(self, route: Route, metadata: sa.MetaData) -> sa.Table:
+        if metadata.schema is not None:
+            # The repository's statements name tables without a schema; a table placed in
+            # another schema would be created where the repository never looks.
+            raise ConfigurationError(
+                f"the outbox table {route.table!r} lives in the connection's default schema; "
+                f"pass a MetaData without schema= (got schema={metadata.schema!r})"
+            )
+        existing = metadata.tables.get(route.table)
+        if existing is not None:
+            return existing
+        # The repository's dialect decides the index names (per table on MySQL, per schema
+        # elsewhere) and the extra PostgreSQL claim index, as in create_schema.
+        return build_table(route.table, metadata, self.dialect)
 
     def schema_ddl(self, routes: Iterable[Route]) -> str:
         return table_ddl([self.table(r) for r in routes], self.engine.dialect)

@@ -153,15 +153,24 @@ class SqlStore:
     def _is_checked(self) -> bool:
         return self._server_version is not None
 
-    def _check_server(self) -> None:
+    def _check_server(self, connection: Connection | None = None) -> None:
+        """Read and check the server version once; on ``connection`` when given.
+
+        :meth:`add` passes the caller's connection: on SQLite a second connection would wait
+        for the write lock the caller's own transaction holds (tables made by Alembic or
+        ``create_all`` leave the first check to the first publish).
+        """
         if self._server_version is not None:
             return
         with self._version_lock:
             if self._is_checked():  # another thread checked while we waited
                 return
             try:
-                with self.engine.connect() as conn:
-                    text = conn.exec_driver_sql(self.dialect.version_query).scalar()
+                if connection is not None:
+                    text = connection.exec_driver_sql(self.dialect.version_query).scalar()
+                else:
+                    with self.engine.connect() as conn:
+                        text = conn.exec_driver_sql(self.dialect.version_query).scalar()
             except SQLAlchemyError as exc:
                 raise self._error(
                     f"cannot connect to {self.dialect.name} at {self.safe_url}", exc

@@ -1,0 +1,226 @@
+"""The default payload codec: plain JSON out, the declared payload type back in."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import uuid
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any, Literal
+
+import attrs
+import pydantic
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from outboxkit import InvalidEventError, JsonPayloadCodec, PayloadDecodeError
+from outboxkit.codec import dumps
+
+
+class Colour(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Size(enum.IntEnum):
+    S = 1
+    L = 3
+
+
+@attrs.frozen
+class Address:
+    street: str
+    city: str = "Berlin"
+
+
+@dataclasses.dataclass(frozen=True)
+class Line:
+    sku: str
+    price: Decimal
+    colour: Colour
+
+
+@dataclasses.dataclass(frozen=True)
+class Everything:
+    order_id: uuid.UUID
+    placed_at: datetime
+    due: date
+    total: Decimal
+    size: Size
+    lines: tuple[Line, ...]
+    pair: tuple[int, str]
+    tags: frozenset[str]
+    prices: dict[str, Decimal]
+    address: Address
+    note: str | None
+    blob: bytes
+    kind: Literal["web", "shop"]
+    extra: Any = None
+
+
+class Customer(pydantic.BaseModel):
+    id: uuid.UUID
+    since: datetime
+    credit: Decimal
+
+
+def everything() -> Everything:
+    return Everything(
+        order_id=uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        placed_at=datetime(2026, 11, 25, 13, 40, 5, 123456, tzinfo=timezone(timedelta(hours=2))),
+        due=date(2026, 12, 1),
+        total=Decimal("10.10"),
+        size=Size.L,
+        lines=(Line(sku="A", price=Decimal("0.1"), colour=Colour.BLUE),),
+        pair=(7, "x"),
+        tags=frozenset({"b", "a"}),
+        prices={"A": Decimal("1E+2")},
+        address=Address(street="Main 1"),
+        note=None,
+        blob=b"\x00\xff",
+        kind="shop",
+        extra={"free": [1, "json"]},
+    )
+
+
+codec = JsonPayloadCodec()
+
+
+def test_rich_values_are_written_as_plain_json() -> None:
+    encoded = codec.encode(everything())
+    # plain JSON a Go consumer reads: only dicts, lists, strings, numbers, null
+    assert json.loads(dumps(encoded)) == encoded
+    assert encoded["order_id"] == "12345678-1234-5678-1234-567812345678"
+    assert encoded["placed_at"] == "2026-11-25T13:40:05.123456+02:00"
+    assert encoded["due"] == "2026-12-01"
+    assert encoded["total"] == "10.10"
+    assert encoded["size"] == 3
+    assert encoded["lines"] == [{"sku": "A", "price": "0.1", "colour": "blue"}]
+    assert encoded["tags"] == ["a", "b"]
+    assert encoded["address"] == {"street": "Main 1", "city": "Berlin"}
+    assert encoded["blob"] == "AP8="
+
+
+def test_a_declared_payload_type_comes_back_equal_through_json() -> None:
+    original = everything()
+    wire = json.loads(dumps(codec.encode(original)))
+    assert codec.decode(wire, Everything) == original
+
+
+def test_a_pydantic_model_round_trips() -> None:
+    customer = Customer(id=uuid.uuid4(), since=datetime.now(timezone.utc), credit=Decimal("5.5"))
+    wire = json.loads(dumps(codec.encode(customer)))
+    assert codec.decode(wire, Customer) == customer
+
+
+def test_plain_json_payloads_are_unchanged_both_ways() -> None:
+    payload = {"id": 1, "items": [{"a": None, "b": 1.5, "c": True}], "s": "é"}
+    assert codec.encode(payload) == payload
+    assert codec.decode(payload, Any) == payload
+    assert codec.decode(payload, dict[str, Any]) == payload
+
+
+def test_a_go_style_utc_timestamp_decodes() -> None:
+    assert codec.decode("2026-11-25T13:40:00Z", datetime) == datetime(
+        2026, 11, 25, 13, 40, tzinfo=timezone.utc
+    )
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({1: "a"}, "payload has the non-string key 1"),
+        ({"a": {None: 1}}, "payload.a has the non-string key None"),
+        ({"a": [object()]}, r"payload.a\[0\] is not JSON-serialisable: object"),
+        ({"n": Decimal("NaN")}, "payload.n: NaN cannot be written as JSON"),
+        (1j, "payload is not JSON-serialisable: complex"),
+    ],
+)
+def test_values_json_cannot_carry_unchanged_are_rejected(payload: Any, message: str) -> None:
+    with pytest.raises(InvalidEventError, match=message):
+        codec.encode(payload)
+
+
+@pytest.mark.parametrize(
+    ("data", "payload_type", "message"),
+    [
+        ({"sku": "A", "price": "x", "colour": "red"}, Line, "payload.price: 'x' is not a valid"),
+        ({"sku": "A", "price": "1", "colour": "green"}, Line, "payload.colour: 'green' is not"),
+        ({"sku": "A", "colour": "red"}, Line, "payload: cannot build Line: TypeError"),
+        ([1, 2], Line, "payload: expected an object for Line, got list"),
+        ({"pair": [1]}, dict[str, tuple[int, str]], "payload.pair: expected 2 items, got 1"),
+        ("not-a-uuid", uuid.UUID, "payload: 'not-a-uuid' is not a valid UUID"),
+        (True, int, "payload: expected int, got bool True"),
+        ({"id": "x"}, Customer, "payload: not a valid Customer: 3 validation errors"),
+        ("tv", Literal["web", "shop"], r"payload: expected one of \('web', 'shop'\)"),
+    ],
+)
+def test_a_payload_that_does_not_fit_names_the_field(
+    data: Any, payload_type: Any, message: str
+) -> None:
+    with pytest.raises(PayloadDecodeError, match=message):
+        codec.decode(data, payload_type)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    at: datetime
+    day: date
+    amount: Decimal
+    ident: uuid.UUID
+    colour: Colour
+    size: Size
+    pair: tuple[int, str]
+    names: frozenset[str]
+    blob: bytes
+    maybe: Address | None
+    nested: list[dict[str, Decimal]]
+    ratio: float
+
+
+samples = st.builds(
+    Sample,
+    at=st.datetimes(timezones=st.one_of(st.none(), st.timezones())),
+    day=st.dates(),
+    amount=st.decimals(allow_nan=False, allow_infinity=False),
+    ident=st.uuids(),
+    colour=st.sampled_from(Colour),
+    size=st.sampled_from(Size),
+    pair=st.tuples(st.integers(), st.text()),
+    names=st.frozensets(st.text(max_size=5), max_size=4),
+    blob=st.binary(max_size=16),
+    maybe=st.one_of(st.none(), st.builds(Address, street=st.text(), city=st.text())),
+    nested=st.lists(
+        st.dictionaries(
+            st.text(max_size=5),
+            st.decimals(allow_nan=False, allow_infinity=False),
+            max_size=3,
+        ),
+        max_size=3,
+    ),
+    ratio=st.floats(allow_nan=False, allow_infinity=False),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(sample=samples)
+def test_any_declared_value_survives_the_wire_unchanged(sample: Sample) -> None:
+    wire = json.loads(dumps(codec.encode(sample)))
+    back = codec.decode(wire, Sample)
+    assert dataclasses.replace(back, at=sample.at) == sample
+    # The same wall time and offset (a zone's name is not kept, only its offset; == would
+    # be False for a wall time in a DST gap even when both say the same instant).
+    assert type(back.at) is datetime and back.at.utcoffset() == sample.at.utcoffset()
+    assert back.at.replace(tzinfo=None) == sample.at.replace(tzinfo=None)
+    assert str(back.amount) == str(sample.amount)
+    assert type(back.pair) is tuple and type(back.names) is frozenset
+
+
+@pytest.mark.parametrize(
+    "payload_type", [Everything, Customer, Sample, dict[str, Any], list[Line] | None, Colour]
+)
+def test_every_type_the_codec_decodes_passes_its_registration_check(payload_type: Any) -> None:
+    codec.check_payload_type(payload_type)
