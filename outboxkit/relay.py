@@ -193,8 +193,13 @@ class Relay:
         return step
 
     def republish_stale(self) -> int:
-        """Send ``published``-but-never-consumed rows back to pending (bounded by max_retry)."""
-        if self.config.republish_after is None:
+        """Send ``published``-but-never-consumed rows back to pending (bounded by max_retry).
+
+        Not for a route consumed through an inbox (:attr:`Route.inbox`): its consumers record
+        what they handled in their own database and never mark the row, so ``published`` is
+        final there and a rescue would only republish every event until it went ``dead``.
+        """
+        if self.config.republish_after is None or self.route.inbox:
             return 0
         count = self.repository.republish_stale(
             self.route, older_than=self.config.republish_after, limit=self.config.batch_size

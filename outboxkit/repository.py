@@ -155,6 +155,16 @@ class Repository(abc.ABC):
         implicitly on MySQL).
         """
 
+    def has_table(self, route: Route) -> bool | None:
+        """Whether ``route``'s table exists here; ``None`` when this repository cannot tell.
+
+        Checked when an engine starts its consumers: a consumer whose database lacks the
+        table would find no event's row (it reads another database than the producer
+        writes). Raises :class:`~outboxkit.errors.RepositoryError` when the database
+        cannot be reached.
+        """
+        return None
+
     @abc.abstractmethod
     def schema_ddl(self, routes: Iterable[Route]) -> str:
         """The SQL that :meth:`create_schema` would run, for Alembic or plain migrations."""

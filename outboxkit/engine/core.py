@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -23,9 +23,12 @@ from outboxkit.broker import Broker, Subscription
 from outboxkit.consumer import Consumer
 from outboxkit.engine.config import EngineConfig
 from outboxkit.engine.loops import run_consumer, run_listener, run_relay
+from outboxkit.engine.placement import check_consumers
 from outboxkit.engine.stats import EngineStats, StatsRecorder
 from outboxkit.engine.wakeups import Wakeups
 from outboxkit.errors import ConfigurationError
+from outboxkit.inbox.base import Inbox, RedeliveryRequested
+from outboxkit.inbox.consumer import InboxConsumer
 from outboxkit.messages import Event, PublishRequest
 from outboxkit.outbox import Publisher
 from outboxkit.registry import HandlerRegistry
@@ -47,8 +50,12 @@ class Engine:
         *,
         registry: HandlerRegistry | None = None,
         config: EngineConfig | None = None,
+        inboxes: Mapping[str, Inbox] | None = None,
     ) -> None:
         self.config = config or EngineConfig()
+        #: Service -> the inbox its consumer keeps on this process's own database, for
+        #: services whose producers write another database (``inbox=True`` routes).
+        self.inboxes: dict[str, Inbox] = dict(inboxes or {})
         if broker is None and self.config.enabled:
             raise ConfigurationError("an enabled Engine needs a broker (or enabled=False)")
         self.repository = repository
@@ -160,10 +167,14 @@ class Engine:
     # ------------------------------------------------------------------ schema
 
     def create_schema(self, services: Iterable[str] | None = None) -> list[Route]:
-        """Create the outbox tables of ``services`` (default: every routed service)."""
+        """Create the outbox tables of ``services`` (default: every routed service) and the
+        inbox tables of those consumed here through an inbox."""
         names = list(services) if services is not None else self.routing.services()
         routes = [self.routing.route_of_service(s) for s in names]
         self.repository.create_schema(routes)
+        inboxes = {id(i): i for s, i in self.inboxes.items() if s in names}
+        for inbox in inboxes.values():
+            inbox.create_schema()
         return routes
 
     # ------------------------------------------------------------------ what to serve
@@ -195,6 +206,13 @@ class Engine:
         with self._lifecycle:
             if self._started:
                 raise ConfigurationError("engine already started")
+            if self.config.enabled:
+                check_consumers(
+                    self.consumer_routes(),
+                    repository=self.repository,
+                    registry=self.registry,
+                    inboxes=self.inboxes,
+                )
             self._started = True
             if not self.config.enabled:
                 logger.info("outbox engine disabled: no relay or consumer threads")
@@ -281,7 +299,12 @@ class Engine:
                 )
                 pair = self._step_consumers[route.service] = (self._consumer(route), subscription)
             consumer, subscription = pair
-            work += consumer.run_once(subscription, timeout=receive_timeout)
+            try:
+                work += consumer.run_once(subscription, timeout=receive_timeout)
+            except RedeliveryRequested:
+                # A failed inbox attempt: subscribing again (next step) redelivers it.
+                subscription.close()
+                del self._step_consumers[route.service]
         return work
 
     # ------------------------------------------------------------------ observation
@@ -319,6 +342,17 @@ class Engine:
         )
 
     def _consumer(self, route: Route) -> Consumer:
+        inbox = self.inboxes.get(route.service)
+        if inbox is not None:
+            return InboxConsumer(
+                self.repository,
+                route,
+                self.registry,
+                inbox,
+                config=self.config.consumer,
+                retry_policy=self.config.retry,
+                on_outcome=self._stats.record_outcome,
+            )
         return Consumer(
             self.repository,
             route,

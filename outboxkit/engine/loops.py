@@ -18,6 +18,7 @@ from outboxkit.consumer import Consumer
 from outboxkit.engine.stats import StatsRecorder
 from outboxkit.engine.wakeups import Wakeups
 from outboxkit.errors import BrokerUnavailableError, RepositoryError
+from outboxkit.inbox.base import RedeliveryRequested
 from outboxkit.relay import Relay
 from outboxkit.repository import NewRowListener, Repository
 from outboxkit.routing import Route
@@ -132,6 +133,14 @@ def run_consumer(
                     subscription = broker.subscribe(route.topic, route.group, member)
                 consumer.run_once(subscription, should_stop=stopping.is_set)
                 backoff = config.outage_backoff
+            except RedeliveryRequested as request:
+                # An inbox consumer's failed attempt: the broker delivers it again once we
+                # subscribe again (see outboxkit.inbox.consumer).
+                logger.info("consumer %s: %s", route.service, request.reason)
+                if subscription is not None:
+                    close_quietly(subscription)
+                    subscription = None
+                stopping.wait(request.delay)
             except Exception as exc:
                 outage = isinstance(exc, (BrokerUnavailableError, RepositoryError))
                 if outage:

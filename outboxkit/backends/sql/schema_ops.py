@@ -14,7 +14,7 @@ from outboxkit.backends.schema import table_ddl
 from outboxkit.backends.sql.store import (
     SqlStore,
 )
-from outboxkit.errors import SchemaError
+from outboxkit.errors import RepositoryError, SchemaError
 from outboxkit.routing import Route
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,14 @@ class SchemaOps(SqlStore):
             if index.name not in indexes:
                 index.create(conn)
                 logger.info("created index %s on outbox table %s", index.name, table.name)
+
+    def has_table(self, route: Route) -> bool | None:
+        self._check_server()
+        try:
+            with self.engine.connect() as conn:
+                return bool(sa.inspect(conn).has_table(route.table))
+        except SQLAlchemyError as exc:
+            raise RepositoryError(f"checking for table {route.table!r} failed: {exc}") from exc
 
     def schema_ddl(self, routes: Iterable[Route]) -> str:
         return table_ddl([self.table(r) for r in routes], self.engine.dialect)
