@@ -86,7 +86,11 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     if args.print_sql:
         names = services or engine.routing.services()
         routes = [engine.routing.route_of_service(s) for s in names]
-        print(engine.repository.schema_ddl(routes))
+        # By default what this database needs (ALTER TABLE for a Go table); --offline
+        # prints the full CREATE DDL without connecting.
+        repository = engine.repository
+        ddl = repository.schema_ddl if args.offline else repository.schema_upgrade_ddl
+        print(ddl(routes))
         return 0
     routes = engine.create_schema(services)
     for route in routes:
@@ -147,7 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="create the outbox tables of an application")
     migrate.add_argument("app", help="module:attribute of an Engine (or a factory of one)")
     migrate.add_argument("--service", action="append", help="only this service (repeatable)")
-    migrate.add_argument("--print-sql", action="store_true", help="print the DDL, change nothing")
+    migrate.add_argument(
+        "--print-sql",
+        action="store_true",
+        help="print the DDL this database needs (CREATE, or ALTER TABLE for an existing "
+        "table such as a Go one), change nothing",
+    )
+    migrate.add_argument(
+        "--offline",
+        action="store_true",
+        help="with --print-sql: the full CREATE DDL, without connecting",
+    )
     migrate.set_defaults(func=_cmd_migrate)
 
     dead = sub.add_parser("dead", help="count, list or requeue dead events of a service")

@@ -2,12 +2,15 @@
 
 * The **event shell** is what the ``payload`` column holds:
   ``{event_id, event_type, event_version, aggregate_id, payload}`` plus our optional
-  ``headers`` and ``occurred_at``. The Go relay ignores fields it does not know, so a row we
-  write is one it can read; a row it wrote is one we can read.
+  ``headers``, ``occurred_at``, ``correlation_id`` and ``causation_id``. The Go relay
+  ignores fields it does not know, so a row we write is one it can read; a row it wrote is
+  one we can read.
 * The **envelope** is the broker message value:
   ``{outbox_id, event_id, event_type, event_version, service_name, aggregate_id, payload}``
-  plus ``envelope_version``, ``occurred_at``, ``published_at``, ``attempt`` and ``headers``.
-  A Go-emitted envelope (no ``envelope_version``) decodes as version 1.
+  plus ``envelope_version``, ``occurred_at``, ``published_at``, ``attempt``, ``headers``,
+  ``correlation_id`` and ``causation_id`` (the last two omitted when empty, so rows and
+  messages without them, the Go system's, still decode). A Go-emitted envelope (no
+  ``envelope_version``) decodes as version 1.
 
 Decoding failures raise :class:`~outboxkit.errors.DecodeError` carrying whatever ids could be
 read, so an identifiable row can still be marked dead.
@@ -32,6 +35,9 @@ CONTENT_TYPE = "application/json"
 HEADER_EVENT_TYPE = "event_type"
 HEADER_EVENT_ID = "event_id"
 HEADER_CONTENT_TYPE = "content-type"
+#: Broker headers carrying the flow an event belongs to (omitted when empty).
+HEADER_CORRELATION_ID = "correlation_id"
+HEADER_CAUSATION_ID = "causation_id"
 #: W3C trace context headers copied from the request's headers onto the broker message.
 TRACE_HEADERS = ("traceparent", "tracestate")
 
@@ -62,6 +68,8 @@ class EventShell:
     payload: Any
     headers: Mapping[str, str] = attrs.field(factory=dict)
     occurred_at: str | None = None
+    correlation_id: str = ""
+    causation_id: str = ""
 
 
 def _non_string_key(value: Any) -> Any:
@@ -95,6 +103,7 @@ def encode_shell(request: PublishRequest, *, occurred_at: datetime) -> str:
     }
     if request.headers:
         shell["headers"] = dict(request.headers)
+    _put_flow_ids(shell, request.correlation_id, request.causation_id)
     bad_key = _non_string_key(request.payload)
     if bad_key is not None:
         raise InvalidEventError(
@@ -108,6 +117,14 @@ def encode_shell(request: PublishRequest, *, occurred_at: datetime) -> str:
             f"payload of event {request.event_id} ({request.event_type}) is not "
             f"JSON-serialisable: {exc}"
         ) from exc
+
+
+def _put_flow_ids(obj: dict[str, Any], correlation_id: str, causation_id: str) -> None:
+    """Add the flow ids to a shell or envelope, leaving empty ones out (Go has neither)."""
+    if correlation_id:
+        obj["correlation_id"] = correlation_id
+    if causation_id:
+        obj["causation_id"] = causation_id
 
 
 def _text(obj: Mapping[str, Any], name: str) -> str:
@@ -155,6 +172,8 @@ def decode_shell(text: str, *, outbox_id: int | None = None) -> EventShell:
         payload=obj["payload"],
         headers=_headers(obj),
         occurred_at=occurred if isinstance(occurred, str) else None,
+        correlation_id=_text(obj, "correlation_id"),
+        causation_id=_text(obj, "causation_id"),
     )
 
 
@@ -181,6 +200,8 @@ class Envelope:
     attempt: int = 1
     headers: Mapping[str, str] = attrs.field(factory=dict)
     envelope_version: int = ENVELOPE_VERSION
+    correlation_id: str = ""
+    causation_id: str = ""
 
 
 def envelope_from_row(row: OutboxMessage, *, published_at: datetime) -> Envelope:
@@ -202,6 +223,8 @@ def envelope_from_row(row: OutboxMessage, *, published_at: datetime) -> Envelope
         published_at=utc_isoformat(published_at),
         attempt=row.retry_count + 1,
         headers=shell.headers,
+        correlation_id=shell.correlation_id,
+        causation_id=shell.causation_id,
     )
 
 
@@ -245,6 +268,7 @@ def encode_envelope(envelope: Envelope) -> bytes:
             del obj[name]
     if not obj["headers"]:
         del obj["headers"]
+    _put_flow_ids(obj, envelope.correlation_id, envelope.causation_id)
     return dumps(obj).encode("utf-8")
 
 
@@ -305,16 +329,23 @@ def decode_envelope(value: bytes | str) -> Envelope:
         ),
         headers=_headers(obj),
         envelope_version=version,
+        correlation_id=_text(obj, "correlation_id"),
+        causation_id=_text(obj, "causation_id"),
     )
 
 
 def broker_headers(envelope: Envelope) -> dict[str, str]:
-    """Headers every broker message carries: type, id, content type and trace context."""
+    """Headers every broker message carries: type, id, content type, the flow ids (when
+    set) and trace context, so a consumer or a tap can follow a flow without decoding."""
     headers = {
         HEADER_EVENT_TYPE: envelope.event_type,
         HEADER_EVENT_ID: envelope.event_id,
         HEADER_CONTENT_TYPE: CONTENT_TYPE,
     }
+    if envelope.correlation_id:
+        headers[HEADER_CORRELATION_ID] = envelope.correlation_id
+    if envelope.causation_id:
+        headers[HEADER_CAUSATION_ID] = envelope.causation_id
     for name in TRACE_HEADERS:
         if name in envelope.headers:
             headers[name] = envelope.headers[name]

@@ -39,6 +39,7 @@ import attrs
 from sqlalchemy.engine import Connection
 
 from outboxkit.broker import Delivery, Subscription
+from outboxkit.causality import handling
 from outboxkit.codec import Envelope, decode_envelope, row_event_id
 from outboxkit.errors import DecodeError, PermanentError
 from outboxkit.messages import Event
@@ -52,6 +53,7 @@ from outboxkit.repository import (
 )
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Route
+from outboxkit.tracing import NO_TRACING, Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ class Consumer:
         config: ConsumerConfig | None = None,
         retry_policy: RetryPolicy | None = None,
         on_outcome: Callable[[Event | None, Outcome], None] | None = None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.repository = repository
         self.route = route
@@ -102,6 +105,7 @@ class Consumer:
         self.config = config or ConsumerConfig()
         self.retry_policy = retry_policy or RetryPolicy()
         self._on_outcome = on_outcome
+        self.tracing = tracing
         #: Deliveries acknowledged without handling because their row was not found, in
         #: all and in a row (a streak means a misplaced consumer, see ``_settle``).
         self.missing_rows = 0
@@ -214,7 +218,7 @@ class Consumer:
                 outbox_id=event.outbox_id,
                 event_id=event.event_id,
                 event_type=event.event_type,
-                run=_bind(spec.func, event),
+                run=self._bind(spec.func, event),
             )
             for event, spec in segment
         ]
@@ -300,7 +304,8 @@ class Consumer:
         if row.status.value in ("consumed", "dead"):
             return self._settle(event, ConsumeResult(ConsumeOutcome.DUPLICATE))
         try:
-            spec.func(event)
+            with handling(event), self.tracing.processing(self.route, event):
+                spec.func(event)
         except Exception as exc:
             return self._settle(event, ConsumeResult(ConsumeOutcome.FAILED, error=exc))
         if self.repository.mark_consumed(self.route, event.outbox_id, event_id=event.event_id):
@@ -376,6 +381,14 @@ class Consumer:
         )
         return Outcome.SKIPPED
 
+    def _bind(self, func: Callable[..., Any], event: Event) -> Callable[[Connection], Any]:
+        def run(connection: Connection) -> Any:
+            # What the handler publishes joins event's flow (and its trace, when traced).
+            with handling(event, connection), self.tracing.processing(self.route, event):
+                return func(event, connection)
+
+        return run
+
     def _report(self, event: Event | None, outcome: Outcome) -> Outcome:
         if self._on_outcome is not None:
             try:
@@ -383,13 +396,6 @@ class Consumer:
             except Exception:
                 logger.exception("on_outcome callback failed")
         return outcome
-
-
-def _bind(func: Callable[..., Any], event: Event) -> Callable[[Connection], Any]:
-    def run(connection: Connection) -> Any:
-        return func(event, connection)
-
-    return run
 
 
 def _event(envelope: Envelope, delivery: Delivery) -> Event:
@@ -406,4 +412,6 @@ def _event(envelope: Envelope, delivery: Delivery) -> Event:
         attempt=max(envelope.attempt, 1),
         occurred_at=envelope.occurred_at,
         published_at=envelope.published_at,
+        correlation_id=envelope.correlation_id,
+        causation_id=envelope.causation_id,
     )

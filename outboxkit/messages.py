@@ -47,6 +47,12 @@ class PublishRequest:
     Strings are trimmed (as the Go publisher does). ``aggregate_id`` defaults to the message
     key and ``event_id`` to a fresh UUID, so publishing the same request object twice is
     idempotent: the second publish writes nothing.
+
+    ``correlation_id`` ties every event of one business flow together and ``causation_id``
+    names the event whose handling caused this one. Left empty, they are filled when the
+    event is written (see :mod:`outboxkit.causality`): a publish made while a handler runs
+    inherits the handled event's correlation id and takes its event id as causation id; any
+    other publish starts a flow, with ``correlation_id = event_id`` and no causation id.
     """
 
     event_type: str = attrs.field(converter=_strip)
@@ -56,6 +62,8 @@ class PublishRequest:
     aggregate_id: str = attrs.field(default="", converter=_strip)
     event_id: str = attrs.field(factory=lambda: str(uuid.uuid4()), converter=_strip)
     headers: Mapping[str, str] = attrs.field(factory=dict, converter=_strip_headers)
+    correlation_id: str = attrs.field(default="", converter=_strip)
+    causation_id: str = attrs.field(default="", converter=_strip)
 
     def __attrs_post_init__(self) -> None:
         if not self.event_version:
@@ -100,6 +108,8 @@ class Event:
 
     ``attempt`` is 1 on the first delivery and grows with each retry, so a handler can tell
     a retry from a first try. ``message_key`` is the broker key the event travelled under.
+    ``correlation_id`` is never empty (an event written without one, e.g. by the Go system,
+    is its own flow: its event id); ``causation_id`` is empty for the first event of a flow.
     """
 
     event_id: str
@@ -114,3 +124,9 @@ class Event:
     attempt: int
     occurred_at: str | None = None
     published_at: str | None = None
+    correlation_id: str = ""
+    causation_id: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if not self.correlation_id:
+            object.__setattr__(self, "correlation_id", self.event_id)

@@ -11,6 +11,7 @@ a batch writes nothing at all (and never leaves the caller's transaction aborted
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -19,11 +20,13 @@ import attrs
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from outboxkit.causality import handled_event, with_flow_ids
 from outboxkit.codec import encode_shell
 from outboxkit.errors import InvalidEventError
 from outboxkit.messages import DEFAULT_MAX_RETRY, PublishRequest
 from outboxkit.repository import NewMessage, Repository
 from outboxkit.routing import MAX_EVENT_TYPE, MAX_MESSAGE_KEY, Route, Routing
+from outboxkit.tracing import NO_TRACING, Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +68,12 @@ class Publisher:
         routing: Routing,
         *,
         config: PublisherConfig | None = None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.repository = repository
         self.routing = routing
         self.config = config or PublisherConfig()
+        self.tracing = tracing
 
     def publish(self, request: PublishRequest, *, connection: Executor | None = None) -> str:
         """Write one event; returns its ``event_id``. See :meth:`publish_many`."""
@@ -85,25 +90,30 @@ class Publisher:
         :class:`~outboxkit.errors.InvalidEventError` or
         :class:`~outboxkit.errors.UnknownEventTypeError` means nothing was written. Rows
         are grouped by route (one table per service) with one multi-row insert per table.
+        Empty correlation and causation ids are filled from the event being handled on
+        ``connection`` or in this context, if any (:mod:`outboxkit.causality`).
         """
         batch = list(requests)
         if not batch:
             return []
+        conn = connection.connection() if isinstance(connection, Session) else connection
+        cause = handled_event(conn)
         occurred_at = datetime.now(timezone.utc)
         groups: dict[str, tuple[Route, list[NewMessage]]] = {}
         seen: set[str] = set()
-        for request in batch:
-            route, message = self._prepare(request, occurred_at)
-            if message.event_id in seen:
-                continue
-            seen.add(message.event_id)
-            groups.setdefault(route.table, (route, []))[1].append(message)
-        if connection is None:
-            with self.repository.transaction() as conn:
+        with contextlib.ExitStack() as spans:  # a tracing span per event, ended after the write
+            for request in batch:
+                flow = with_flow_ids(request, cause)
+                route, message = self._prepare(flow, occurred_at, spans)
+                if message.event_id in seen:
+                    continue
+                seen.add(message.event_id)
+                groups.setdefault(route.table, (route, []))[1].append(message)
+            if conn is None:
+                with self.repository.transaction() as own:
+                    self._write(own, groups)
+            else:
                 self._write(conn, groups)
-        else:
-            conn = connection.connection() if isinstance(connection, Session) else connection
-            self._write(conn, groups)
         return [r.event_id for r in batch]
 
     def _write(self, conn: Connection, groups: dict[str, tuple[Route, list[NewMessage]]]) -> None:
@@ -118,8 +128,15 @@ class Publisher:
                 len(results) - created,
             )
 
-    def _prepare(self, request: PublishRequest, occurred_at: datetime) -> tuple[Route, NewMessage]:
-        """Validate ``request`` and build its row; raises before anything is written."""
+    def _prepare(
+        self, request: PublishRequest, occurred_at: datetime, spans: contextlib.ExitStack
+    ) -> tuple[Route, NewMessage]:
+        """Validate ``request`` and build its row; raises before anything is written.
+
+        The tracing hook's span is entered on ``spans`` once the route is known; the headers
+        it gives (trace context) are stored in the shell, where the relay and the consumer
+        find them. Headers the request already has win.
+        """
         event_type = request.event_type
         if not event_type:
             raise InvalidEventError(f"event {request.event_id}: event type is empty")
@@ -149,6 +166,9 @@ class Publisher:
                     f"event {request.event_id!r} ({event_type!r}): {name} contains a NUL character"
                 )
         route = self.routing.route_of(event_type)  # UnknownEventTypeError
+        traced = spans.enter_context(self.tracing.publishing(request, route))
+        if traced:
+            request = attrs.evolve(request, headers={**traced, **request.headers})
         shell = encode_shell(request, occurred_at=occurred_at)  # InvalidEventError
         size = len(shell.encode("utf-8"))
         if size > self.config.max_payload_bytes:

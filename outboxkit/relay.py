@@ -28,6 +28,7 @@ from outboxkit.errors import BrokerUnavailableError, DecodeError, MessageRejecte
 from outboxkit.repository import Repository, RetryOutcome
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Route
+from outboxkit.tracing import NO_TRACING, Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +80,14 @@ class Relay:
         *,
         config: RelayConfig | None = None,
         retry_policy: RetryPolicy | None = None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.repository = repository
         self.broker = broker
         self.route = route
         self.config = config or RelayConfig()
         self.retry_policy = retry_policy or RetryPolicy()
+        self.tracing = tracing
 
     def run_once(self) -> RelayStep:
         """Claim, publish and record one batch.
@@ -125,7 +128,9 @@ class Relay:
             return RelayStep(claimed=len(claim.messages), dead=dead)
 
         try:
-            results = self.broker.publish([message for _, message in to_send])
+            messages = [message for _, message in to_send]
+            with self.tracing.sending(self.route, messages):
+                results = self.broker.publish(messages)
         except Exception:
             # Unreachable broker, or a bug: either way nothing is known to be wrong with
             # the rows, so give them back uncounted now rather than when the lease ends.

@@ -167,7 +167,15 @@ class Repository(abc.ABC):
 
     @abc.abstractmethod
     def schema_ddl(self, routes: Iterable[Route]) -> str:
-        """The SQL that :meth:`create_schema` would run, for Alembic or plain migrations."""
+        """The SQL that :meth:`create_schema` would run on an empty database, for Alembic
+        or plain migrations; needs no connection."""
+
+    def schema_upgrade_ddl(self, routes: Iterable[Route]) -> str:
+        """The SQL :meth:`create_schema` would run on *this* database now: ``ALTER TABLE``
+        statements for an existing table that lacks columns or indexes (one the Go system
+        created), ``CREATE`` for a missing one. Changes nothing. The default, for
+        repositories that cannot inspect, is :meth:`schema_ddl`."""
+        return self.schema_ddl(routes)
 
     # ------------------------------------------------------------------ writing
 

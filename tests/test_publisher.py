@@ -58,7 +58,10 @@ def test_max_retry_from_config_is_frozen_into_the_row(
 
 def test_payload_limit_is_inclusive(setup: tuple[Publisher, SqlRepository, Route]) -> None:
     publisher, repository, _route = setup
-    request = PublishRequest(event_type="order.placed", payload="x", event_id="fixed")
+    # The stored shell carries the correlation id the publisher fills (the event id).
+    request = PublishRequest(
+        event_type="order.placed", payload="x", event_id="fixed", correlation_id="fixed"
+    )
     from datetime import datetime, timezone
 
     from outboxkit.codec import encode_shell

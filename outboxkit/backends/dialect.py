@@ -81,6 +81,9 @@ class Dialect:
       "try the whole transaction again": a deadlock, a serialization failure, a lock wait
       that timed out. Such a failure says nothing about the rows, so the repository retries
       at once instead of reporting an outage or counting an attempt.
+    * ``is_missing_column``: whether a driver exception says a column does not exist: the
+      sign of a table created by the Go system (or an older outboxkit) and never migrated,
+      reported as a :class:`~outboxkit.errors.SchemaError` that says to run ``migrate``.
     * ``notify``: a SQL expression that, evaluated in the publishing transaction, notifies
       listeners in other processes once the transaction commits (PostgreSQL ``pg_notify``;
       delivered on commit, dropped on rollback), or ``None`` where relays poll.
@@ -98,6 +101,7 @@ class Dialect:
     extra_indexes: ExtraIndexFactory = attrs.field(default=lambda _table, _name: [])
     own_isolation_level: str | None = None
     is_transient: Callable[[BaseException], bool] = attrs.field(default=lambda _exc: False)
+    is_missing_column: Callable[[BaseException], bool] = attrs.field(default=lambda _exc: False)
     notify: Callable[[str], ColumnElement[Any]] | None = None
     version_query: str
     check_version: Callable[[str], str]

@@ -47,6 +47,15 @@ def _is_transient(exc: BaseException) -> bool:
     return bool(args) and args[0] in _TRANSIENT_ERRNOS
 
 
+#: ER_BAD_FIELD_ERROR: "Unknown column 'event_id' in 'field list'".
+_UNKNOWN_COLUMN_ERRNO = 1054
+
+
+def _is_missing_column(exc: BaseException) -> bool:
+    args: tuple[Any, ...] = getattr(exc, "args", ())
+    return bool(args) and args[0] == _UNKNOWN_COLUMN_ERRNO
+
+
 #: Index that serves the claim's ``WHERE status = 'pending' AND next_retry_at <= now ORDER BY
 #: next_retry_at, id`` in order (InnoDB appends the primary key), so a claim reads and locks
 #: about ``limit`` rows. The Go index ``(status, next_retry_at, biz_type)`` cannot serve
@@ -91,6 +100,7 @@ MYSQL = Dialect(
     # No gap locks in our own transactions: see Dialect.own_isolation_level.
     own_isolation_level="READ COMMITTED",
     is_transient=_is_transient,
+    is_missing_column=_is_missing_column,
     version_query="SELECT VERSION()",
     check_version=check_version,
 )

@@ -58,6 +58,10 @@ def _is_transient(exc: BaseException) -> bool:
     return getattr(exc, "pgcode", None) in _TRANSIENT_SQLSTATES
 
 
+def _is_missing_column(exc: BaseException) -> bool:
+    return getattr(exc, "pgcode", None) == "42703"  # undefined_column
+
+
 #: The channel publishers notify and relays listen on; the payload is the table name.
 NOTIFY_CHANNEL = "outboxkit_new_rows"
 
@@ -84,6 +88,7 @@ POSTGRESQL = Dialect(
     index_names_per_table=False,
     extra_indexes=_extra_indexes,
     is_transient=_is_transient,
+    is_missing_column=_is_missing_column,
     notify=_notify,
     version_query="SHOW server_version",
     check_version=_check_version,

@@ -47,6 +47,11 @@ def _is_transient(exc: BaseException) -> bool:
     return "database is locked" in str(exc)
 
 
+def _is_missing_column(exc: BaseException) -> bool:
+    text = str(exc)
+    return text.startswith("no such column") or " has no column named " in text
+
+
 SQLITE = Dialect(
     name="sqlite",
     now=_now,
@@ -56,6 +61,7 @@ SQLITE = Dialect(
     supports_concurrent_claims=False,
     index_names_per_table=False,
     is_transient=_is_transient,
+    is_missing_column=_is_missing_column,
     version_query="SELECT sqlite_version()",
     check_version=_check_version,
 )

@@ -11,6 +11,7 @@ from outboxkit.consumer import ConsumerConfig
 from outboxkit.outbox import PublisherConfig
 from outboxkit.relay import RelayConfig
 from outboxkit.retry import RetryPolicy
+from outboxkit.tracing import NO_TRACING, Tracing
 
 
 def default_consumer_name() -> str:
@@ -37,3 +38,5 @@ class EngineConfig:
     #: ``False`` mirrors the Go ``kafka.enabled=false`` fallback: no threads, no broker,
     #: and :meth:`Engine.publish` runs the local handler at once in the caller's transaction.
     enabled: bool = True
+    #: Tracing hooks (:class:`outboxkit.otel.OpenTelemetryTracing` with the ``otel`` extra).
+    tracing: Tracing = NO_TRACING

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from outboxkit.broker import Broker, Subscription
+from outboxkit.causality import handled_event, handling, with_flow_ids
 from outboxkit.consumer import Consumer
 from outboxkit.engine.config import EngineConfig
 from outboxkit.engine.loops import run_consumer, run_listener, run_relay
@@ -64,7 +65,9 @@ class Engine:
         self.registry = registry or HandlerRegistry(self.routing)
         if self.registry.routing is not self.routing:
             raise ConfigurationError("the handler registry must use the engine's routing")
-        self.publisher = Publisher(repository, self.routing, config=self.config.publisher)
+        self.publisher = Publisher(
+            repository, self.routing, config=self.config.publisher, tracing=self.config.tracing
+        )
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._wakeups = Wakeups()
@@ -141,6 +144,8 @@ class Engine:
     ) -> str:
         spec = self.registry.get(request.event_type)
         assert spec is not None  # checked by publish_many
+        conn = connection.connection() if isinstance(connection, Session) else connection
+        request = with_flow_ids(request, handled_event(conn))
         event = Event(
             event_id=request.event_id,
             outbox_id=0,
@@ -153,15 +158,18 @@ class Engine:
             headers=request.headers,
             attempt=1,
             occurred_at=None,
+            correlation_id=request.correlation_id,
+            causation_id=request.causation_id,
         )
         if not spec.transactional:
-            spec.func(event)
-        elif connection is not None:
-            conn = connection.connection() if isinstance(connection, Session) else connection
-            spec.func(event, conn)
-        else:
-            with self.repository.transaction() as conn:
+            with handling(event):
+                spec.func(event)
+        elif conn is not None:
+            with handling(event, conn):
                 spec.func(event, conn)
+        else:
+            with self.repository.transaction() as own, handling(event, own):
+                spec.func(event, own)
         return request.event_id
 
     # ------------------------------------------------------------------ schema
@@ -339,6 +347,7 @@ class Engine:
             route,
             config=self.config.relay,
             retry_policy=self.config.retry,
+            tracing=self.config.tracing,
         )
 
     def _consumer(self, route: Route) -> Consumer:
@@ -352,6 +361,7 @@ class Engine:
                 config=self.config.consumer,
                 retry_policy=self.config.retry,
                 on_outcome=self._stats.record_outcome,
+                tracing=self.config.tracing,
             )
         return Consumer(
             self.repository,
@@ -360,6 +370,7 @@ class Engine:
             config=self.config.consumer,
             retry_policy=self.config.retry,
             on_outcome=self._stats.record_outcome,
+            tracing=self.config.tracing,
         )
 
     def _relay_loop(self, route: Route) -> None:

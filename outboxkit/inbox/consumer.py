@@ -27,7 +27,8 @@ from typing import Any
 import attrs
 
 from outboxkit.broker import Delivery, Subscription
-from outboxkit.consumer import Consumer, ConsumerConfig, Outcome, _bind
+from outboxkit.causality import handling
+from outboxkit.consumer import Consumer, ConsumerConfig, Outcome
 from outboxkit.errors import DecodeError, PermanentError
 from outboxkit.inbox.base import Inbox, InboxItem, InboxStatus, RedeliveryRequested
 from outboxkit.messages import Event
@@ -35,6 +36,7 @@ from outboxkit.registry import HandlerRegistry, HandlerSpec
 from outboxkit.repository import ConsumeOutcome, ConsumeResult, Repository
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Route
+from outboxkit.tracing import NO_TRACING, Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class InboxConsumer(Consumer):
         config: ConsumerConfig | None = None,
         retry_policy: RetryPolicy | None = None,
         on_outcome: Callable[[Event | None, Outcome], None] | None = None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         super().__init__(
             repository,
@@ -64,6 +67,7 @@ class InboxConsumer(Consumer):
             config=config,
             retry_policy=retry_policy,
             on_outcome=on_outcome,
+            tracing=tracing,
         )
         self.inbox = inbox
         self._redeliver_after: float | None = None
@@ -117,7 +121,7 @@ class InboxConsumer(Consumer):
     ) -> list[Outcome]:
         if not segment:
             return []
-        items = [self._item(event, _bind(spec.func, event)) for event, spec in segment]
+        items = [self._item(event, self._bind(spec.func, event)) for event, spec in segment]
         results = self.inbox.consume_batch(self.route.group, items, should_stop=should_stop)
         outcomes: list[Outcome] = []
         for (event, _spec), result in zip(segment, results, strict=True):
@@ -150,7 +154,8 @@ class InboxConsumer(Consumer):
         if record is not None and record.status in (InboxStatus.CONSUMED, InboxStatus.DEAD):
             return self._settle(event, ConsumeResult(ConsumeOutcome.DUPLICATE))
         try:
-            spec.func(event)
+            with handling(event), self.tracing.processing(self.route, event):
+                spec.func(event)
         except Exception as exc:
             return self._settle(event, ConsumeResult(ConsumeOutcome.FAILED, error=exc))
         if self.inbox.mark_consumed(self.route.group, self._item(event)):

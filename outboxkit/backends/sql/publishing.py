@@ -87,9 +87,7 @@ class Publishing(SqlStore):
             else:
                 created, existing = self._add_then_read(connection, table, rows)
         except SQLAlchemyError as exc:
-            raise RepositoryError(
-                f"inserting {len(rows)} outbox rows into {route.table!r} failed: {exc}"
-            ) from exc
+            raise self._driver_error(f"inserting {len(rows)} outbox rows", route, exc) from exc
         results: list[AddResult] = []
         reported: set[str] = set()
         for message in messages:

@@ -9,6 +9,8 @@ from typing import TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.schema import CreateIndex, CreateTable
+from sqlalchemy.sql.elements import TextClause
 
 from outboxkit.backends.schema import table_ddl
 from outboxkit.backends.sql.store import (
@@ -20,6 +22,8 @@ from outboxkit.routing import Route
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: One DDL statement of a plan: created (``CREATE TABLE``/``INDEX``) or added (``ALTER``).
+Statement = CreateTable | CreateIndex | TextClause
 
 
 class SchemaOps(SqlStore):
@@ -33,19 +37,24 @@ class SchemaOps(SqlStore):
         try:
             with self.engine.begin() as conn:
                 for table in tables:
-                    self._create_or_upgrade(conn, table)
+                    for statement in self._plan(conn, table):
+                        conn.execute(statement)
+                        logger.info("outbox table %s: %s", table.name, _describe(statement))
         except SQLAlchemyError as exc:
             names = ", ".join(t.name for t in tables)
             raise SchemaError(f"creating the outbox tables {names} failed: {exc}") from exc
 
-    def _create_or_upgrade(self, conn: Connection, table: sa.Table) -> None:
+    def _plan(self, conn: Connection, table: sa.Table) -> list[Statement]:
+        """The DDL that brings ``table`` to what outboxkit needs, judged by inspecting the
+        database: the whole table when missing, else the missing nullable columns (ours;
+        Go ``INSERT`` statements that do not name them keep working) and indexes."""
         inspector = sa.inspect(conn)
         if not inspector.has_table(table.name):
-            table.create(conn, checkfirst=True)
-            logger.info("created outbox table %s", table.name)
-            return
+            ordered = sorted(table.indexes, key=lambda i: i.name or "")
+            return [CreateTable(table), *(CreateIndex(i) for i in ordered)]
         present = {c["name"] for c in inspector.get_columns(table.name)}
         preparer = conn.dialect.identifier_preparer
+        plan: list[Statement] = []
         for column in table.columns:
             if column.name in present:
                 continue
@@ -54,16 +63,16 @@ class SchemaOps(SqlStore):
                     f"table {table.name!r} exists without the required column {column.name!r}"
                 )
             col_type = column.type.compile(dialect=conn.dialect)
-            conn.exec_driver_sql(
-                f"ALTER TABLE {preparer.format_table(table)} "
-                f"ADD COLUMN {preparer.format_column(column)} {col_type} NULL"
+            plan.append(
+                sa.text(
+                    f"ALTER TABLE {preparer.format_table(table)} "
+                    f"ADD COLUMN {preparer.format_column(column)} {col_type} NULL"
+                )
             )
-            logger.info("added column %s to outbox table %s", column.name, table.name)
         indexes = {i["name"] for i in inspector.get_indexes(table.name)}
-        for index in table.indexes:
-            if index.name not in indexes:
-                index.create(conn)
-                logger.info("created index %s on outbox table %s", index.name, table.name)
+        missing = [i for i in table.indexes if i.name not in indexes]
+        plan.extend(CreateIndex(i) for i in sorted(missing, key=lambda i: i.name or ""))
+        return plan
 
     def has_table(self, route: Route) -> bool | None:
         self._check_server()
@@ -75,3 +84,36 @@ class SchemaOps(SqlStore):
 
     def schema_ddl(self, routes: Iterable[Route]) -> str:
         return table_ddl([self.table(r) for r in routes], self.engine.dialect)
+
+    def schema_upgrade_ddl(self, routes: Iterable[Route]) -> str:
+        """The SQL :meth:`create_schema` would run on this database now, ``;``-terminated:
+        ``CREATE`` for a missing table, ``ALTER TABLE``/``CREATE INDEX`` for an existing
+        one that lacks columns or indexes (a Go table), a comment for one up to date.
+
+        Reads the catalog (connects) but changes nothing, so a DBA or an Alembic revision
+        can apply the statements instead.
+        """
+        tables = [self.table(r) for r in routes]
+        self._check_server()
+        chunks: list[str] = []
+        try:
+            with self.engine.connect() as conn:
+                for table in tables:
+                    plan = self._plan(conn, table)
+                    if not plan:
+                        chunks.append(f"-- {table.name}: up to date")
+                        continue
+                    chunks.extend(str(s.compile(dialect=conn.dialect)).strip() + ";" for s in plan)
+        except SQLAlchemyError as exc:
+            names = ", ".join(t.name for t in tables)
+            raise SchemaError(f"inspecting the outbox tables {names} failed: {exc}") from exc
+        return "\n\n".join(chunks) + "\n"
+
+
+def _describe(statement: Statement) -> str:
+    """A short log text for one DDL statement."""
+    if isinstance(statement, CreateTable):
+        return "created"
+    if isinstance(statement, CreateIndex):
+        return f"created index {statement.element.name}"
+    return str(statement.compile()).strip()

@@ -19,7 +19,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from outboxkit.backends.dialect import Dialect, dialect_for
 from outboxkit.backends.schema import build_table
-from outboxkit.errors import RepositoryError
+from outboxkit.errors import RepositoryError, SchemaError
 from outboxkit.messages import OutboxMessage, Status
 from outboxkit.routing import Route
 
@@ -147,8 +147,25 @@ class SqlStore:
             with self._own.begin() as conn:
                 yield conn
         except SQLAlchemyError as exc:
-            where = f" on table {route.table!r}" if route is not None else ""
-            raise RepositoryError(f"{what}{where} failed: {exc}") from exc
+            raise self._driver_error(what, route, exc) from exc
+
+    def _driver_error(
+        self, what: str, route: Route | None, exc: SQLAlchemyError
+    ) -> RepositoryError:
+        """The error to raise for a driver error: a :class:`SchemaError` that says to run
+        ``outboxkit migrate`` when a column is missing (an unmigrated Go table), else a
+        :class:`RepositoryError` with the driver's message."""
+        where = f" on table {route.table!r}" if route is not None else ""
+        orig = exc.orig if isinstance(exc, DBAPIError) else None
+        if orig is not None and self.dialect.is_missing_column(orig):
+            detail = str(orig).strip().splitlines()[0] if str(orig).strip() else repr(orig)
+            return SchemaError(
+                f"{what}{where} failed: the table lacks a column outboxkit needs ({detail}). "
+                "It was probably created by the Go system or an older outboxkit: run "
+                "`outboxkit migrate APP` to add the missing columns and indexes, or apply "
+                "the ALTER TABLE statements that `outboxkit migrate APP --print-sql` prints"
+            )
+        return RepositoryError(f"{what}{where} failed: {exc}")
 
     def _is_transient(self, exc: BaseException) -> bool:
         """Whether ``exc`` only says "run the transaction again" (see ``Dialect.is_transient``):
@@ -183,8 +200,7 @@ class SqlStore:
                         type(exc.orig if isinstance(exc, DBAPIError) else exc).__name__,
                     )
                     continue
-                where = f" on table {route.table!r}" if route is not None else ""
-                raise RepositoryError(f"{what}{where} failed: {exc}") from exc
+                raise self._driver_error(what, route, exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _now(self, conn: Connection) -> datetime:
