@@ -45,6 +45,18 @@ def load_engine(spec: str) -> Engine:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.scenario == "orchestrator":
+        from outboxkit.demo_orchestrator import run_orchestrator_demo
+
+        flows = run_orchestrator_demo(
+            database_url=args.database_url,
+            capability_database_url=args.capability_database_url,
+            broker_url=args.broker_url,
+            commands=args.commands,
+            timeout=args.timeout,
+            keep=args.keep,
+        )
+        return 0 if flows.ok else 1
     from outboxkit.demo import run_demo
 
     summary = run_demo(
@@ -140,6 +152,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--orders", type=int, default=200, help="orders to write (default 200)")
     demo.add_argument("--timeout", type=float, default=120.0, help="give up after seconds")
     demo.add_argument("--keep", action="store_true", help="keep the demo tables")
+    demo.add_argument(
+        "--scenario",
+        choices=("orders", "orchestrator"),
+        default="orders",
+        help="orders (default): two services, one database; orchestrator: a command flow "
+        "across two services and databases, through an inbox (docs/inbox.md)",
+    )
+    demo.add_argument(
+        "--capability-database-url",
+        help="orchestrator scenario: the writer service's own database (default: a second "
+        "SQLite file, or --database-url when given)",
+    )
+    demo.add_argument(
+        "--commands", type=int, default=3, help="orchestrator scenario: commands (default 3)"
+    )
     demo.set_defaults(func=_cmd_demo)
 
     worker = sub.add_parser("worker", help="run an application's engine until SIGTERM/SIGINT")

@@ -175,13 +175,18 @@ class Engine:
     # ------------------------------------------------------------------ schema
 
     def create_schema(self, services: Iterable[str] | None = None) -> list[Route]:
-        """Create the outbox tables of ``services`` (default: every routed service) and the
-        inbox tables of those consumed here through an inbox."""
-        names = list(services) if services is not None else self.routing.services()
+        """Create the outbox tables of ``services`` and this engine's inbox tables.
+
+        ``services`` defaults to every routed service except those consumed here through an
+        inbox (their rows live in their producers' database).
+        """
+        if services is None:
+            names = [s for s in self.routing.services() if s not in self.inboxes]
+        else:
+            names = list(services)
         routes = [self.routing.route_of_service(s) for s in names]
         self.repository.create_schema(routes)
-        inboxes = {id(i): i for s, i in self.inboxes.items() if s in names}
-        for inbox in inboxes.values():
+        for inbox in {id(i): i for i in self.inboxes.values()}.values():
             inbox.create_schema()
         return routes
 
@@ -190,7 +195,8 @@ class Engine:
     def relay_routes(self) -> list[Route]:
         names = self.config.relay_services
         if names is None:
-            names = tuple(self.registry.services())
+            # A service consumed here through an inbox is produced in another database.
+            names = tuple(s for s in self.registry.services() if s not in self.inboxes)
         return [self.routing.route_of_service(s) for s in names]
 
     def consumer_routes(self) -> list[Route]:
