@@ -96,17 +96,21 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     engine = load_engine(args.app)
     services = args.service or None
     if args.print_sql:
-        names = services or engine.routing.services()
+        names = services or [s for s in engine.routing.services() if s not in engine.inboxes]
         routes = [engine.routing.route_of_service(s) for s in names]
         # By default what this database needs (ALTER TABLE for a Go table); --offline
         # prints the full CREATE DDL without connecting.
         repository = engine.repository
         ddl = repository.schema_ddl if args.offline else repository.schema_upgrade_ddl
         print(ddl(routes))
+        for inbox in {id(i): i for i in engine.inboxes.values()}.values():
+            print(inbox.schema_ddl())
         return 0
     routes = engine.create_schema(services)
     for route in routes:
         print(f"ready: {route.table} (service {route.service})")
+    for service, inbox in sorted(engine.inboxes.items()):
+        print(f"ready: {inbox.table_name} (inbox of service {service})")
     return 0
 
 
