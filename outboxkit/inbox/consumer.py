@@ -15,7 +15,9 @@ own database instead of the producer's outbox row (which it may not even be able
 The producer's row stays ``published``: for an inbox route that is its final state (the
 relay does not rescue it). Retries therefore hold up the events behind the failed one in
 its partition/stream until it succeeds or goes ``dead``; keep ``max_attempts`` and the
-retry policy short for such services.
+retry policy short for such services. The rest of the failed delivery's batch is still
+handled (it comes again as duplicates), so a retried event can land after newer events of
+its key, as with the outbox.
 """
 
 from __future__ import annotations
