@@ -81,6 +81,8 @@ class OrchestratorSummary:
     characters: int
     writer_retries: int
     inbox_consumed: dict[str, int]
+    #: Outbox rows (of both databases) not ``consumed``: receipts close inbox routes' rows.
+    unfinished_rows: int
     chains: dict[str, list[FlowStep]]
     elapsed: float
 
@@ -91,6 +93,7 @@ class OrchestratorSummary:
             and self.tasks_completed == self.commands
             and self.characters == self.commands
             and all(v == self.commands for v in self.inbox_consumed.values())
+            and self.unfinished_rows == 0
             and all(chain_is_linear(c) for c in self.chains.values())
         )
 
@@ -401,8 +404,8 @@ class _Scenario:
                 self.orchestrator.publish(request)  # the same event again: writes nothing
         self._say(f"  {self.commands} commands written (the first one published twice)")
         deadline = started + self.timeout
-        while time.monotonic() < deadline and self._count(self.orch_db, self.timeline) < (
-            self.commands
+        while time.monotonic() < deadline and (
+            self._count(self.orch_db, self.timeline) < self.commands or self._unfinished()
         ):
             time.sleep(0.05)
         elapsed = time.monotonic() - started
@@ -419,11 +422,24 @@ class _Scenario:
                 "writer-tasks": self._consumed(self.writer_inbox, "writer-tasks"),
                 "writer-results": self._consumed(self.orch_inbox, "writer-results"),
             },
+            unfinished_rows=self._unfinished(),
             chains=chains,
             elapsed=elapsed,
         )
         self._print(summary, chains.get(first_event, []))
         return summary
+
+    def _unfinished(self) -> int:
+        """Outbox rows not yet ``consumed``, in both databases."""
+        unfinished = 0
+        for repo, services in (
+            (self.orch_repo, ("commands", "facts", "writer-tasks")),
+            (self.writer_repo, ("writer-results",)),
+        ):
+            for service in services:
+                counts = repo.count_by_status(self.routing.route_of_service(service))
+                unfinished += sum(n for s, n in counts.items() if s.value != "consumed")
+        return unfinished
 
     def _consumed(self, inbox: SqlInbox, service: str) -> int:
         group = self.routing.route_of_service(service).group
@@ -484,6 +500,7 @@ class _Scenario:
         say(f"  writer attempts redelivered {summary.writer_retries}")
         for service, consumed in summary.inbox_consumed.items():
             say(f"  inbox {service:<21} {consumed} consumed")
+        say(f"  outbox rows not consumed    {summary.unfinished_rows}")
         linear = sum(1 for c in summary.chains.values() if chain_is_linear(c))
         say(f"  complete causal chains      {linear} of {len(summary.chains)}")
         say(f"  elapsed                     {summary.elapsed:.2f} s")

@@ -200,11 +200,11 @@ class Relay:
     def republish_stale(self) -> int:
         """Send ``published``-but-never-consumed rows back to pending (bounded by max_retry).
 
-        Not for a route consumed through an inbox (:attr:`Route.inbox`): its consumers record
-        what they handled in their own database and never mark the row, so ``published`` is
-        final there and a rescue would only republish every event until it went ``dead``.
+        Routes consumed through an inbox too: their consumers' receipts mark the rows (see
+        :mod:`outboxkit.inbox.receipts`), so a row still ``published`` lost its event or its
+        receipt, and publishing it again is what recovers either.
         """
-        if self.config.republish_after is None or self.route.inbox:
+        if self.config.republish_after is None:
             return 0
         count = self.repository.republish_stale(
             self.route, older_than=self.config.republish_after, limit=self.config.batch_size

@@ -89,8 +89,8 @@ class Route:
     topic: str = attrs.field(validator=lambda _i, _a, v: validate_topic_name(v))
     group: str = attrs.field(validator=lambda _i, _a, v: validate_group_name(v))
     #: Consumers of this service handle its events through an inbox on their own database
-    #: (:mod:`outboxkit.inbox`), not by marking the producer's row: ``published`` is then
-    #: the row's final state and the relay's stale-published rescue leaves it alone.
+    #: (:mod:`outboxkit.inbox`) and report back with receipts, which the producers'
+    #: engines apply to their rows (a receipt thread per relayed inbox route).
     inbox: bool = False
 
     @classmethod

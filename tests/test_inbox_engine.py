@@ -66,7 +66,8 @@ class Pair:
         )
         self.producer.create_schema()
         self.inbox.create_schema()
-        self.group = self.routing.route_of_service("billing").group
+        self.route = self.routing.route_of_service("billing")
+        self.group = self.route.group
 
     def publish(self, event_type: str = "invoice.requested", **payload: object) -> str:
         return self.producer.publish(PublishRequest(event_type=event_type, payload=payload))
@@ -104,6 +105,8 @@ def test_a_failed_attempt_is_redelivered_until_it_succeeds(pair: Pair) -> None:
     assert (record.status, record.attempts) == (InboxStatus.CONSUMED, 2)
     assert calls == [1, 1, 1]
     assert pair.consumer.stats().retried == 2
+    row = pair.producer.repository.get_by_event_id(pair.route, event_id)
+    assert row is not None and row.status is Status.CONSUMED  # through the receipt
 
 
 def test_an_event_failing_every_attempt_goes_dead_in_the_inbox_and_is_acknowledged(
@@ -125,9 +128,37 @@ def test_an_event_failing_every_attempt_goes_dead_in_the_inbox_and_is_acknowledg
     assert "RuntimeError: always" in (record.last_error or "")
     assert len(calls) == 3  # dead, acknowledged: never delivered again
     assert any(event_id in r.getMessage() and "dead" in r.getMessage() for r in caplog.records)
-    # the producer's row is published: final for an inbox route
-    route = pair.routing.route_of_service("billing")
-    assert pair.producer.repository.count_by_status(route)[Status.PUBLISHED] == 1
+    # the consumer's receipt made the producer's row dead too, with the inbox's reason
+    row = pair.producer.repository.get_by_event_id(pair.route, event_id)
+    assert row is not None
+    assert row.status is Status.DEAD
+    assert "RuntimeError: always" in (row.last_error or "")
+
+
+def test_a_lost_receipt_is_sent_again_after_the_rescue_republishes(pair: Pair) -> None:
+    @pair.consumer.handler("invoice.requested")
+    def bill(event: Event, connection: sa.Connection) -> None:
+        pass
+
+    event_id = pair.publish(n=1)
+    pair.producer.run_once(receive_timeout=0.01)  # relayed
+    pair.consumer.run_once(receive_timeout=0.05)  # consumed, receipt sent
+    topic = f"{pair.route.topic}.receipts"
+    group = f"{pair.route.group}-receipts"
+    thief = pair.producer.broker.subscribe(topic, group, "thief")  # type: ignore[union-attr]
+    taken = thief.receive(timeout=0.1)
+    assert len(taken) == 1
+    thief.ack_many(taken)  # taken and never applied: a lost receipt
+    thief.close()
+    row = pair.producer.repository.get_by_event_id(pair.route, event_id)
+    assert row is not None and row.status is Status.PUBLISHED  # the receipt was lost
+    # When: the rescue publishes it again, the inbox finds a duplicate and answers again
+    assert pair.producer.repository.republish_stale(pair.route, older_than=0, limit=10) == 1
+    pair.steps(3)
+    row = pair.producer.repository.get_by_event_id(pair.route, event_id)
+    assert row is not None and row.status is Status.CONSUMED
+    assert pair.consumer.stats().duplicates == 1
+    assert pair.consumer.stats().consumed == 1
 
 
 def test_a_permanent_error_and_a_missing_handler_go_dead_at_once(pair: Pair) -> None:

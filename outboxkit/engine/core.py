@@ -30,6 +30,13 @@ from outboxkit.engine.wakeups import Wakeups
 from outboxkit.errors import ConfigurationError
 from outboxkit.inbox.base import Inbox, RedeliveryRequested
 from outboxkit.inbox.consumer import InboxConsumer
+from outboxkit.inbox.receipts import (
+    ReceiptApplier,
+    ReceiptSender,
+    receipts_group,
+    receipts_topic,
+    run_receipts,
+)
 from outboxkit.messages import Event, PublishRequest
 from outboxkit.outbox import Publisher
 from outboxkit.registry import HandlerRegistry
@@ -77,6 +84,7 @@ class Engine:
         self._stats = StatsRecorder()
         self._step_relays: dict[str, Relay] = {}
         self._step_consumers: dict[str, tuple[Consumer, Subscription]] = {}
+        self._step_receipts: dict[str, tuple[ReceiptApplier, Subscription]] = {}
 
     # ------------------------------------------------------------------ registration
 
@@ -234,6 +242,9 @@ class Engine:
             for route in self.relay_routes():
                 for n in range(self.config.relay_threads):
                     self._spawn(f"outboxkit-relay-{route.service}-{n}", self._relay_loop, route)
+            for route in self.relay_routes():
+                if route.inbox:  # its consumers report through receipts (inbox/receipts.py)
+                    self._spawn(f"outboxkit-receipts-{route.service}", self._receipts_loop, route)
             relayed = {r.table: r.service for r in self.relay_routes()}
             if relayed and self.config.relay_threads and self.repository.notifies_new_rows:
                 self._spawn("outboxkit-listener", self._listener_loop, relayed)
@@ -265,6 +276,8 @@ class Engine:
         finished = not any(t.is_alive() for t in self._threads)
         if first:
             for _, subscription in self._step_consumers.values():
+                subscription.close()
+            for _, subscription in self._step_receipts.values():
                 subscription.close()
             if self.broker is not None:
                 try:
@@ -304,6 +317,8 @@ class Engine:
             step = relay.run_once()
             self._stats.count_published(step.published)
             work += step.published
+            if route.inbox:
+                work += self._step_receipt(route)
         for route in self.consumer_routes():
             pair = self._step_consumers.get(route.service)
             if pair is None:
@@ -320,6 +335,20 @@ class Engine:
                 subscription.close()
                 del self._step_consumers[route.service]
         return work
+
+    def _step_receipt(self, route: Route) -> int:
+        assert self.broker is not None
+        pair = self._step_receipts.get(route.service)
+        if pair is None:
+            topic, group = receipts_topic(route), receipts_group(route)
+            self.broker.ensure_topic(topic, group)
+            subscription = self.broker.subscribe(topic, group, f"{self.config.consumer_name}-step")
+            pair = self._step_receipts[route.service] = (
+                ReceiptApplier(self.repository, route),
+                subscription,
+            )
+        applier, subscription = pair
+        return applier.run_once(subscription, timeout=0.01)
 
     # ------------------------------------------------------------------ observation
 
@@ -368,6 +397,7 @@ class Engine:
                 retry_policy=self.config.retry,
                 on_outcome=self._stats.record_outcome,
                 tracing=self.config.tracing,
+                receipts=None if self.broker is None else ReceiptSender(self.broker, route),
             )
         return Consumer(
             self.repository,
@@ -392,6 +422,15 @@ class Engine:
     def _listener_loop(self, services_by_table: dict[str, str]) -> None:
         run_listener(
             self.repository, services_by_table, stopping=self._stopping, wakeups=self._wakeups
+        )
+
+    def _receipts_loop(self, route: Route) -> None:
+        assert self.broker is not None
+        run_receipts(
+            ReceiptApplier(self.repository, route),
+            self.broker,
+            self.config.consumer_name,
+            stopping=self._stopping,
         )
 
     def _consumer_loop(self, route: Route, member: str) -> None:

@@ -6,7 +6,7 @@ handler), one by one. These misconfigurations are cheap to see before the first 
 
 * the service is consumed through an inbox (:attr:`Route.inbox`) but the engine has none for
   it, or the engine has an inbox for a service whose producers do not know it (they would
-  rescue every ``published`` row as never consumed);
+  not read its receipts, and would rescue every ``published`` row as never consumed);
 * the inbox table, or (without an inbox) the service's outbox table, does not exist in this
   consumer's database;
 * the engine was told to consume a service it has no handler for.

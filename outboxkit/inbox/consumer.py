@@ -12,8 +12,9 @@ own database instead of the producer's outbox row (which it may not even be able
   loop to subscribe again after the retry policy's delay, so the broker delivers them
   again; ``dead`` after :attr:`Inbox.max_attempts` attempts.
 
-The producer's row stays ``published``: for an inbox route that is its final state (the
-relay does not rescue it). Retries therefore hold up the events behind the failed one in
+After each batch it sends a receipt for every event now final in its inbox
+(:mod:`outboxkit.inbox.receipts`), from which the producer's engine marks its row
+``consumed`` or ``dead``. Retries hold up the events behind the failed one in
 its partition/stream until it succeeds or goes ``dead``; keep ``max_attempts`` and the
 retry policy short for such services. The rest of the failed delivery's batch is still
 handled (it comes again as duplicates), so a retried event can land after newer events of
@@ -33,6 +34,7 @@ from outboxkit.causality import handling
 from outboxkit.consumer import Consumer, ConsumerConfig, Outcome
 from outboxkit.errors import DecodeError, PermanentError
 from outboxkit.inbox.base import Inbox, InboxItem, InboxStatus, RedeliveryRequested
+from outboxkit.inbox.receipts import CONSUMED, DEAD, Receipt, ReceiptSender
 from outboxkit.messages import Event
 from outboxkit.registry import HandlerRegistry, HandlerSpec
 from outboxkit.repository import ConsumeOutcome, ConsumeResult, Repository
@@ -61,6 +63,7 @@ class InboxConsumer(Consumer):
         retry_policy: RetryPolicy | None = None,
         on_outcome: Callable[[Event | None, Outcome], None] | None = None,
         tracing: Tracing = NO_TRACING,
+        receipts: ReceiptSender | None = None,
     ) -> None:
         super().__init__(
             repository,
@@ -72,7 +75,9 @@ class InboxConsumer(Consumer):
             tracing=tracing,
         )
         self.inbox = inbox
+        self.receipts = receipts
         self._redeliver_after: float | None = None
+        self._finished: list[Receipt] = []
 
     def run_once(
         self,
@@ -93,11 +98,14 @@ class InboxConsumer(Consumer):
         if not deliveries or (should_stop is not None and should_stop()):
             return 0
         self._redeliver_after = None
+        self._finished = []
         outcomes = self.handle_batch(deliveries, should_stop=should_stop)
         cut = next((i for i, o in enumerate(outcomes) if o is Outcome.RETRY), len(outcomes))
         handled = deliveries[:cut]
         if handled:
             subscription.ack_many(handled)
+        if self.receipts is not None:
+            self.receipts.send(self._finished)
         if cut < len(outcomes):
             delay = self._redeliver_after or 0.0
             raise RedeliveryRequested(
@@ -108,6 +116,29 @@ class InboxConsumer(Consumer):
         return len(handled)
 
     # ----------------------------------------------------------------- internals
+
+    def _report(self, event: Event | None, outcome: Outcome) -> Outcome:
+        """Count the outcome, and keep a receipt for each event final in the inbox."""
+        finished = (Outcome.CONSUMED, Outcome.DEAD, Outcome.DUPLICATE)
+        if self.receipts is not None and event is not None and outcome in finished:
+            status = {Outcome.CONSUMED: CONSUMED, Outcome.DEAD: DEAD}.get(outcome)
+            reason = ""
+            if status != CONSUMED:
+                # Dead, or a duplicate of an event consumed or dead earlier: ask the inbox.
+                record = self.inbox.get(self.route.group, event.event_id)
+                if record is not None and record.status is not InboxStatus.FAILED:
+                    status, reason = record.status.value, record.last_error or ""
+            if status is not None:
+                self._finished.append(
+                    Receipt(
+                        event_id=event.event_id,
+                        outbox_id=event.outbox_id,
+                        event_type=event.event_type,
+                        outcome=status,
+                        reason=reason,
+                    )
+                )
+        return super()._report(event, outcome)
 
     def _item(self, event: Event, run: Callable[..., Any] | None = None) -> InboxItem:
         item = InboxItem(
