@@ -230,3 +230,21 @@ def test_start_refuses_to_consume_a_service_without_handlers(
     engine.create_schema()
     with pytest.raises(ConfigurationError, match="no handler"):
         engine.start()
+
+
+def test_start_refuses_an_inbox_route_whose_receipt_topic_would_be_too_long(
+    databases: tuple[sa.Engine, sa.Engine],
+) -> None:
+    catalog = ServiceCatalog(namespace="inbox-step")
+    catalog.configure("billing", topic="t" * 125, inbox=True)
+    routing = Routing(catalog)
+    routing.register("invoice.requested", "billing")
+    engine = Engine(
+        SqlRepository(databases[0]),
+        MemoryBroker(),
+        routing,
+        config=fast_config(relay_services=("billing",), consumer_services=()),
+    )
+    engine.create_schema()
+    with pytest.raises(ConfigurationError, match="receipts"):
+        engine.start()

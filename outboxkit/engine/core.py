@@ -234,6 +234,7 @@ class Engine:
                     repository=self.repository,
                     registry=self.registry,
                     inboxes=self.inboxes,
+                    relay_routes=self.relay_routes(),
                 )
             self._started = True
             if not self.config.enabled:

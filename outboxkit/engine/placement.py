@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 
 from outboxkit.errors import ConfigurationError, RepositoryError
 from outboxkit.inbox.base import Inbox
+from outboxkit.inbox.receipts import receipts_group, receipts_topic
 from outboxkit.registry import HandlerRegistry
 from outboxkit.repository import Repository
 from outboxkit.routing import Route
@@ -35,9 +36,15 @@ def check_consumers(
     repository: Repository,
     registry: HandlerRegistry,
     inboxes: Mapping[str, Inbox],
+    relay_routes: Sequence[Route] = (),
 ) -> None:
     """Raise :class:`ConfigurationError` naming the service and the fix for the first
-    consumer route whose events could not be handled here (see the module docstring)."""
+    consumer route whose events could not be handled here (see the module docstring), or
+    whose receipt topic and group (consumed or relayed inbox routes) are not valid names."""
+    for route in [*routes, *relay_routes]:
+        if route.inbox:
+            receipts_topic(route)  # InvalidNameError (a ConfigurationError) when too long
+            receipts_group(route)
     for route in routes:
         service = route.service
         inbox = inboxes.get(service)
