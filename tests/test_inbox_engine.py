@@ -161,6 +161,29 @@ def test_a_lost_receipt_is_sent_again_after_the_rescue_republishes(pair: Pair) -
     assert pair.consumer.stats().consumed == 1
 
 
+def test_a_side_effect_handler_runs_once_and_its_event_is_then_a_duplicate(pair: Pair) -> None:
+    sent: list[str] = []
+    pair.consumer.register_handler(
+        "invoice.requested", lambda event: sent.append(event.event_id), transactional=False
+    )
+    event_id = pair.publish(n=1)
+    pair.steps(3)
+    assert pair.producer.repository.republish_stale(pair.route, older_than=0, limit=10) == 0
+    repository = pair.producer.repository
+    table = repository.table(pair.route)  # type: ignore[attr-defined]
+    due = repository.now()
+    with repository.engine.begin() as conn:  # type: ignore[attr-defined]
+        # published once more, as after a relay's lease ran out
+        conn.execute(table.update().values(status="pending", next_retry_at=due))
+    pair.steps(3)
+    assert sent == [event_id]
+    record = pair.inbox.get(pair.group, event_id)
+    assert record is not None and record.status is InboxStatus.CONSUMED
+    assert pair.consumer.stats().duplicates == 1
+    row = pair.producer.repository.get_by_event_id(pair.route, event_id)
+    assert row is not None and row.status is Status.CONSUMED
+
+
 def test_a_permanent_error_and_a_missing_handler_go_dead_at_once(pair: Pair) -> None:
     @pair.consumer.handler("invoice.requested")
     def refuse(event: Event, connection: sa.Connection) -> None:
