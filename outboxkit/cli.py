@@ -53,6 +53,18 @@ def load_engine(spec: str) -> Engine:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.scenario == "orchestrator":
+        from outboxkit.demo_orchestrator import run_orchestrator_demo
+
+        flows = run_orchestrator_demo(
+            database_url=args.database_url,
+            capability_database_url=args.capability_database_url,
+            broker_url=args.broker_url,
+            commands=args.commands,
+            timeout=args.timeout,
+            keep=args.keep,
+        )
+        return 0 if flows.ok else 1
     from outboxkit.demo import run_demo
 
     summary = run_demo(
@@ -135,17 +147,21 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     engine = load_engine(args.app)
     services = args.service or None
     if args.print_sql:
-        names = services or engine.routing.services()
+        names = services or [s for s in engine.routing.services() if s not in engine.inboxes]
         routes = [engine.routing.route_of_service(s) for s in names]
         # By default what this database needs (ALTER TABLE for a Go table); --offline
         # prints the full CREATE DDL without connecting.
         repository = engine.repository
         ddl = repository.schema_ddl if args.offline else repository.schema_upgrade_ddl
         print(ddl(routes))
+        for inbox in {id(i): i for i in engine.inboxes.values()}.values():
+            print(inbox.schema_ddl())
         return 0
     routes = engine.create_schema(services)
     for route in routes:
         print(f"ready: {route.table} (service {route.service})")
+    for service, inbox in sorted(engine.inboxes.items()):
+        print(f"ready: {inbox.table_name} (inbox of service {service})")
     return 0
 
 
@@ -172,6 +188,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--orders", type=int, default=200, help="orders to write (default 200)")
     demo.add_argument("--timeout", type=float, default=120.0, help="give up after seconds")
     demo.add_argument("--keep", action="store_true", help="keep the demo tables")
+    demo.add_argument(
+        "--scenario",
+        choices=("orders", "orchestrator"),
+        default="orders",
+        help="orders (default): two services, one database; orchestrator: a command flow "
+        "across two services and databases, through an inbox (docs/inbox.md)",
+    )
+    demo.add_argument(
+        "--capability-database-url",
+        help="orchestrator scenario: the writer service's own database (default: a second "
+        "SQLite file, or --database-url when given)",
+    )
+    demo.add_argument(
+        "--commands", type=int, default=3, help="orchestrator scenario: commands (default 3)"
+    )
     demo.set_defaults(func=_cmd_demo)
 
     worker = sub.add_parser(

@@ -59,6 +59,10 @@ from outboxkit.tracing import NO_TRACING, Tracing
 
 logger = logging.getLogger(__name__)
 
+#: Consecutive deliveries whose row is missing after which the consumer says, at ERROR,
+#: that it is probably reading another database than its producers write.
+MISSING_STREAK_ALARM = 10
+
 
 @attrs.frozen(kw_only=True)
 class ConsumerConfig:
@@ -106,6 +110,10 @@ class Consumer:
         self.retry_policy = retry_policy or RetryPolicy()
         self._on_outcome = on_outcome
         self.tracing = tracing
+        #: Deliveries acknowledged without handling because their row was not found, in
+        #: all and in a row (a streak means a misplaced consumer, see ``_settle``).
+        self.missing_rows = 0
+        self._missing_streak = 0
 
     def run_once(
         self,
@@ -186,7 +194,10 @@ class Consumer:
         event = _event(envelope, delivery)
         if envelope.service_name and envelope.service_name != self.route.service:
             logger.warning(
-                "skipping event %s (%s) of service %r on %s: this consumer serves %r",
+                "skipping event %s (%s) of service %r on %s: this consumer serves %r; "
+                "acknowledged without handling. Likely cause: two services share this topic "
+                "(a topic override or namespace that collides, or another system's producer "
+                "writing here)",
                 event.event_id,
                 event.event_type,
                 envelope.service_name,
@@ -231,6 +242,9 @@ class Consumer:
     def _settle(self, event: Event, result: ConsumeResult[Any]) -> Outcome:
         """Turn one :meth:`Repository.consume_batch` result into a recorded outcome."""
         outcome = result.outcome
+        if outcome is ConsumeOutcome.MISSING:
+            return self._missing(event)
+        self._missing_streak = 0
         if outcome is ConsumeOutcome.CONSUMED:
             self._log(logging.DEBUG, event, "consumed")
             return Outcome.CONSUMED
@@ -240,15 +254,6 @@ class Consumer:
             if isinstance(error, PermanentError):
                 return self._dead(event, f"permanent failure: {error}", exc=error)
             return self._retry(event, error)
-        if outcome is ConsumeOutcome.MISSING:
-            logger.warning(
-                "event %s (%s): outbox row %s not found in %s; acknowledged without handling",
-                event.event_id,
-                event.event_type,
-                event.outbox_id,
-                self.route.table,
-            )
-            return Outcome.SKIPPED
         if outcome is ConsumeOutcome.MISMATCH:
             logger.warning(
                 "event %s (%s) names outbox row %s of %s, which holds another event; "
@@ -262,6 +267,34 @@ class Consumer:
             return Outcome.SKIPPED
         self._log(logging.DEBUG, event, "a duplicate, acknowledged")
         return Outcome.DUPLICATE
+
+    def _missing(self, event: Event) -> Outcome:
+        """A delivery whose row is not in this database: say so, and why it may be."""
+        self.missing_rows += 1
+        self._missing_streak += 1
+        logger.warning(
+            "event %s (%s) of service %s: outbox row %s not found in %s; acknowledged without "
+            "handling. Likely cause: this consumer reads another database than its producer "
+            "writes (consume through an inbox, see docs/inbox.md), or the table was rebuilt "
+            "or purged under a live topic",
+            event.event_id,
+            event.event_type,
+            self.route.service,
+            event.outbox_id,
+            self.route.table,
+        )
+        if self._missing_streak == MISSING_STREAK_ALARM:
+            logger.error(
+                "the last %d events of service %s named rows missing from %s: this consumer "
+                "is almost certainly pointed at another database or namespace than its "
+                "producers; their rows stay published and are republished until dead. "
+                "Point it at the producers' database, or configure the service with "
+                "inbox=True and give the engine an inbox (docs/inbox.md)",
+                MISSING_STREAK_ALARM,
+                self.route.service,
+                self.route.table,
+            )
+        return Outcome.SKIPPED
 
     def _run_side_effect(self, spec: HandlerSpec, event: Event) -> Outcome:
         """Run a non-transactional handler, then mark the row consumed (at-least-once).

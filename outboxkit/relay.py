@@ -351,7 +351,12 @@ class Relay:
             self.observer.retried(self.route.service, event_type)
 
     def republish_stale(self) -> int:
-        """Send ``published``-but-never-consumed rows back to pending (bounded by max_retry)."""
+        """Send ``published``-but-never-consumed rows back to pending (bounded by max_retry).
+
+        Routes consumed through an inbox too: their consumers' receipts mark the rows (see
+        :mod:`outboxkit.inbox.receipts`), so a row still ``published`` lost its event or its
+        receipt, and publishing it again is what recovers either.
+        """
         if self.config.republish_after is None:
             return 0
         count = self.repository.republish_stale(

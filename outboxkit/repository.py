@@ -416,7 +416,10 @@ class Repository(abc.ABC):
     @abc.abstractmethod
     def has_table(self, route: Route) -> bool:
         """Whether the route's table exists, so operators get "no such table" in words
-        rather than a driver error."""
+        rather than a driver error, and an engine starting consumers notices a database
+        that lacks the table (it reads another database than the producers write).
+        Raises :class:`~outboxkit.errors.RepositoryError` when the database cannot be
+        reached."""
 
     @abc.abstractmethod
     def find_rows(

@@ -88,6 +88,10 @@ class Route:
     table: str = attrs.field(validator=lambda _i, _a, v: validate_table_name(v))
     topic: str = attrs.field(validator=lambda _i, _a, v: validate_topic_name(v))
     group: str = attrs.field(validator=lambda _i, _a, v: validate_group_name(v))
+    #: Consumers of this service handle its events through an inbox on their own database
+    #: (:mod:`outboxkit.inbox`) and report back with receipts, which the producers'
+    #: engines apply to their rows (a receipt thread per relayed inbox route).
+    inbox: bool = False
 
     @classmethod
     def by_convention(cls, service: str, *, namespace: str = DEFAULT_NAMESPACE) -> Route:
@@ -130,14 +134,21 @@ class ServiceCatalog:
         table: str | None = None,
         topic: str | None = None,
         group: str | None = None,
+        inbox: bool = False,
     ) -> Route:
-        """Override any of the service's table, topic and group; the rest keep the convention."""
+        """Override any of the service's table, topic and group; the rest keep the convention.
+
+        ``inbox=True`` says the service's consumers run on another database than its
+        producers and keep an inbox there (see :attr:`Route.inbox`); producers and consumers
+        must agree on it, so configure it in the code both share.
+        """
         default = Route.by_convention(service, namespace=self._namespace)
         route = Route(
             service=service,
             table=default.table if table is None else table,
             topic=default.topic if topic is None else topic,
             group=default.group if group is None else group,
+            inbox=inbox,
         )
         with self._lock:
             for other in self._overrides.values():

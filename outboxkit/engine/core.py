@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, overload
 
 import attrs
@@ -32,11 +32,21 @@ from outboxkit.engine.config import EngineConfig
 from outboxkit.engine.housekeeping import run_housekeeping
 from outboxkit.engine.loops import run_consumer, run_listener, run_relay
 from outboxkit.engine.outages import one_line
+from outboxkit.engine.placement import check_consumers
 from outboxkit.engine.stats import EngineStats, StatsRecorder
 from outboxkit.engine.wakeups import Wakeups
 from outboxkit.errors import ConfigurationError, FatalError
 from outboxkit.health import DEFAULT_TIMEOUT as HEALTH_TIMEOUT
 from outboxkit.health import HealthReport, check_health
+from outboxkit.inbox.base import Inbox, RedeliveryRequested
+from outboxkit.inbox.consumer import InboxConsumer
+from outboxkit.inbox.receipts import (
+    ReceiptApplier,
+    ReceiptSender,
+    receipts_group,
+    receipts_topic,
+    run_receipts,
+)
 from outboxkit.messages import Event, PublishRequest
 from outboxkit.misuse import check_executor
 from outboxkit.observe import Observer, Observers, report_outcome
@@ -64,8 +74,12 @@ class Engine:
         *,
         registry: HandlerRegistry | None = None,
         config: EngineConfig | None = None,
+        inboxes: Mapping[str, Inbox] | None = None,
     ) -> None:
         self.config = config or EngineConfig()
+        #: Service -> the inbox its consumer keeps on this process's own database, for
+        #: services whose producers write another database (``inbox=True`` routes).
+        self.inboxes: dict[str, Inbox] = dict(inboxes or {})
         if broker is None and self.config.enabled:
             raise ConfigurationError("an enabled Engine needs a broker (or enabled=False)")
         self.repository = repository
@@ -96,6 +110,7 @@ class Engine:
         self._observers = Observers([self.config.observer] if self.config.observer else [])
         self._observers.bind_backlog(self.backlog)
         self._table_sources: list[Callable[[sa.MetaData], Iterable[sa.Table]]] = []
+        self._step_receipts: dict[str, tuple[ReceiptApplier, Subscription]] = {}
 
     # ------------------------------------------------------------------ registration
 
@@ -259,10 +274,19 @@ class Engine:
     # ------------------------------------------------------------------ schema
 
     def create_schema(self, services: Iterable[str] | None = None) -> list[Route]:
-        """Create the outbox tables of ``services`` (default: every routed service)."""
-        names = list(services) if services is not None else self.routing.services()
+        """Create the outbox tables of ``services`` and this engine's inbox tables.
+
+        ``services`` defaults to every routed service except those consumed here through an
+        inbox (their rows live in their producers' database).
+        """
+        if services is None:
+            names = [s for s in self.routing.services() if s not in self.inboxes]
+        else:
+            names = list(services)
         routes = [self.routing.route_of_service(s) for s in names]
         self.repository.create_schema(routes)
+        for inbox in {id(i): i for i in self.inboxes.values()}.values():
+            inbox.create_schema()
         return routes
 
     def tables(
@@ -297,7 +321,8 @@ class Engine:
     def relay_routes(self) -> list[Route]:
         names = self.config.relay_services
         if names is None:
-            names = tuple(self.registry.services())
+            # A service consumed here through an inbox is produced in another database.
+            names = tuple(s for s in self.registry.services() if s not in self.inboxes)
         return [self.routing.route_of_service(s) for s in names]
 
     def consumer_routes(self) -> list[Route]:
@@ -346,6 +371,14 @@ class Engine:
         with self._lifecycle:
             if self._started:
                 raise ConfigurationError("engine already started")
+            if self.config.enabled:
+                check_consumers(
+                    self.consumer_routes(),
+                    repository=self.repository,
+                    registry=self.registry,
+                    inboxes=self.inboxes,
+                    relay_routes=self.relay_routes(),
+                )
             self._started = True
             if not self.config.enabled:
                 logger.info("outbox engine disabled: no relay or consumer threads")
@@ -353,6 +386,9 @@ class Engine:
             for route in self.relay_routes():
                 for n in range(self.config.relay_threads):
                     self._spawn(f"outboxkit-relay-{route.service}-{n}", self._relay_loop, route)
+            for route in self.relay_routes():
+                if route.inbox:  # its consumers report through receipts (inbox/receipts.py)
+                    self._spawn(f"outboxkit-receipts-{route.service}", self._receipts_loop, route)
             relayed = {r.table: r.service for r in self.relay_routes()}
             if relayed and self.config.relay_threads and self.repository.notifies_new_rows:
                 self._spawn("outboxkit-listener", self._listener_loop, relayed)
@@ -394,6 +430,8 @@ class Engine:
         finished = not any(t.is_alive() for t in self._threads)
         if first:
             for _, subscription in self._step_consumers.values():
+                subscription.close()
+            for _, subscription in self._step_receipts.values():
                 subscription.close()
             if self.broker is not None:
                 finished = self._close_broker(deadline) and finished
@@ -454,6 +492,8 @@ class Engine:
             step = relay.run_once()
             self._stats.count_published(step.published)
             work += step.published
+            if route.inbox:
+                work += self._step_receipt(route)
         for route in self.consumer_routes():
             pair = self._step_consumers.get(route.service)
             if pair is None:
@@ -463,8 +503,27 @@ class Engine:
                 )
                 pair = self._step_consumers[route.service] = (self._consumer(route), subscription)
             consumer, subscription = pair
-            work += consumer.run_once(subscription, timeout=receive_timeout)
+            try:
+                work += consumer.run_once(subscription, timeout=receive_timeout)
+            except RedeliveryRequested:
+                # A failed inbox attempt: subscribing again (next step) redelivers it.
+                subscription.close()
+                del self._step_consumers[route.service]
         return work
+
+    def _step_receipt(self, route: Route) -> int:
+        assert self.broker is not None
+        pair = self._step_receipts.get(route.service)
+        if pair is None:
+            topic, group = receipts_topic(route), receipts_group(route)
+            self.broker.ensure_topic(topic, group)
+            subscription = self.broker.subscribe(topic, group, f"{self.config.consumer_name}-step")
+            pair = self._step_receipts[route.service] = (
+                ReceiptApplier(self.repository, route),
+                subscription,
+            )
+        applier, subscription = pair
+        return applier.run_once(subscription, timeout=0.01)
 
     # ------------------------------------------------------------------ observation
 
@@ -517,6 +576,20 @@ class Engine:
             self._stats.record_outcome(event, outcome)
             report_outcome(self._observers, route.service, event, outcome)
 
+        inbox = self.inboxes.get(route.service)
+        if inbox is not None:
+            return InboxConsumer(
+                self.repository,
+                route,
+                self.registry,
+                inbox,
+                config=self.config.consumer,
+                retry_policy=self.config.retry,
+                on_outcome=on_outcome,
+                tracing=self.config.tracing,
+                codecs=self.config.codecs,
+                receipts=None if self.broker is None else ReceiptSender(self.broker, route),
+            )
         return Consumer(
             self.repository,
             route,
@@ -554,6 +627,15 @@ class Engine:
             self.repository,
             self.relay_routes(),
             self.config.retention,
+            stopping=self._stopping,
+        )
+
+    def _receipts_loop(self, route: Route) -> None:
+        assert self.broker is not None
+        run_receipts(
+            ReceiptApplier(self.repository, route),
+            self.broker,
+            self.config.consumer_name,
             stopping=self._stopping,
         )
 

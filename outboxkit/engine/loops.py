@@ -22,6 +22,7 @@ from outboxkit.engine.outages import OutageLog
 from outboxkit.engine.stats import StatsRecorder
 from outboxkit.engine.wakeups import Wakeups
 from outboxkit.errors import BrokerUnavailableError, FatalError, RepositoryError
+from outboxkit.inbox.base import RedeliveryRequested
 from outboxkit.relay import Relay
 from outboxkit.repository import NewRowListener, Repository
 from outboxkit.routing import Route
@@ -181,6 +182,14 @@ def run_consumer(
             except FatalError as exc:
                 on_fatal(exc)
                 return
+            except RedeliveryRequested as request:
+                # An inbox consumer's failed attempt: the broker delivers it again once we
+                # subscribe again (see outboxkit.inbox.consumer).
+                logger.info("consumer %s: %s", route.service, request.reason)
+                if subscription is not None:
+                    close_quietly(subscription)
+                    subscription = None
+                stopping.wait(request.delay)
             except Exception as exc:
                 outage = isinstance(exc, (BrokerUnavailableError, RepositoryError))
                 if stopping.is_set():
