@@ -9,8 +9,9 @@ from outboxkit.backends import SqlRepository
 from outboxkit.brokers.memory import MemoryBroker
 from outboxkit.engine import Engine
 from outboxkit.errors import ConfigurationError
+from outboxkit.inbox import SqlInbox
 from outboxkit.messages import PublishRequest
-from outboxkit.routing import Routing
+from outboxkit.routing import Routing, ServiceCatalog
 from tests.engine_support import unique_routing
 
 
@@ -80,3 +81,25 @@ def test_table_sources_join_the_outbox_tables(engine: Engine, unique: str) -> No
 def test_a_metadata_with_another_schema_is_refused(engine: Engine) -> None:
     with pytest.raises(ConfigurationError, match="default schema"):
         engine.tables(sa.MetaData(schema="elsewhere"))
+
+
+def test_tables_of_an_inbox_consumer_are_its_inbox_not_the_producers_outbox(
+    sqlite_engine: sa.Engine, unique: str
+) -> None:
+    catalog = ServiceCatalog(namespace=f"t-{unique}")
+    catalog.configure("orders", table=f"t_{unique}_orders_outbox")
+    catalog.configure("billing", table=f"t_{unique}_billing_outbox", inbox=True)
+    routing = Routing(catalog)
+    routing.register("order.placed", "orders")
+    routing.register("invoice.requested", "billing")
+    inbox = SqlInbox(sqlite_engine, table=f"t_{unique}_inbox")
+    engine = Engine(
+        SqlRepository(sqlite_engine), MemoryBroker(), routing, inboxes={"billing": inbox}
+    )
+    metadata = sa.MetaData()
+    names = [t.name for t in engine.tables(metadata)]
+    assert names == [f"t_{unique}_orders_outbox", f"t_{unique}_inbox"]
+    assert engine.tables(metadata)[1] is metadata.tables[f"t_{unique}_inbox"]
+    # the same tables create_schema makes: creating from the metadata serves the inbox
+    metadata.create_all(sqlite_engine)
+    assert inbox.get("billing-group", "no-such-event") is None

@@ -47,6 +47,7 @@ from outboxkit.inbox.receipts import (
     receipts_topic,
     run_receipts,
 )
+from outboxkit.inbox.schema import inbox_table
 from outboxkit.messages import Event, PublishRequest
 from outboxkit.misuse import check_executor
 from outboxkit.observe import Observer, Observers, report_outcome
@@ -298,11 +299,19 @@ class Engine:
         ``Base.metadata`` where Alembic's ``env.py`` sets ``target_metadata``, after the
         event types are routed: autogenerate then creates the outbox tables in a migration
         and keeps them, instead of dropping them as unknown (see ``docs/alembic.md``).
-        Tables of :meth:`add_table_source` sources follow the outbox tables. Idempotent.
+        As with :meth:`create_schema`, the default leaves out services consumed here through
+        an inbox (their outbox lives in the producers' database) and adds this engine's inbox
+        tables. Tables of :meth:`add_table_source` sources follow. Idempotent.
         """
-        names = list(services) if services is not None else self.routing.services()
+        if services is None:
+            names = [s for s in self.routing.services() if s not in self.inboxes]
+        else:
+            names = list(services)
         routes = [self.routing.route_of_service(s) for s in names]
         tables = self.repository.tables(routes, metadata)
+        for name in dict.fromkeys(inbox.table_name for inbox in self.inboxes.values()):
+            existing = metadata.tables.get(name)
+            tables.append(existing if existing is not None else inbox_table(metadata, name))
         for source in self._table_sources:
             tables.extend(source(metadata))
         return tables
