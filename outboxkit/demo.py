@@ -24,10 +24,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from outboxkit.backends import SqlRepository
-from outboxkit.cli_commands.output import mask_url
 from outboxkit.consumer import ConsumerConfig
 from outboxkit.engine import Engine, EngineConfig
 from outboxkit.errors import PermanentError
+from outboxkit.logs import mask_url
 from outboxkit.messages import Event, PublishRequest
 from outboxkit.relay import RelayConfig
 from outboxkit.retry import RetryPolicy

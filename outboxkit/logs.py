@@ -21,8 +21,8 @@ step, WARNING per retried failure (with the handler's traceback), ERROR per dead
 
 from __future__ import annotations
 
+import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy.exc import StatementError
 
@@ -51,21 +51,18 @@ def event_fields(
     }
 
 
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (any scheme: SQL, Redis, Kafka).
+#: ``scheme://user:password@`` -> the part before the password, and the password.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)@")
 
-    ``redis://:secret@host:6379/0`` -> ``redis://:***@host:6379/0``. Text that is not a URL
-    with credentials comes back unchanged.
+
+def mask_url(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***`` (any scheme: SQL,
+    Redis, Kafka; also URLs SQLAlchemy cannot parse, and URLs inside a message).
+
+    ``redis://:secret@host:6379/0`` -> ``redis://:***@host:6379/0``. Text without a URL
+    carrying credentials comes back unchanged.
     """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}***@", text)
 
 
 def hide_parameters(exc: BaseException) -> BaseException:

@@ -9,22 +9,13 @@ text: a header row, then columns separated by two spaces, easy to ``grep`` and `
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
-#: ``scheme://user:password@host`` -> ``scheme://user:***@host`` for URLs SQLAlchemy cannot
-#: parse (broker URLs).
-_PASSWORD_RE = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)@")
 #: Longest cell printed in a table; ``--json`` and ``dlq show`` give the whole text.
 MAX_CELL = 60
-
-
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (never print a password)."""
-    return _PASSWORD_RE.sub(lambda m: f"{m.group('head')}***@", url)
 
 
 def format_age(seconds: float | None) -> str:

@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from outboxkit.admin.status import DEFAULT_REDELIVERY_AFTER
 from outboxkit.cli_commands.app_loading import load_engine
 from outboxkit.cli_commands.common import CommandFailedError, UsageError
-from outboxkit.cli_commands.output import mask_url
 from outboxkit.errors import InvalidNameError
+from outboxkit.logs import mask_url
 from outboxkit.repository import Repository
 from outboxkit.routing import Route
 
