@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from outboxkit.backends import SqlRepository
 from outboxkit.brokers.memory import MemoryBroker
-from outboxkit.engine import Engine
+from outboxkit.engine import Engine, EngineConfig
 from outboxkit.engine.outages import OutageLog
 from outboxkit.errors import DatabaseSetupError, FatalError, RepositoryError
 from outboxkit.routing import Routing
@@ -98,18 +98,29 @@ def test_worker_without_its_outbox_table_exits_non_zero_naming_the_table(
 
     code, output, took = _run_worker(url, f"ff{unique}")
 
+    # The consumer's start-up check refuses it before any thread runs: one line, exit 1.
     assert code == 1, output
     assert took < FAIL_FAST_SECONDS, output
-    _assert_one_clear_line(output, f"ff{unique}_outbox_messages")
+    refusals = [line for line in output.splitlines() if "cannot start" in line]
+    assert len(refusals) == 1, output
+    assert f"ff{unique}_outbox_messages" in refusals[0], output
+    assert "outboxkit migrate" in refusals[0], output
+    assert "Traceback" not in output and "WARNING" not in output, output
 
 
 def test_a_fatal_error_stops_every_thread_and_is_kept_on_the_engine(
     postgres_engine: sa.Engine, unique: str
 ) -> None:
-    # Given an engine whose table was never created
+    # Given a relay-only engine whose table was never created (an engine that consumes the
+    # service refuses to start instead: its start-up check looks for the table)
     routing = Routing()
     routing.register("ff.checked", f"ff{unique}")
-    engine = Engine(SqlRepository(postgres_engine), MemoryBroker(), routing)
+    engine = Engine(
+        SqlRepository(postgres_engine),
+        MemoryBroker(),
+        routing,
+        config=EngineConfig(consumer_services=()),
+    )
     engine.register_handler("ff.checked", lambda event, connection: None)
 
     # When it starts

@@ -79,7 +79,10 @@ def check_consumers(
                     f"database, consume through an inbox (docs/inbox.md)"
                 )
         except RepositoryError as exc:
-            logger.warning(
+            # The consumer thread meets the same error at once and reports it: an outage
+            # once per state change, a fatal one (a refused password) by stopping the engine
+            # with one line. A warning here would say it twice.
+            logger.debug(
                 "cannot check the tables of service %s now (%s); its consumer will wait for "
                 "the database",
                 service,
