@@ -158,29 +158,39 @@ class Consumer:
         Raises :class:`~outboxkit.errors.RepositoryError` when the database cannot record
         an outcome; nothing was acknowledged and the deliveries will come again.
         """
-        outcomes: list[Outcome] = []
-        segment: list[tuple[Event, HandlerSpec]] = []
+        # Outcomes by delivery position: a delivery settled at once (undecodable, unknown
+        # type, ...) may come after transactional ones still waiting in the segment, and
+        # only a prefix of settled deliveries may be acknowledged.
+        settled: list[Outcome | None] = [None] * len(deliveries)
+        segment: list[tuple[int, Event, HandlerSpec]] = []
 
         def flush() -> bool:
-            done = self._consume_segment(segment, should_stop)
-            outcomes.extend(done)
+            done = self._consume_segment([(e, spec) for _, e, spec in segment], should_stop)
+            for (index, _, _), outcome in zip(segment, done, strict=False):  # done: a prefix
+                settled[index] = outcome
             complete = len(done) == len(segment)
             segment.clear()
             return complete
 
-        for delivery in deliveries:
+        for index, delivery in enumerate(deliveries):
             prepared = self._prepare(delivery)
             if isinstance(prepared, Outcome):
-                outcomes.append(prepared)
+                settled[index] = prepared
                 continue
             event, spec = prepared
             if spec.transactional:
-                segment.append((event, spec))
+                segment.append((index, event, spec))
                 continue
             if not flush() or (should_stop is not None and should_stop()):
-                return outcomes
-            outcomes.append(self._report(event, self._run_side_effect(spec, event)))
-        flush()
+                break
+            settled[index] = self._report(event, self._run_side_effect(spec, event))
+        else:
+            flush()
+        outcomes: list[Outcome] = []
+        for outcome in settled:
+            if outcome is None:
+                break
+            outcomes.append(outcome)
         return outcomes
 
     # ----------------------------------------------------------------- internals

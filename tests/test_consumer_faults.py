@@ -321,3 +321,41 @@ def test_a_database_that_stays_unreachable_leaves_the_delivery_unacknowledged_an
     row = repository.get(route, outbox_id)
     assert row is not None and row.status is Status.PENDING
     assert row.retry_count == 0 and row.last_error is None
+
+
+# ------------------------------------------------- outcomes line up with their deliveries
+
+
+def test_a_message_settled_at_once_never_stands_in_for_a_handler_that_did_not_run(
+    repository: SqlRepository, routing: Routing, route: Route
+) -> None:
+    # A transactional event waits in the batch's segment while the garbage after it is
+    # settled at once; then a stop leaves the event unrun. Only a prefix of *settled*
+    # deliveries may be acknowledged: none here (the garbage's outcome follows the gap).
+    outbox_id = _publish(repository, routing, {"n": 1})
+    seen: list[Event] = []
+    consumer = _consumer(repository, routing, route, seen)
+    outcomes = consumer.handle_batch(
+        [_real_delivery(repository, route, outbox_id), _delivery(b"\xff not json")],
+        should_stop=lambda: True,  # the stop came while the batch was being prepared
+    )
+
+    assert outcomes == []
+    assert seen == []
+    row = repository.get(route, outbox_id)
+    assert row is not None and row.status is Status.PENDING
+
+
+def test_outcomes_follow_delivery_order_when_garbage_follows_a_transactional_event(
+    repository: SqlRepository, routing: Routing, route: Route
+) -> None:
+    outbox_id = _publish(repository, routing, {"n": 1})
+    seen: list[Event] = []
+    consumer = _consumer(repository, routing, route, seen)
+
+    outcomes = consumer.handle_batch(
+        [_real_delivery(repository, route, outbox_id), _delivery(b"\xff not json")]
+    )
+
+    assert outcomes == [Outcome.CONSUMED, Outcome.SKIPPED]
+    assert [event.outbox_id for event in seen] == [outbox_id]
