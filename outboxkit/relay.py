@@ -27,9 +27,13 @@ stale lease can no longer mark the row.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from datetime import datetime, timezone
+from typing import Any, TypeVar
 
 import attrs
 
@@ -45,6 +49,42 @@ from outboxkit.routing import Route
 from outboxkit.tracing import NO_TRACING, Tracing
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class _HelperThread:
+    """A daemon thread running submitted calls in order (a one-worker executor).
+
+    A daemon, unlike ``ThreadPoolExecutor``'s worker: a claim or mark stuck on a database
+    that never answers must not keep the process from exiting after ``Engine.stop``.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        self._calls.put((lambda: fn(*args, **kwargs), future))
+        return future
+
+    def shutdown(self) -> None:
+        """Run what was submitted, then end the thread (does not wait for it)."""
+        self._calls.put(None)
+
+    def _run(self) -> None:
+        while (item := self._calls.get()) is not None:
+            call, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # handed to whoever waits on the future
+                future.set_exception(exc)
 
 
 @attrs.frozen(kw_only=True)
@@ -107,8 +147,8 @@ class Relay:
         self.config = config or RelayConfig()
         self.retry_policy = retry_policy or RetryPolicy()
         self.tracing = tracing
-        self._helper_thread: ThreadPoolExecutor | None = None
-        self._next_claim: Future[Claim] | None = None
+        self._helper_thread: _HelperThread | None = None
+        self._next_claim: Future[tuple[Claim, float]] | None = None
         self._pending_marks: list[Future[None]] = []
 
     def run_once(self) -> RelayStep:
@@ -139,27 +179,39 @@ class Relay:
         self._release_prefetched(delay=0.0)
         self._finish_marks()
         if self._helper_thread is not None:
-            self._helper_thread.shutdown(wait=True)
+            self._helper_thread.shutdown()
             self._helper_thread = None
 
-    def _claim_due(self) -> Claim:
-        return self.repository.claim_due(
+    def _claim_due(self) -> tuple[Claim, float]:
+        """A claim and the monotonic time it was made (its lease runs from then)."""
+        claimed_at = time.monotonic()
+        claim = self.repository.claim_due(
             self.route, limit=self.config.batch_size, lease_seconds=self.config.lease_seconds
         )
+        return claim, claimed_at
 
     def _take_claim(self) -> Claim:
-        """The prefetched claim if there is one (its error, if it failed), else a new one."""
+        """The prefetched claim if there is one (its error, if it failed), else a new one.
+
+        A prefetched claim's lease started when it was claimed, while the batch before it
+        was still being sent: one that has used up half its lease is given back and
+        claimed again, so a slow broker never lets the lease run out under a batch that
+        is being sent (another relay would then send it too).
+        """
         pending, self._next_claim = self._next_claim, None
         if pending is not None:
-            return pending.result()
-        return self._claim_due()
+            claim, claimed_at = pending.result()
+            if time.monotonic() - claimed_at < self.config.lease_seconds / 2:
+                return claim
+            if claim.messages:
+                ids = [row.id for row in claim.messages]
+                self.repository.release(self.route, ids, token=claim.token, delay=0.0)
+        return self._claim_due()[0]
 
-    def _helper(self) -> ThreadPoolExecutor:
+    def _helper(self) -> _HelperThread:
         """One thread that runs prefetched claims and backlog marks in submission order."""
         if self._helper_thread is None:
-            self._helper_thread = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix=f"outboxkit-relay-helper-{self.route.service}"
-            )
+            self._helper_thread = _HelperThread(f"outboxkit-relay-helper-{self.route.service}")
         return self._helper_thread
 
     def _start_prefetch(self) -> None:
@@ -170,7 +222,7 @@ class Relay:
         if pending is None:
             return
         try:
-            claim = pending.result()
+            claim, _ = pending.result()
             if claim.messages:
                 ids = [row.id for row in claim.messages]
                 self.repository.release(self.route, ids, token=claim.token, delay=delay)
@@ -268,6 +320,7 @@ class Relay:
                 self._log_event(logging.DEBUG, rows[row_id], "published")
         if self._next_claim is not None:
             # A backlog: record this batch on the helper thread while the next one is sent.
+            self._pending_marks = [f for f in self._pending_marks if not f.done()]
             self._pending_marks.append(
                 self._helper().submit(self._mark_published, sent, claim.token, background=True)
             )

@@ -7,8 +7,10 @@ claim given back uncounted when the broker goes away or the relay closes.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
+import attrs
 import pytest
 import redis
 import sqlalchemy as sa
@@ -143,3 +145,28 @@ def test_closing_the_relay_gives_back_its_prefetched_claim(
     assert statuses(repository, route, event_ids[:BATCH]) == [Status.PUBLISHED] * BATCH
     claim = repository.claim_due(route, limit=100, lease_seconds=5)
     assert sorted(row.event_id or "" for row in claim.messages) == sorted(event_ids[BATCH:])
+
+
+def test_a_prefetched_claim_past_half_its_lease_is_claimed_again_not_sent_on_borrowed_time(
+    repository: SqlRepository, routing: Routing, route: Route, redis_url: str
+) -> None:
+    event_ids = backlog(repository, routing, 2 * BATCH)
+    broker = RedisStreamsBroker.from_url(redis_url)
+    lease = 0.5
+    config = RelayConfig(batch_size=BATCH, lease_seconds=lease, prefetch=True)
+    relay = Relay(repository, broker, route, config=config)
+    other = Relay(repository, broker, route, config=attrs.evolve(config, prefetch=False))
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert relay.run_once().published == BATCH  # batch 2 prefetched, its lease running
+        time.sleep(lease * 1.2)  # e.g. a slow broker: the lease ran out meanwhile
+        assert other.run_once().published == BATCH  # another relay took batch 2 over
+        assert drain(relay) == 0  # the stale claim is given back, not sent a second time
+        assert statuses(repository, route, event_ids) == [Status.PUBLISHED] * len(event_ids)
+        assert client.xlen(route.topic) == len(event_ids)  # each sent once
+    finally:
+        relay.close()
+        other.close()
+        broker.close()
+        client.delete(route.topic)
+        client.close()

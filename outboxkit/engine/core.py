@@ -438,6 +438,8 @@ class Engine:
             thread.join(max(0.0, deadline - time.monotonic()))
         finished = not any(t.is_alive() for t in self._threads)
         if first:
+            for relay in self._step_relays.values():
+                relay.close()  # a prefetched claim goes back; pending marks finish
             for _, subscription in self._step_consumers.values():
                 subscription.close()
             for _, subscription in self._step_receipts.values():
