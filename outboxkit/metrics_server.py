@@ -83,7 +83,9 @@ def serve_metrics(
                 max_age = _float(query.get("max_backlog_age"))
                 timeout = _float(query.get("timeout")) or DEFAULT_TIMEOUT
                 report = engine.health(
-                    max_backlog_age=max_age if probe == READINESS else None, timeout=timeout
+                    max_backlog_age=max_age if probe == READINESS else None,
+                    timeout=timeout,
+                    liveness_only=probe == LIVENESS,
                 )
                 body = json.dumps(report.to_dict(), default=str, sort_keys=True).encode()
                 self._send(200 if report.passes(probe) else 503, "application/json", body)

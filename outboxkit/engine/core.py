@@ -31,7 +31,7 @@ from outboxkit.consumer import Consumer, Outcome
 from outboxkit.engine.config import EngineConfig
 from outboxkit.engine.housekeeping import run_housekeeping
 from outboxkit.engine.loops import run_consumer, run_listener, run_relay
-from outboxkit.engine.outages import one_line
+from outboxkit.engine.outages import OutageLog, one_line
 from outboxkit.engine.placement import check_consumers
 from outboxkit.engine.stats import EngineStats, StatsRecorder
 from outboxkit.engine.wakeups import Wakeups
@@ -558,10 +558,17 @@ class Engine:
         return {t.name: t.is_alive() for t in self._threads}
 
     def health(
-        self, *, max_backlog_age: float | None = None, timeout: float | None = HEALTH_TIMEOUT
+        self,
+        *,
+        max_backlog_age: float | None = None,
+        timeout: float | None = HEALTH_TIMEOUT,
+        liveness_only: bool = False,
     ) -> HealthReport:
-        """Liveness and readiness with a reason per failing check (:mod:`outboxkit.health`)."""
-        return check_health(self, max_backlog_age=max_backlog_age, timeout=timeout)
+        """Liveness and readiness with a reason per failing check (:mod:`outboxkit.health`);
+        ``liveness_only`` checks the threads alone (no database or broker call)."""
+        return check_health(
+            self, max_backlog_age=max_backlog_age, timeout=timeout, liveness_only=liveness_only
+        )
 
     # ------------------------------------------------------------------ internals
 
@@ -648,6 +655,8 @@ class Engine:
             self.broker,
             self.config.consumer_name,
             stopping=self._stopping,
+            outages=OutageLog(logger, f"receipts {route.service}"),
+            on_fatal=self._on_fatal,
         )
 
     def _consumer_loop(self, route: Route, member: str) -> None:

@@ -20,14 +20,18 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 
 from outboxkit.broker import Broker, BrokerMessage, Subscription
-from outboxkit.errors import BrokerUnavailableError, RepositoryError
+from outboxkit.errors import BrokerUnavailableError, FatalError, RepositoryError
 from outboxkit.repository import Repository
 from outboxkit.routing import Route, validate_group_name, validate_topic_name
+
+if TYPE_CHECKING:
+    from outboxkit.engine.outages import OutageLog
 
 logger = logging.getLogger(__name__)
 
@@ -174,9 +178,17 @@ def run_receipts(
     member: str,
     *,
     stopping: threading.Event,
+    outages: OutageLog,
+    on_fatal: Callable[[FatalError], None],
     receive_timeout: float = 0.5,
 ) -> None:
-    """The receipt thread of one relayed inbox route: apply receipts until ``stopping``."""
+    """The receipt thread of one relayed inbox route: apply receipts until ``stopping``.
+
+    Outages are reported through ``outages`` (once per state change); a fatal error (the
+    receipts topic missing with topic creation off, a refused permission or password) goes
+    to ``on_fatal`` and ends the loop, as in the relay and consumer loops: without receipts
+    every row of the route would be republished until it went dead.
+    """
     route = applier.route
     topic, group = receipts_topic(route), receipts_group(route)
     backoff = OUTAGE_BACKOFF
@@ -189,9 +201,15 @@ def run_receipts(
                     subscription = broker.subscribe(topic, group, member)
                 applier.run_once(subscription, timeout=receive_timeout)
                 backoff = OUTAGE_BACKOFF
+                outages.recovered()
+            except FatalError as exc:
+                on_fatal(exc)
+                return
             except Exception as exc:
+                if stopping.is_set():
+                    return  # the broker closed under a call that was stopping anyway
                 if isinstance(exc, (BrokerUnavailableError, RepositoryError)):
-                    logger.warning("receipts of %s paused %.1f s: %s", route.service, backoff, exc)
+                    outages.failed(exc, backoff)
                 else:
                     logger.exception("receipts of %s: step failed unexpectedly", route.service)
                 if subscription is not None:
