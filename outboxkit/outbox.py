@@ -132,6 +132,12 @@ class Publisher:
             if conn is None:
                 with self.repository.transaction() as own:
                     self._write(own, groups)
+            elif self.config.on_payload_conflict == "error":
+                # The conflict is known only once the rows are inserted: a savepoint takes
+                # them back, so PayloadConflictError, like every InvalidEventError, means
+                # nothing was written, even for a caller who catches it and commits.
+                with conn.begin_nested():
+                    self._write(conn, groups)
             else:
                 self._write(conn, groups)
         return [r.event_id for r in batch]

@@ -134,6 +134,23 @@ def test_a_payload_conflict_raises_when_asked_and_the_callers_transaction_rolls_
     assert rows(outbox) == 1
 
 
+def test_a_payload_conflict_caught_by_the_caller_leaves_nothing_of_the_batch_behind(
+    outbox: Outbox,
+) -> None:
+    db, _, _ = outbox
+    pub = publisher(outbox, on_payload_conflict="error")
+    pub.publish(PublishRequest(event_type=EVENT, payload={"n": 1}, event_id="e-1"))
+    batch = [
+        PublishRequest(event_type=EVENT, payload={"n": 1}, event_id="e-2"),
+        PublishRequest(event_type=EVENT, payload={"n": 2}, event_id="e-1"),
+    ]
+    with db.begin() as conn:
+        with pytest.raises(PayloadConflictError):
+            pub.publish_many(batch, connection=conn)
+        # the caller goes on and commits its transaction: e-2 must not have been written
+    assert rows(outbox) == 1
+
+
 @dataclasses.dataclass
 class OrderPlaced:
     order_id: int
