@@ -445,12 +445,21 @@ class Repository(abc.ABC):
         """
 
     @abc.abstractmethod
-    def delete_rows(self, route: Route, ids: Sequence[int], *, status: Status) -> set[int]:
-        """Delete the rows among ``ids`` that are still in ``status``; the ids deleted.
+    def delete_rows(
+        self,
+        route: Route,
+        ids: Sequence[int],
+        *,
+        status: Status,
+        changed_before: datetime | None = None,
+    ) -> set[int]:
+        """Delete the rows among ``ids`` that are still in ``status`` (and, with
+        ``changed_before``, still unchanged since before it); the ids deleted.
 
         Guarded by status, so a purge of ``dead`` rows never deletes one that was requeued
-        meanwhile. Meant for final statuses (``consumed``, ``dead``); safe while workers
-        run, since nothing else changes a row in a final status.
+        meanwhile; guarded by ``changed_before``, so a retention purge never deletes a row
+        that was requeued and ended again (fresh) since it was found. Meant for final
+        statuses (``consumed``, ``dead``); safe while workers run.
         """
 
     @abc.abstractmethod

@@ -144,9 +144,8 @@ def test_a_payload_conflict_caught_by_the_caller_leaves_nothing_of_the_batch_beh
         PublishRequest(event_type=EVENT, payload={"n": 1}, event_id="e-2"),
         PublishRequest(event_type=EVENT, payload={"n": 2}, event_id="e-1"),
     ]
-    with db.begin() as conn:
-        with pytest.raises(PayloadConflictError):
-            pub.publish_many(batch, connection=conn)
+    with db.begin() as conn, pytest.raises(PayloadConflictError):
+        pub.publish_many(batch, connection=conn)
         # the caller goes on and commits its transaction: e-2 must not have been written
     assert rows(outbox) == 1
 

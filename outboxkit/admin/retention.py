@@ -108,7 +108,7 @@ def purge_route(
         matched += len(ids)
         after_id = ids[-1]
         if not dry_run:
-            deleted += len(repository.delete_rows(route, ids, status=status))
+            deleted += len(repository.delete_rows(route, ids, status=status, changed_before=cutoff))
     if deleted:
         logger.info(
             "retention: deleted %d %s rows of %s older than %.0f s",

@@ -1176,6 +1176,21 @@ class RepositoryContract:
         assert self.status(repository, route, ids[2]) is Status.DEAD
         assert self.status(repository, route, ids[3]) is Status.PENDING
 
+    def test_delete_rows_spares_a_row_changed_since_the_cutoff(
+        self, repository: Repository, route: Route
+    ) -> None:
+        (old,) = self.add(repository, route, 1)
+        repository.mark_dead(route, old, reason="x")
+        cutoff = repository.now() - timedelta(hours=1)  # the row changed after it
+        assert repository.delete_rows(route, [old], status=Status.DEAD, changed_before=cutoff) == (
+            set()
+        )
+        assert self.status(repository, route, old) is Status.DEAD
+        later = repository.now() + timedelta(hours=1)
+        assert repository.delete_rows(route, [old], status=Status.DEAD, changed_before=later) == {
+            old
+        }
+
     def test_status_figures_stuck_published_and_retry_counts(
         self, repository: Repository, route: Route
     ) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
@@ -100,28 +100,32 @@ class AdminOps(SqlStore):
             "requeueing dead rows", route, ids, lambda t: t.c.status == DEAD, values
         )
 
-    def delete_rows(self, route: Route, ids: Sequence[int], *, status: Status) -> set[int]:
+    def delete_rows(
+        self,
+        route: Route,
+        ids: Sequence[int],
+        *,
+        status: Status,
+        changed_before: datetime | None = None,
+    ) -> set[int]:
         table = self.table(route)
         wanted = sorted(set(ids))
         if not wanted:
             return set()
         expected = Status(status).value
+        guard = [table.c.id.in_(wanted), table.c.status == expected]
+        if changed_before is not None:
+            guard.append(table.c.updated_at < changed_before)
 
         def delete(conn: sa.Connection) -> set[int]:
             # Lock by primary key in id order (the order every writer uses), keep the rows
             # still in the expected status, delete exactly those.
             rows = conn.execute(
-                self._lock(
-                    sa.select(table.c.id)
-                    .where(table.c.id.in_(wanted), table.c.status == expected)
-                    .order_by(table.c.id)
-                )
+                self._lock(sa.select(table.c.id).where(*guard).order_by(table.c.id))
             )
             doomed = [int(r[0]) for r in rows]
             if doomed:
-                conn.execute(
-                    sa.delete(table).where(table.c.id.in_(doomed), table.c.status == expected)
-                )
+                conn.execute(sa.delete(table).where(table.c.id.in_(doomed), *guard[1:]))
             return set(doomed)
 
         return self._transact("deleting rows", route, delete)
