@@ -499,7 +499,8 @@ class Engine:
         for route in self.relay_routes():
             relay = self._step_relays.get(route.service)
             if relay is None:
-                relay = self._step_relays[route.service] = self._relay(route)
+                # One step is one step: no claim prefetched, no mark left running behind it.
+                relay = self._step_relays[route.service] = self._relay(route, prefetch=False)
             step = relay.run_once()
             self._stats.count_published(step.published)
             work += step.published
@@ -577,13 +578,14 @@ class Engine:
         self._threads.append(thread)
         thread.start()
 
-    def _relay(self, route: Route) -> Relay:
+    def _relay(self, route: Route, *, prefetch: bool = True) -> Relay:
         assert self.broker is not None
+        config = self.config.relay if prefetch else attrs.evolve(self.config.relay, prefetch=False)
         return Relay(
             self.repository,
             self.broker,
             route,
-            config=self.config.relay,
+            config=config,
             retry_policy=self.config.retry,
             tracing=self.config.tracing,
             observer=self._observers,
