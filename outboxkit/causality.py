@@ -23,10 +23,9 @@ import contextlib
 import contextvars
 from collections.abc import Iterator
 
-import attrs
 from sqlalchemy.engine import Connection
 
-from outboxkit.messages import Event, PublishRequest
+from outboxkit.messages import Event, PublishRequest, with_fields
 
 #: Key of ``connection.info`` under which the event being handled is kept.
 INFO_KEY = "outboxkit.handling"
@@ -87,4 +86,4 @@ def with_flow_ids(request: PublishRequest, cause: Event | None) -> PublishReques
     correlation = correlation or request.event_id
     if correlation == request.correlation_id and causation == request.causation_id:
         return request
-    return attrs.evolve(request, correlation_id=correlation, causation_id=causation)
+    return with_fields(request, correlation_id=correlation, causation_id=causation)

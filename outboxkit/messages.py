@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import enum
 import uuid
 from collections.abc import Mapping
@@ -77,6 +78,19 @@ class PublishRequest:
             object.__setattr__(self, "aggregate_id", self.message_key)
         if not self.event_id:
             object.__setattr__(self, "event_id", str(uuid.uuid4()))
+
+
+def with_fields(request: PublishRequest, **changes: Any) -> PublishRequest:
+    """A copy of ``request`` with ``changes`` set as given, without running the converters
+    again (``attrs.evolve`` does, at several microseconds a call on the publish path).
+
+    Only for values already in their final form (ids taken from other requests or events,
+    an encoded payload, a headers dict of strings).
+    """
+    copied = copy.copy(request)
+    for name, value in changes.items():
+        object.__setattr__(copied, name, value)
+    return copied
 
 
 @attrs.frozen(kw_only=True)

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from outboxkit.causality import handled_event, with_flow_ids
 from outboxkit.codec import encode_shell
 from outboxkit.errors import InvalidEventError
-from outboxkit.messages import DEFAULT_MAX_RETRY, PublishRequest
+from outboxkit.messages import DEFAULT_MAX_RETRY, PublishRequest, with_fields
 from outboxkit.misuse import check_executor, report_conflict, report_conflicts
 from outboxkit.payloads import PayloadCodecs
 from outboxkit.repository import NewMessage, Repository
@@ -198,10 +198,10 @@ class Publisher:
         except InvalidEventError as exc:
             raise InvalidEventError(f"event {request.event_id} ({event_type}): {exc}") from exc
         if payload is not request.payload:
-            request = attrs.evolve(request, payload=payload)
+            request = with_fields(request, payload=payload)
         traced = spans.enter_context(self.tracing.publishing(request, route))
         if traced:
-            request = attrs.evolve(request, headers={**traced, **request.headers})
+            request = with_fields(request, headers={**traced, **request.headers})
         shell = encode_shell(request, occurred_at=occurred_at)  # InvalidEventError
         size = len(shell.encode("utf-8"))
         if size > self.config.max_payload_bytes:

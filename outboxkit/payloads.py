@@ -118,6 +118,30 @@ class PayloadCodecs:
         return self.by_event_type.get(event_type, self.default)
 
 
+def _is_plain_json(value: Any) -> bool:
+    """Whether ``value`` is made of dicts with string keys, lists and JSON scalars only.
+
+    One walk without allocations: cheaper than building the converted copy, and most
+    payloads are exactly this.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        cls = type(item)
+        if cls in _JSON_SCALARS:
+            continue
+        if cls is dict:
+            for key in item:
+                if type(key) is not str:
+                    return False
+            stack.extend(item.values())
+        elif cls is list:
+            stack.extend(item)
+        else:
+            return False
+    return True
+
+
 def _is_pydantic_model(value: Any) -> bool:
     """Duck-typed so pydantic stays optional: v2 models have these two methods."""
     return hasattr(value, "model_dump") and hasattr(value, "model_validate")
@@ -127,6 +151,8 @@ class JsonPayloadCodec(PayloadCodec):
     """The default codec: plain JSON, typed by dataclass/attrs/pydantic field types."""
 
     def encode(self, payload: Any) -> Any:
+        if _is_plain_json(payload):
+            return payload  # the common case: nothing to convert, nothing to copy
         return self._encode(payload, "payload")
 
     def _encode(self, value: Any, path: str) -> Any:

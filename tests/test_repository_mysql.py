@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -23,6 +24,23 @@ class TestMysqlRepository(RepositoryContract):
     @pytest.fixture
     def engine(self, mysql_engine: sa.Engine) -> sa.Engine:
         return mysql_engine
+
+
+class TestMysqlRepositoryWithoutInsertReturning(RepositoryContract):
+    """MySQL 8 has no ``INSERT ... RETURNING`` (MariaDB 10.5+ has): the insert is read back.
+
+    Run on this MariaDB with SQLAlchemy told the server cannot return, so the read-back
+    path keeps its contract too.
+    """
+
+    @pytest.fixture
+    def engine(self, mysql_engine: sa.Engine) -> Iterator[sa.Engine]:
+        engine = sa.create_engine(mysql_engine.url)
+        with engine.connect():
+            pass  # the dialect learns the server's abilities on the first connection
+        engine.dialect.insert_returning = False
+        yield engine
+        engine.dispose()
 
 
 @pytest.mark.parametrize(

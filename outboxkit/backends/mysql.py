@@ -26,7 +26,9 @@ MINIMUM_MARIADB = (10, 6, 0)
 
 
 def _now() -> ColumnElement[datetime]:
-    return sa.func.utc_timestamp(6, type_=sa.DateTime())
+    # The precision is rendered, not bound: a bound one is renamed per row when a
+    # multi-row insert is batched, and the copy in RETURNING then names no parameter.
+    return sa.func.utc_timestamp(sa.literal_column("6"), type_=sa.DateTime())
 
 
 def _insert_ignore(table: sa.Table) -> Insert:

@@ -82,7 +82,9 @@ class Publishing(SqlStore):
             for m in first.values()
         ]
         try:
-            if self.dialect.insert_returning:
+            # MariaDB 10.5+ has INSERT ... RETURNING (SQLAlchemy knows once connected);
+            # MySQL has not: there the insert is read back.
+            if self.dialect.insert_returning or connection.dialect.insert_returning:
                 created, existing, stored = self._add_returning(connection, table, rows)
             else:
                 created, existing, stored = self._add_then_read(connection, table, rows)
@@ -115,6 +117,16 @@ class Publishing(SqlStore):
         """One multi-row insert whose RETURNING names exactly the rows it inserted."""
         now = self.dialect.now()
         returned: list[Any] = [table.c.id, table.c.event_id]
+        if self.dialect.insert_returning:
+            # RETURNING of an ignore-insert names the inserted rows only (PostgreSQL's
+            # ON CONFLICT DO NOTHING, SQLite's OR IGNORE).
+            returned.append(sa.true())
+        else:
+            # MariaDB: ON DUPLICATE KEY UPDATE returns the duplicates too. A new row's
+            # created_at is this statement's clock (constant within a statement); an
+            # existing one's is older. (INSERT IGNORE would return only new rows, but it
+            # also turns a too-long value into a silently truncated one.)
+            returned.append(table.c.created_at == now)
         if self.dialect.notify is not None:
             # Wakes relays in other processes on commit, in the same round trip.
             returned.append(self.dialect.notify(table.name))
@@ -122,7 +134,7 @@ class Publishing(SqlStore):
             next_retry_at=now, created_at=now, updated_at=now
         )
         stmt = stmt.returning(*returned)
-        created = {str(r[1]): int(r[0]) for r in conn.execute(stmt, rows)}
+        created = {str(r[1]): int(r[0]) for r in conn.execute(stmt, rows) if r[2]}
         missing = [r["event_id"] for r in rows if r["event_id"] not in created]
         existing: dict[str, int] = {}
         stored: dict[str, str] = {}
