@@ -111,10 +111,8 @@ class Publishing(SqlStore):
             )
         return results
 
-    def _add_returning(
-        self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]
-    ) -> tuple[dict[str, int], dict[str, int], dict[str, str]]:
-        """One multi-row insert whose RETURNING names exactly the rows it inserted."""
+    def _add_returning_statement(self, table: sa.Table) -> Any:
+        """The ignore-insert of :meth:`_add_returning` for ``table`` (built once, reused)."""
         now = self.dialect.now()
         returned: list[Any] = [table.c.id, table.c.event_id]
         if self.dialect.insert_returning:
@@ -133,7 +131,17 @@ class Publishing(SqlStore):
         stmt = self.dialect.insert_ignore(table).values(
             next_retry_at=now, created_at=now, updated_at=now
         )
-        stmt = stmt.returning(*returned)
+        return stmt.returning(*returned)
+
+    def _add_returning(
+        self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]
+    ) -> tuple[dict[str, int], dict[str, int], dict[str, str]]:
+        """One multi-row insert whose RETURNING names exactly the rows it inserted."""
+        stmt = self._statements.get(("add_returning", table.name))
+        if stmt is None:
+            stmt = self._statements[("add_returning", table.name)] = self._add_returning_statement(
+                table
+            )
         created = {str(r[1]): int(r[0]) for r in conn.execute(stmt, rows) if r[2]}
         missing = [r["event_id"] for r in rows if r["event_id"] not in created]
         existing: dict[str, int] = {}
