@@ -278,7 +278,6 @@ class SqlStore:
         if not wanted:
             return set()
         if self.engine.dialect.update_returning:
-
             # The subquery locks the rows by primary key in id order before the UPDATE
             # touches any (a locking subquery is never flattened into a join): the plain
             # UPDATE locked them in the order its plan met them, and deadlocked with a

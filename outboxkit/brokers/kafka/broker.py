@@ -187,9 +187,11 @@ class KafkaBroker(Broker):
                 producer.flush(timeout=self.config.flush_timeout)
             except Exception as exc:
                 logger.warning("Kafka flush did not complete: %s", exc)
+        stalled = False
         for index, future in futures.items():
             topic = messages[index].topic
             if not future.is_done:
+                stalled = True
                 verdicts[index] = Verdict.UNAVAILABLE
                 outcome[index] = BrokerUnavailableError(
                     f"send to {topic!r} not acknowledged within {self.config.flush_timeout:.0f} s"
@@ -202,7 +204,7 @@ class KafkaBroker(Broker):
                 )
             else:
                 outcome[index] = None
-        producer_ok = self._recover(producer, messages, verdicts, outcome)
+        producer_ok = self._recover(producer, messages, verdicts, outcome, stalled=stalled)
         return outcome, producer_ok
 
     def _recover(
@@ -211,13 +213,24 @@ class KafkaBroker(Broker):
         messages: Sequence[BrokerMessage],
         verdicts: dict[int, Verdict],
         outcome: dict[int, BrokerError | None],
+        *,
+        stalled: bool = False,
     ) -> bool:
         """Act on a wave's failures: rebuild a broken producer, re-create lost topics, and
-        log what an operator must fix. Returns whether ``producer`` is still usable."""
+        log what an operator must fix. Returns whether ``producer`` is still usable.
+
+        A producer whose flush timed out with records still unacknowledged is replaced
+        too: after a broker came back empty (the topic re-created under a new id), the
+        idempotent producer was seen retrying its old batches forever, every later flush
+        timing out, for as long as the process lived. Its records were reported
+        unavailable, so their rows are sent again by the new producer.
+        """
         found = set(verdicts.values())
-        broken = Verdict.PRODUCER_BROKEN in found or _producer_is_broken(producer)
+        broken = Verdict.PRODUCER_BROKEN in found or stalled or _producer_is_broken(producer)
         if broken:
             reasons = {str(outcome[i]) for i, v in verdicts.items() if v is Verdict.PRODUCER_BROKEN}
+            if stalled and not reasons:
+                reasons = {"its flush timed out with records unacknowledged"}
             self._producers.discard(
                 producer,
                 "; ".join(sorted(reasons)[:1]) or "it is in a fatal state",
