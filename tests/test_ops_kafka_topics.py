@@ -19,9 +19,10 @@ from outboxkit.backends import SqlRepository
 from outboxkit.broker import Broker, BrokerMessage
 from outboxkit.brokers.confluent import ConfluentKafkaBroker
 from outboxkit.brokers.kafka import KafkaBroker
-from outboxkit.engine import Engine
+from outboxkit.engine import Engine, EngineConfig
 from outboxkit.errors import BrokerSetupError, FatalError
-from outboxkit.routing import Routing
+from outboxkit.inbox.receipts import receipts_topic
+from outboxkit.routing import Routing, ServiceCatalog
 from tests.engine_support import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,3 +145,37 @@ def test_a_worker_with_creation_off_and_no_topic_exits_non_zero_within_seconds(
     assert f"ops{unique}" in errors[0], output
     assert "does not exist" in errors[0]
     assert "Traceback" not in output
+
+
+def test_a_missing_receipts_topic_with_creation_off_stops_the_producer_engine(
+    kafka_bootstrap: str, tmp_path: Path, unique: str
+) -> None:
+    # Given a service consumed elsewhere through an inbox, its topic made by the operator
+    # but not its receipts topic, and topic creation off
+    catalog = ServiceCatalog(namespace=f"ops-{unique}")
+    catalog.configure(f"ops{unique}", inbox=True)
+    routing = Routing(catalog)
+    route = routing.register("ops.checked", f"ops{unique}")
+    with KafkaBroker.from_bootstrap(kafka_bootstrap) as creator:
+        creator.ensure_topic(route.topic)
+    repository = SqlRepository.from_url(f"sqlite:///{tmp_path}/outbox.db")
+    broker = KafkaBroker.from_bootstrap(kafka_bootstrap, create_topics=False)
+    engine = Engine(
+        repository,
+        broker,
+        routing,
+        config=EngineConfig(relay_services=(route.service,), consumer_services=()),
+    )
+    engine.create_schema()
+
+    # When it starts, the thread that applies the consumers' receipts meets the gap
+    engine.start()
+    try:
+        wait_for(lambda: engine.fatal_error is not None, timeout=15, what="a fatal error")
+    finally:
+        assert engine.stop(timeout=5)
+        repository.close()
+
+    # Then the engine stopped on it (no retry can help), naming the topic to create
+    assert isinstance(engine.fatal_error, BrokerSetupError)
+    assert receipts_topic(route) in str(engine.fatal_error)
