@@ -241,6 +241,8 @@ class Engine:
         assert spec is not None  # checked by publish_many
         conn = connection.connection() if isinstance(connection, Session) else connection
         request = with_flow_ids(request, handled_event(conn))
+        # The same round trip a relayed event makes, so a disabled engine decodes alike.
+        codec = self.config.codecs.for_type(request.event_type)
         event = Event(
             event_id=request.event_id,
             outbox_id=0,
@@ -249,16 +251,13 @@ class Engine:
             service_name=spec.service,
             aggregate_id=request.aggregate_id,
             message_key=request.message_key,
-            payload=request.payload,
+            payload=codec.encode(request.payload),
             headers=request.headers,
             attempt=1,
             occurred_at=None,
             correlation_id=request.correlation_id,
             causation_id=request.causation_id,
         )
-        # The same round trip a relayed event makes, so a disabled engine decodes alike.
-        codec = self.config.codecs.for_type(request.event_type)
-        event = attrs.evolve(event, payload=codec.encode(request.payload))
         if spec.payload_type is not None:
             event = decode_payload(event, spec.payload_type, self.config.codecs)
         if not spec.transactional:

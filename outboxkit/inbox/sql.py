@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from outboxkit.backends.schema import table_ddl
+from outboxkit.backends.sql.handler_passes import run_handler, run_in_passes
 from outboxkit.backends.sql.store import SqlStore, as_delay
 from outboxkit.errors import ConfigurationError, RepositoryError, SchemaError
 from outboxkit.inbox.base import (
@@ -48,15 +49,6 @@ FINAL = (CONSUMED, DEAD)
 CONFLICT_ATTEMPTS = 3
 #: Rows deleted per statement by :meth:`SqlInbox.purge`.
 PURGE_CHUNK = 500
-
-
-class _HandlerFailedError(Exception):
-    """A handler raised during a pass without savepoints: replay the batch with them."""
-
-    def __init__(self, index: int, error: Exception) -> None:
-        super().__init__(index, error)
-        self.index = index
-        self.error = error
 
 
 class _ConflictError(Exception):
@@ -207,7 +199,15 @@ class SqlInbox(SqlStore, Inbox):
                 elif index in failed:
                     results.append(ConsumeResult(ConsumeOutcome.FAILED, error=failed[index]))
                 else:
-                    results.append(self._run_one(conn, index, item, savepoints))
+                    results.append(
+                        run_handler(
+                            conn,
+                            index,
+                            item.run,
+                            savepoints=savepoints,
+                            is_transient=self._is_transient,
+                        )
+                    )
                     if results[-1].outcome is ConsumeOutcome.CONSUMED:
                         consumed[item.event_id] = item
             now = self.dialect.now()
@@ -227,36 +227,11 @@ class SqlInbox(SqlStore, Inbox):
                 self._insert(conn, fresh, consumed_at=now)
             return results
 
-        savepoints = False
-        while True:
-            try:
-                results: list[ConsumeResult[Any]] = self._run(
-                    what, functools.partial(one_pass, savepoints=savepoints)
-                )
-                return results
-            except _HandlerFailedError as failure:
-                failed[failure.index] = failure.error
-                if len(items) == 1:
-                    return [ConsumeResult(ConsumeOutcome.FAILED, error=failure.error)]
-                savepoints = True
-
-    def _run_one(
-        self, conn: Connection, index: int, item: InboxItem, savepoints: bool
-    ) -> ConsumeResult[Any]:
-        """Run one handler; a failure either aborts the pass or rolls back its savepoint."""
-        savepoint = conn.begin_nested() if savepoints else None
-        try:
-            value = item.run(conn)
-        except Exception as exc:
-            if isinstance(exc, SQLAlchemyError) and self._is_transient(exc):
-                raise  # a deadlock or a dead connection: the whole transaction runs again
-            if savepoint is None:
-                raise _HandlerFailedError(index, exc) from exc
-            savepoint.rollback()
-            return ConsumeResult(ConsumeOutcome.FAILED, error=exc)
-        if savepoint is not None:
-            savepoint.commit()
-        return ConsumeResult(ConsumeOutcome.CONSUMED, value)
+        return run_in_passes(
+            lambda savepoints: self._run(what, functools.partial(one_pass, savepoints=savepoints)),
+            failed,
+            len(items),
+        )
 
     def record_failure(self, group: str, item: InboxItem, *, reason: str) -> InboxRecord:
         t = self._table

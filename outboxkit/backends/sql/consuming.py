@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import SQLAlchemyError
 
+from outboxkit.backends.sql.handler_passes import run_handler, run_in_passes
 from outboxkit.backends.sql.store import (
     CONSUMED,
     DEAD,
@@ -46,15 +46,6 @@ from outboxkit.routing import Route
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class _HandlerFailedError(Exception):
-    """A handler raised during a pass without savepoints: replay the batch with them."""
-
-    def __init__(self, index: int, error: Exception) -> None:
-        super().__init__(index, error)
-        self.index = index
-        self.error = error
 
 
 def is_same_event(row: Any, event_id: str | None, event_type: str | None) -> bool:
@@ -130,7 +121,15 @@ class ConsumerSide(SqlStore):
                 elif index in failed:
                     results.append(ConsumeResult(ConsumeOutcome.FAILED, error=failed[index]))
                 else:
-                    results.append(self._run_one(conn, index, item, savepoints))
+                    results.append(
+                        run_handler(
+                            conn,
+                            index,
+                            item.run,
+                            savepoints=savepoints,
+                            is_transient=self._is_transient,
+                        )
+                    )
                     if results[-1].outcome is ConsumeOutcome.CONSUMED:
                         consumed.append(item.outbox_id)
             if consumed:
@@ -141,37 +140,13 @@ class ConsumerSide(SqlStore):
                 )
             return results
 
-        savepoints = False
-        while True:
-            try:
-                return self._transact(
-                    what, route, functools.partial(one_pass, savepoints=savepoints)
-                )
-            except _HandlerFailedError as failure:
-                failed[failure.index] = failure.error
-                if len(items) == 1:
-                    return [ConsumeResult(ConsumeOutcome.FAILED, error=failure.error)]
-                savepoints = True
-
-    def _run_one(
-        self, conn: Connection, index: int, item: ConsumeItem, savepoints: bool
-    ) -> ConsumeResult[Any]:
-        """Run one handler; a failure either aborts the pass or rolls back its savepoint."""
-        savepoint = conn.begin_nested() if savepoints else None
-        try:
-            value = item.run(conn)
-        except Exception as exc:
-            if isinstance(exc, SQLAlchemyError) and self._is_transient(exc):
-                # A deadlock or a dead connection under the handler says nothing about the
-                # event: the whole transaction runs again (or fails uncounted).
-                raise
-            if savepoint is None:
-                raise _HandlerFailedError(index, exc) from exc
-            savepoint.rollback()
-            return ConsumeResult(ConsumeOutcome.FAILED, error=exc)
-        if savepoint is not None:
-            savepoint.commit()
-        return ConsumeResult(ConsumeOutcome.CONSUMED, value)
+        return run_in_passes(
+            lambda savepoints: self._transact(
+                what, route, functools.partial(one_pass, savepoints=savepoints)
+            ),
+            failed,
+            len(items),
+        )
 
     def consume(
         self,
