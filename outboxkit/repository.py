@@ -43,6 +43,16 @@ T = TypeVar("T")
 #: ``last_error`` keeps at most this many *characters* (never a split character).
 MAX_LAST_ERROR = 2000
 
+#: The stale-published rescue waits ``older_than * 2**n`` for a row with ``retry_count`` n,
+#: doubling at most this many times (x32), so a slow consumer is not flooded with re-sends
+#: and an event the broker lost after earlier failures is still rescued within hours.
+RESCUE_DOUBLINGS = 5
+
+
+def rescue_wait(older_than: float, retry_count: int) -> float:
+    """Seconds a row with ``retry_count`` stays ``published`` before the rescue re-sends it."""
+    return older_than * 2 ** min(max(retry_count, 0), RESCUE_DOUBLINGS)
+
 
 @attrs.frozen(kw_only=True)
 class NewMessage:
@@ -310,11 +320,17 @@ class Repository(abc.ABC):
 
     @abc.abstractmethod
     def republish_stale(self, route: Route, *, older_than: float, limit: int) -> int:
-        """Send back to ``pending`` rows ``published`` more than ``older_than`` seconds ago.
+        """Send back to ``pending`` rows ``published`` long ago with no outcome recorded.
 
         Such rows were lost between broker and consumer (a broker that lost data, a
-        consumer that crashed before recording anything). Each one counts as an attempt:
-        it goes ``dead`` once ``max_retry`` is reached. Returns how many rows changed.
+        consumer that crashed before recording anything), or their consumer is only slow.
+        A row with ``retry_count`` n is sent back once it has been ``published`` for
+        ``older_than * 2 ** min(n, RESCUE_DOUBLINGS)`` seconds: the first rescue comes
+        after ``older_than``, and a row whose consumer is merely behind is re-sent a few
+        times rather than every ``older_than``. Each rescue counts as an attempt, so a row
+        that is never consumed (a message that crashes every consumer before it records
+        anything) still goes ``dead`` once ``max_retry`` is reached, only later: with the
+        defaults (300 s, 20 attempts) after about 42 hours. Returns how many rows changed.
         """
 
     # ------------------------------------------------------------------ consumer side

@@ -878,6 +878,57 @@ class RepositoryContract:
         assert exhausted.retry_count == 1
         assert [m.id for m in self.claim_all(repository, route).messages] == ids
 
+    def published_ago(
+        self,
+        engine: sa.Engine,
+        repository: Repository,
+        route: Route,
+        ids: list[int],
+        seconds: float,
+    ) -> None:
+        """Set the rows' ``published_at`` ``seconds`` before the database's now (plain SQL)."""
+        at = repository.now() - timedelta(seconds=seconds)
+        stmt = sa.text(f"UPDATE {route.table} SET published_at = :at WHERE id IN :ids").bindparams(
+            sa.bindparam("at", type_=sa.DateTime()), sa.bindparam("ids", expanding=True)
+        )
+        with engine.begin() as conn:
+            conn.execute(stmt, {"at": at, "ids": ids})
+
+    def test_republish_stale_waits_twice_as_long_after_each_attempt(
+        self, engine: sa.Engine, repository: Repository, route: Route
+    ) -> None:
+        """A consumer that is only slow must not see its rows re-sent, and counted, every
+        ``older_than``: the wait doubles with ``retry_count``, up to 2**RESCUE_DOUBLINGS."""
+        fresh, once, many = (self.add(repository, route) for _ in range(3))
+        for row_id, attempts in ((once[0], 1), (many[0], 12)):
+            assert (
+                repository.schedule_retry(route, row_id, reason="boom", backoff=lambda n: 0.0)
+                is RetryOutcome.SCHEDULED
+            )
+            with engine.begin() as conn:
+                conn.execute(
+                    sa.text(f"UPDATE {route.table} SET retry_count = :n WHERE id = :id"),
+                    {"n": attempts, "id": row_id},
+                )
+        claim = self.claim_all(repository, route)
+        assert sorted(m.id for m in claim.messages) == sorted(fresh + once + many)
+        repository.mark_published(route, fresh + once + many, token=claim.token)
+
+        # 150 s ago, rescue after 100 s: only the row never tried (waits 100 s) is due;
+        # the row tried once waits 200 s, the row tried 12 times 100 * 2**5 = 3,200 s.
+        self.published_ago(engine, repository, route, fresh + once + many, 150)
+        assert repository.republish_stale(route, older_than=100, limit=10) == 1
+        assert self.status(repository, route, fresh[0]) is Status.PENDING
+        self.published_ago(engine, repository, route, once + many, 250)
+        assert repository.republish_stale(route, older_than=100, limit=10) == 1
+        assert self.status(repository, route, once[0]) is Status.PENDING
+        self.published_ago(engine, repository, route, many, 3_000)
+        assert repository.republish_stale(route, older_than=100, limit=10) == 0
+        self.published_ago(engine, repository, route, many, 3_300)
+        assert repository.republish_stale(route, older_than=100, limit=10) == 1
+        row = repository.get(route, many[0])
+        assert row is not None and row.status is Status.PENDING and row.retry_count == 13
+
     # ------------------------------------------------------------------ consume
 
     def test_consume_commits_handler_writes_with_the_status(

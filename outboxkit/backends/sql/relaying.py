@@ -21,8 +21,10 @@ from outboxkit.backends.sql.store import (
     row_message,
 )
 from outboxkit.repository import (
+    RESCUE_DOUBLINGS,
     Claim,
     RetryOutcome,
+    rescue_wait,
     truncate_error,
 )
 from outboxkit.routing import Route
@@ -167,13 +169,23 @@ class RelaySide(SqlStore):
         def rescue(conn: Connection) -> int:
             rescued.clear()
             now = self._now(conn)
-            cutoff = now - as_delay(older_than)
+            # The wait doubles with each attempt already made (rescue_wait); the plain
+            # bound on the shortest wait keeps the (status, published_at) range usable.
+            cutoffs = [
+                sa.literal(now - as_delay(rescue_wait(older_than, n)), table.c.published_at.type)
+                for n in range(RESCUE_DOUBLINGS + 1)
+            ]
+            due = table.c.published_at <= sa.case(
+                *((table.c.retry_count <= n, cutoffs[n]) for n in range(RESCUE_DOUBLINGS)),
+                else_=cutoffs[RESCUE_DOUBLINGS],
+            )
+            shortest = now - as_delay(older_than)
             rescued.extend(
                 (int(r[0]), r[1])
                 for r in conn.execute(
                     self._lock(
                         sa.select(table.c.id, table.c.event_id)
-                        .where(table.c.status == PUBLISHED, table.c.published_at <= cutoff)
+                        .where(table.c.status == PUBLISHED, table.c.published_at <= shortest, due)
                         .order_by(table.c.published_at, table.c.id)
                         .limit(limit),
                         skip_locked=True,
@@ -211,7 +223,8 @@ class RelaySide(SqlStore):
             more = f" and {len(rescued) - 20} more" if len(rescued) > 20 else ""
             logger.warning(
                 "%d rows of %s were published over %gs ago with no outcome recorded; sent "
-                "back to pending (dead when out of retries): outbox ids (event ids) %s%s",
+                "back to pending (waiting twice as long after each attempt, dead when out of "
+                "retries): outbox ids (event ids) %s%s",
                 count,
                 route.table,
                 older_than,
