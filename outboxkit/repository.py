@@ -51,7 +51,7 @@ RESCUE_DOUBLINGS = 5
 
 def rescue_wait(older_than: float, retry_count: int) -> float:
     """Seconds a row with ``retry_count`` stays ``published`` before the rescue re-sends it."""
-    return older_than * 2 ** min(max(retry_count, 0), RESCUE_DOUBLINGS)
+    return older_than * float(1 << min(max(retry_count, 0), RESCUE_DOUBLINGS))
 
 
 @attrs.frozen(kw_only=True)
