@@ -108,7 +108,10 @@ def build() -> Engine:
     def apply(event: Event, connection: Connection) -> None:
         log.record(event)
         payload = event.payload if isinstance(event.payload, dict) else {}
-        pause = spec.handler_sleep + min(_number(payload.get("sleep"), 0.0), 60.0)
+        seq = int(_number(payload.get("seq"), 0))
+        pause = min(_number(payload.get("sleep"), 0.0), 60.0)
+        if seq % spec.sleep_every == 0:
+            pause += spec.handler_sleep
         if pause > 0:
             time.sleep(pause)
         if payload.get("poison"):

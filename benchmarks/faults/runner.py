@@ -118,6 +118,7 @@ def run_scenario(
                 broker_address=broker.address,
                 workdir=workdir,
                 handler_sleep=scenario.handler_sleep,
+                sleep_every=settings.sleep_every(run.events),
                 events=run.events,
                 rate=run.rate,
                 slow_every=slow_every,

@@ -64,6 +64,15 @@ def engine_config(role: str) -> EngineConfig:
     )
 
 
+#: Runs of more events than this spread ``handler_sleep`` over fewer of them.
+SLEEP_BUDGET_EVENTS = 5_000
+
+
+def sleep_every(events: int) -> int:
+    """Which events' handlers sleep ``handler_sleep``: every one up to SLEEP_BUDGET_EVENTS."""
+    return max(1, events // SLEEP_BUDGET_EVENTS)
+
+
 def is_poison(seq: int) -> bool:
     """Whether event number ``seq`` is deliberately poisoned (the only allowed dead)."""
     return seq % POISON_EVERY == POISON_OFFSET
@@ -78,8 +87,12 @@ class RunSpec:
     broker: str = attrs.field(validator=attrs.validators.in_(BROKERS))
     broker_address: str
     workdir: str
-    #: Extra seconds every handler call sleeps (so a kill lands mid-handler).
+    #: Extra seconds a handler call sleeps (so a kill lands mid-handler, or a backlog
+    #: builds up), on every ``sleep_every``-th event.
     handler_sleep: float = 0.0
+    #: 1 up to SLEEP_BUDGET_EVENTS events; above, the handlers' total sleep stays that of
+    #: a SLEEP_BUDGET_EVENTS run, so a 100k soak is not days of sleeping handlers.
+    sleep_every: int = 1
     events: int = 0
     rate: float = 100.0
     #: Every slow_every-th event (offset 5) sleeps slow_seconds in its handler; 0 = none.
