@@ -9,14 +9,15 @@ fencing lease, publishes it as one broker batch, then records the outcome per ro
 * rejected by the broker -> one counted retry with backoff, ``dead`` when exhausted;
 * undecodable row -> ``dead`` with the reason.
 
-**Overlap.** When a claim comes back full (a backlog), one helper thread claims the next
-batch while this one is published, and then marks this one ``published`` while the next is
-published: the database's claim and mark overlap the broker's acknowledgements instead of
-adding up. Rows of one key still reach the broker in order (batch k is acknowledged before
-batch k+1 is sent). A ``run_once`` that returns without holding a next claim has finished
-every mark; a prefetched claim that is not used (the broker became unreachable, the relay
-stops) is released uncounted, and a background mark that fails only means the rows are
-sent again when their lease runs out.
+**Overlap.** When a claim comes back full (a backlog), a helper thread claims the next
+batch while this one is published, and a second one marks this one ``published`` while the
+next is published: the database's claim, the database's mark and the broker's
+acknowledgements overlap instead of adding up (they touch disjoint rows: a claimed batch is
+under a lease, so the next claim never reads it). Rows of one key still reach the broker
+in order (batch k is acknowledged before batch k+1 is sent). A ``run_once`` that returns
+without holding a next claim has finished every mark; a prefetched claim that is not used
+(the broker became unreachable, the relay stops) is released uncounted, and a background
+mark that fails only means the rows are sent again when their lease runs out.
 
 A relay killed mid-batch loses nothing: its rows become due again when the lease runs out.
 Two relays never publish the same row in normal operation (disjoint claims); after a lease
@@ -147,7 +148,8 @@ class Relay:
         self.config = config or RelayConfig()
         self.retry_policy = retry_policy or RetryPolicy()
         self.tracing = tracing
-        self._helper_thread: _HelperThread | None = None
+        self._claimer: _HelperThread | None = None
+        self._marker: _HelperThread | None = None
         self._next_claim: Future[tuple[Claim, float]] | None = None
         self._pending_marks: list[Future[None]] = []
 
@@ -178,9 +180,10 @@ class Relay:
         """Finish pending marks, give back a prefetched claim, stop the helper thread."""
         self._release_prefetched(delay=0.0)
         self._finish_marks()
-        if self._helper_thread is not None:
-            self._helper_thread.shutdown()
-            self._helper_thread = None
+        for helper in (self._claimer, self._marker):
+            if helper is not None:
+                helper.shutdown()
+        self._claimer = self._marker = None
 
     def _claim_due(self) -> tuple[Claim, float]:
         """A claim and the monotonic time it was made (its lease runs from then)."""
@@ -208,14 +211,20 @@ class Relay:
                 self.repository.release(self.route, ids, token=claim.token, delay=0.0)
         return self._claim_due()[0]
 
-    def _helper(self) -> _HelperThread:
-        """One thread that runs prefetched claims and backlog marks in submission order."""
-        if self._helper_thread is None:
-            self._helper_thread = _HelperThread(f"outboxkit-relay-helper-{self.route.service}")
-        return self._helper_thread
+    def _claiming_thread(self) -> _HelperThread:
+        """The thread that claims the next batch ahead (on its own connection)."""
+        if self._claimer is None:
+            self._claimer = _HelperThread(f"outboxkit-relay-claim-{self.route.service}")
+        return self._claimer
+
+    def _marking_thread(self) -> _HelperThread:
+        """The thread that marks sent batches ``published``, in the order they were sent."""
+        if self._marker is None:
+            self._marker = _HelperThread(f"outboxkit-relay-mark-{self.route.service}")
+        return self._marker
 
     def _start_prefetch(self) -> None:
-        self._next_claim = self._helper().submit(self._claim_due)
+        self._next_claim = self._claiming_thread().submit(self._claim_due)
 
     def _release_prefetched(self, *, delay: float) -> None:
         pending, self._next_claim = self._next_claim, None
@@ -254,7 +263,7 @@ class Relay:
             )
 
     def _finish_marks(self) -> None:
-        """Wait for the marks running on the helper thread (they log their own failures)."""
+        """Wait for the marks running on the marking thread (they log their own failures)."""
         pending, self._pending_marks = self._pending_marks, []
         for future in pending:
             future.result()
@@ -319,10 +328,12 @@ class Relay:
             for row_id in sent:
                 self._log_event(logging.DEBUG, rows[row_id], "published")
         if self._next_claim is not None:
-            # A backlog: record this batch on the helper thread while the next one is sent.
+            # A backlog: record this batch on the marking thread while the next one is sent.
             self._pending_marks = [f for f in self._pending_marks if not f.done()]
             self._pending_marks.append(
-                self._helper().submit(self._mark_published, sent, claim.token, background=True)
+                self._marking_thread().submit(
+                    self._mark_published, sent, claim.token, background=True
+                )
             )
         else:
             self._mark_published(sent, claim.token, background=False)
