@@ -21,6 +21,32 @@ class TestPostgresRepository(RepositoryContract):
     def engine(self, postgres_engine: sa.Engine) -> sa.Engine:
         return postgres_engine
 
+    def test_a_claim_and_a_mark_are_one_autocommit_statement_each(
+        self, engine: sa.Engine, repository: SqlRepository, route: Route
+    ) -> None:
+        """The relay's hot path: no BEGIN and COMMIT round trips around a single UPDATE."""
+        ids = self.add(repository, route, 3)
+        repository.now()  # the first use checks the server version: not part of the claim
+        seen: list[tuple[str, bool]] = []
+
+        def spy(conn: sa.Connection, _cursor: object, statement: str, *_: object) -> None:
+            dbapi = conn.connection.dbapi_connection
+            seen.append(
+                (statement.split(maxsplit=1)[0].upper(), bool(getattr(dbapi, "autocommit", None)))
+            )
+
+        sa.event.listen(engine, "before_cursor_execute", spy)
+        try:
+            claim = repository.claim_due(route, limit=10, lease_seconds=60)
+            claimed, seen[:] = list(seen), []
+            published = repository.mark_published(route, ids, token=claim.token)
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", spy)
+        assert [m.id for m in claim.messages] == ids
+        assert published == set(ids)
+        assert claimed == [("UPDATE", True)]
+        assert seen == [("UPDATE", True)]
+
 
 @pytest.mark.parametrize(
     ("text", "ok"),

@@ -103,6 +103,11 @@ class Dialect:
     * ``is_missing_column``: whether a driver exception says a column does not exist: the
       sign of a table created by the Go system (or an older outboxkit) and never migrated,
       reported as a :class:`~outboxkit.errors.SchemaError` that says to run ``migrate``.
+    * ``single_statement_autocommit``: a claim (``UPDATE ... FROM (SELECT ... FOR UPDATE
+      SKIP LOCKED) RETURNING``) and a guarded mark are each one statement, run on an
+      autocommit connection: one round trip instead of four (BEGIN, SELECT, UPDATE,
+      COMMIT). Needs ``UPDATE ... FROM`` with a locking subquery and ``UPDATE ...
+      RETURNING`` (PostgreSQL); elsewhere they run in a transaction of their own.
     * ``notify``: a SQL expression that, evaluated in the publishing transaction, notifies
       listeners in other processes once the transaction commits (PostgreSQL ``pg_notify``;
       delivered on commit, dropped on rollback), or ``None`` where relays poll.
@@ -124,6 +129,7 @@ class Dialect:
     is_transient: Callable[[BaseException], bool] = attrs.field(default=lambda _exc: False)
     is_fatal: Callable[[BaseException], bool] = attrs.field(default=lambda _exc: False)
     is_missing_column: Callable[[BaseException], bool] = attrs.field(default=lambda _exc: False)
+    single_statement_autocommit: bool = False
     notify: Callable[[str], ColumnElement[Any]] | None = None
     session_lock: SessionLock | None = None
     version_query: str

@@ -135,6 +135,7 @@ POSTGRESQL = Dialect(
     is_transient=_is_transient,
     is_fatal=_is_fatal,
     is_missing_column=_is_missing_column,
+    single_statement_autocommit=True,
     notify=_notify,
     session_lock=ADVISORY_LOCK,
     version_query="SHOW server_version",

@@ -576,6 +576,18 @@ class RepositoryContract:
         assert all(now + timedelta(seconds=50) < rows[i]["next_retry_at"] for i in ids)
         assert all(rows[i]["next_retry_at"] < now + timedelta(seconds=60) + SLACK for i in ids)
 
+    def test_a_claim_is_in_due_order_then_id_order(
+        self, repository: Repository, route: Route
+    ) -> None:
+        """A retried row is due later than rows published after it: it comes after them."""
+        ids = self.add(repository, route, 4)
+        assert (
+            repository.schedule_retry(route, ids[0], reason="boom", backoff=lambda n: 0.0)
+            is RetryOutcome.SCHEDULED
+        )
+        claim = repository.claim_due(route, limit=10, lease_seconds=60)
+        assert [m.id for m in claim.messages] == [*ids[1:], ids[0]]
+
     def test_rows_due_in_the_future_are_not_claimed(
         self, repository: Repository, route: Route
     ) -> None:

@@ -68,7 +68,37 @@ class RelaySide(SqlStore):
             ]
             return Claim(token=token, messages=messages)
 
-        result = self._transact("claiming due rows", route, claim)
+        def claim_in_one_statement(conn: Connection) -> Claim:
+            # The rows are chosen and locked by the subquery, exactly as above, and leased
+            # by the UPDATE around it; RETURNING does not keep the subquery's order, so the
+            # claim order (due time, then id) is restored from the old due time.
+            now = self.dialect.now()
+            due = (
+                self._lock(
+                    sa.select(table.c.id, table.c.next_retry_at.label("due_at"))
+                    .where(table.c.status == PENDING, table.c.next_retry_at <= now)
+                    .order_by(table.c.next_retry_at, table.c.id)
+                    .limit(limit),
+                    skip_locked=True,
+                )
+            ).subquery("due")
+            stmt = (
+                sa.update(table)
+                .where(table.c.id == due.c.id)
+                .values(
+                    lease_token=token,
+                    next_retry_at=now + sa.literal(as_delay(lease_seconds), sa.Interval()),
+                    updated_at=now,
+                )
+                .returning(*table.c, due.c.due_at)
+            )
+            rows = sorted(conn.execute(stmt).mappings().all(), key=lambda r: (r["due_at"], r["id"]))
+            return Claim(token=token, messages=[row_message(r) for r in rows])
+
+        if self.dialect.single_statement_autocommit:
+            result = self._statement("claiming due rows", route, claim_in_one_statement)
+        else:
+            result = self._transact("claiming due rows", route, claim)
         if result.messages:
             logger.debug(
                 "claimed %d rows of %s under lease %s", len(result.messages), route.table, token

@@ -104,6 +104,13 @@ class SqlStore:
                 isolation_level=level,
                 hide_parameters=True,
             )
+        #: One-statement claims and marks run here, outside a transaction, where the
+        #: dialect allows it (``Dialect.single_statement_autocommit``).
+        self._autocommit: sa.Engine | None = (
+            self._own.execution_options(isolation_level="AUTOCOMMIT")
+            if self.dialect.single_statement_autocommit
+            else None
+        )
         self._owns_engine = owns_engine
         self._metadata = sa.MetaData()
         self._tables: dict[str, sa.Table] = {}
@@ -228,10 +235,30 @@ class SqlStore:
         transient ones that persist, become :class:`RepositoryError`. Exceptions that are not
         driver errors propagate unchanged after the rollback.
         """
+        return self._run(what, route, fn, self._own.begin)
+
+    def _statement(self, what: str, route: Route | None, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn(connection)`` on an autocommit connection where the dialect allows it
+        (no BEGIN, no COMMIT round trips), else like :meth:`_transact`.
+
+        Every statement commits on its own, so ``fn`` must make exactly one change (one
+        write statement; reads before it, such as the clock, are fine). Retried like
+        :meth:`_transact`: a write that failed transiently changed nothing."""
+        if self._autocommit is None:
+            return self._transact(what, route, fn)
+        return self._run(what, route, fn, self._autocommit.connect)
+
+    def _run(
+        self,
+        what: str,
+        route: Route | None,
+        fn: Callable[[Connection], T],
+        connect: Callable[[], contextlib.AbstractContextManager[Connection]],
+    ) -> T:
         self._check_server()
         for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
             try:
-                with self._own.begin() as conn:
+                with connect() as conn:
                     return fn(conn)
             except SQLAlchemyError as exc:
                 if attempt < TRANSACTION_ATTEMPTS and self._is_transient(exc):
@@ -296,7 +323,7 @@ class SqlStore:
                 )
                 return {int(r[0]) for r in conn.execute(stmt)}
 
-            return self._transact(what, route, returning)
+            return self._statement(what, route, returning)
 
         def locked(conn: Connection) -> set[int]:
             # Lock every named row by primary key (not through the status index), then pick.
