@@ -235,7 +235,7 @@ class SqlStore:
         transient ones that persist, become :class:`RepositoryError`. Exceptions that are not
         driver errors propagate unchanged after the rollback.
         """
-        return self._run(what, route, fn, self._own.begin)
+        return self._with_retries(what, route, fn, self._own.begin)
 
     def _statement(self, what: str, route: Route | None, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(connection)`` on an autocommit connection where the dialect allows it
@@ -246,9 +246,9 @@ class SqlStore:
         :meth:`_transact`: a write that failed transiently changed nothing."""
         if self._autocommit is None:
             return self._transact(what, route, fn)
-        return self._run(what, route, fn, self._autocommit.connect)
+        return self._with_retries(what, route, fn, self._autocommit.connect)
 
-    def _run(
+    def _with_retries(
         self,
         what: str,
         route: Route | None,
