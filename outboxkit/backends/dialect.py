@@ -108,6 +108,10 @@ class Dialect:
       autocommit connection: one round trip instead of four (BEGIN, SELECT, UPDATE,
       COMMIT). Needs ``UPDATE ... FROM`` with a locking subquery and ``UPDATE ...
       RETURNING`` (PostgreSQL); elsewhere they run in a transaction of their own.
+    * ``update_returning_old``: an ``UPDATE ... FROM (SELECT ... FOR UPDATE) old`` can
+      ``RETURNING`` the subquery's columns, i.e. the values the rows had before (PostgreSQL;
+      SQLite's RETURNING may not name the FROM table). The one-statement claim and the
+      consumer's mark-first pass need it.
     * ``notify``: a SQL expression that, evaluated in the publishing transaction, notifies
       listeners in other processes once the transaction commits (PostgreSQL ``pg_notify``;
       delivered on commit, dropped on rollback), or ``None`` where relays poll.
@@ -130,6 +134,7 @@ class Dialect:
     is_fatal: Callable[[BaseException], bool] = attrs.field(default=lambda _exc: False)
     is_missing_column: Callable[[BaseException], bool] = attrs.field(default=lambda _exc: False)
     single_statement_autocommit: bool = False
+    update_returning_old: bool = False
     notify: Callable[[str], ColumnElement[Any]] | None = None
     session_lock: SessionLock | None = None
     version_query: str

@@ -136,6 +136,7 @@ POSTGRESQL = Dialect(
     is_fatal=_is_fatal,
     is_missing_column=_is_missing_column,
     single_statement_autocommit=True,
+    update_returning_old=True,
     notify=_notify,
     session_lock=ADVISORY_LOCK,
     version_query="SHOW server_version",

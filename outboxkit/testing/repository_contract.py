@@ -1066,7 +1066,7 @@ class RepositoryContract:
             ConsumeOutcome.MISSING,
         ]
         assert calls == []
-        assert self.status(repository, route, outbox_id) is Status.PENDING
+        assert repository.get(route, outbox_id) == row  # untouched, every column
         assert not repository.mark_dead(route, outbox_id, reason="x", event_id="forged")
         assert not repository.mark_consumed(route, outbox_id, event_id="forged")
         assert self.status(repository, route, outbox_id) is Status.PENDING
@@ -1076,6 +1076,7 @@ class RepositoryContract:
         self, repository: Repository, route: Route
     ) -> None:
         first, second, third = self.add(repository, route, 3)
+        before = repository.get(route, third)
         calls: list[int] = []
 
         def handler(outbox_id: int) -> Callable[[Connection], None]:
@@ -1098,7 +1099,7 @@ class RepositoryContract:
             ConsumeOutcome.NOT_RUN,
         ]
         assert calls == [first, second]
-        assert self.status(repository, route, third) is Status.PENDING
+        assert repository.get(route, third) == before  # not run: untouched, every column
         assert repository.consume_batch(route, []) == []
 
     def test_consume_skips_final_and_missing_rows(

@@ -13,6 +13,14 @@ handlers without savepoints (two round trips saved per event); if one raises, th
 rolled back and the batch is replayed with a savepoint around each handler, the failed one
 not run again, so one failure rolls back only its own writes. A replay can only call a
 handler again, never commit its writes twice.
+
+**Mark first, where the database allows it** (``Dialect.update_returning_old``, PostgreSQL).
+The first pass locks the open rows in id order, marks them ``consumed`` and returns what the
+identity check needs together with the values they had, all in one ``UPDATE``, and then runs
+the handlers: one statement and round trip fewer per batch. Nobody sees the early mark (one
+transaction); a row it marked that no handler consumed (a message that is not the row's
+event, a batch stopped midway) gets its old values back before the commit. A failing
+handler rolls the pass back, as in the general pass.
 """
 
 from __future__ import annotations
@@ -56,6 +64,18 @@ def is_same_event(row: Any, event_id: str | None, event_type: str | None) -> boo
     if event_id is None:
         return True
     return row_event_id(int(row[0]), row[2], row[4]) == event_id
+
+
+#: The columns a consume mark changes (ConsumerSide._consumed_values): what the mark-first
+#: pass puts back on a row it marked but no handler consumed.
+_MARK_CHANGES = (
+    "status",
+    "consumed_at",
+    "last_error",
+    "next_retry_at",
+    "lease_token",
+    "updated_at",
+)
 
 
 class ConsumerSide(SqlStore):
@@ -140,13 +160,88 @@ class ConsumerSide(SqlStore):
                 )
             return results
 
-        return run_in_passes(
-            lambda savepoints: self._transact(
-                what, route, functools.partial(one_pass, savepoints=savepoints)
-            ),
-            failed,
-            len(items),
+        def run_pass(savepoints: bool) -> list[ConsumeResult[Any]]:
+            if savepoints or not self.dialect.update_returning_old:
+                return self._transact(
+                    what, route, functools.partial(one_pass, savepoints=savepoints)
+                )
+            return self._transact(
+                what, route, functools.partial(self._mark_first, table, items, should_stop)
+            )
+
+        return run_in_passes(run_pass, failed, len(items))
+
+    def _mark_first(
+        self,
+        table: sa.Table,
+        items: Sequence[ConsumeItem],
+        should_stop: Callable[[], bool] | None,
+        conn: Connection,
+    ) -> list[ConsumeResult[Any]]:
+        """The first pass, marking first (see the module docstring). A failing handler
+        raises :class:`HandlerFailedError`, as in the general pass."""
+        ids = sorted({item.outbox_id for item in items})
+        old = (
+            self._lock(
+                sa.select(table.c.id, *(table.c[name] for name in _MARK_CHANGES))
+                .where(table.c.id.in_(ids), table.c.status.in_(OPEN_STATUSES))
+                .order_by(table.c.id)
+            )
+        ).subquery("old")
+        mark = (
+            sa.update(table)
+            .where(table.c.id == old.c.id)
+            .values(**self._consumed_values())
+            .returning(
+                table.c.id,
+                table.c.status,
+                table.c.event_id,
+                table.c.biz_type,
+                sa.case((table.c.event_id.is_(None), table.c.payload), else_=sa.null()),
+                *(old.c[name] for name in _MARK_CHANGES),
+            )
         )
+        marked = {int(row[0]): row for row in conn.execute(mark)}
+        # The rows not marked are final or missing: the identity check still tells apart a
+        # duplicate from a message that is not the row's event.
+        unmarked = [row_id for row_id in ids if row_id not in marked]
+        others = self._lock_rows(conn, table, unmarked) if unmarked else {}
+        results: list[ConsumeResult[Any]] = []
+        handled: set[int] = set()
+        for index, item in enumerate(items):
+            if should_stop is not None and should_stop():
+                results.extend(ConsumeResult(ConsumeOutcome.NOT_RUN) for _ in items[index:])
+                break
+            row = marked.get(item.outbox_id) or others.get(item.outbox_id)
+            if row is None:
+                results.append(ConsumeResult(ConsumeOutcome.MISSING))
+            elif not is_same_event(row, item.event_id, item.event_type):
+                results.append(ConsumeResult(ConsumeOutcome.MISMATCH))
+            elif item.outbox_id not in marked or item.outbox_id in handled:
+                results.append(ConsumeResult(ConsumeOutcome.DUPLICATE))
+            else:
+                results.append(
+                    run_handler(
+                        conn, index, item.run, savepoints=False, is_transient=self._is_transient
+                    )
+                )
+                handled.add(item.outbox_id)
+        unconsumed = [row for row_id, row in marked.items() if row_id not in handled]
+        if unconsumed:
+            first = len(marked[next(iter(marked))]) - len(_MARK_CHANGES)
+            conn.execute(
+                sa.update(table)
+                .where(table.c.id == sa.bindparam("row_id"))
+                .values({name: sa.bindparam(f"old_{name}") for name in _MARK_CHANGES}),
+                [
+                    {
+                        "row_id": int(row[0]),
+                        **{f"old_{n}": row[first + i] for i, n in enumerate(_MARK_CHANGES)},
+                    }
+                    for row in unconsumed
+                ],
+            )
+        return results
 
     def consume(
         self,

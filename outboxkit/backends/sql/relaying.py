@@ -95,7 +95,7 @@ class RelaySide(SqlStore):
             rows = sorted(conn.execute(stmt).mappings().all(), key=lambda r: (r["due_at"], r["id"]))
             return Claim(token=token, messages=[row_message(r) for r in rows])
 
-        if self.dialect.single_statement_autocommit:
+        if self.dialect.update_returning_old:
             result = self._statement("claiming due rows", route, claim_in_one_statement)
         else:
             result = self._transact("claiming due rows", route, claim)
