@@ -1119,6 +1119,38 @@ class RepositoryContract:
             assert result.value is None
         assert calls == []
 
+    def test_consume_batch_locks_rows_in_id_order_final_ones_included(
+        self, engine: sa.Engine, repository: Repository, route: Route
+    ) -> None:
+        """A relay's mark locks every named row in id order; a consume that locked the open
+        rows first and a final one after could deadlock with it. While row 2 (consumed) is
+        held elsewhere, a batch of rows 1..3 must wait on 2 *before* taking 3."""
+        if engine.dialect.name == "sqlite":
+            pytest.skip("SQLite has no row locks (one writer at a time)")
+        first, done, last = self.add(repository, route, 3)
+        assert repository.mark_consumed(route, done)
+        lock_one = f"SELECT id FROM {route.table} WHERE id = :id FOR UPDATE"
+        with engine.connect() as holder:
+            holder.begin()
+            holder.execute(sa.text(lock_one), {"id": done})
+            run = _run_thread(
+                lambda: repository.consume_batch(
+                    route, [self._item(i, lambda _conn: None) for i in (first, done, last)]
+                )
+            )
+            time.sleep(0.5)  # the batch is now waiting for row 2
+            with engine.connect() as probe:
+                probe.begin()
+                probe.execute(sa.text(lock_one + " NOWAIT"), {"id": last})  # row 3 is free
+                probe.rollback()
+            holder.rollback()
+        outcomes = [r.outcome for r in _outcome(*run)]
+        assert outcomes == [
+            ConsumeOutcome.CONSUMED,
+            ConsumeOutcome.DUPLICATE,
+            ConsumeOutcome.CONSUMED,
+        ]
+
     def test_two_threads_consuming_one_row_run_the_handler_once(
         self, repository: Repository, route: Route
     ) -> None:

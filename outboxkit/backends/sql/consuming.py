@@ -14,13 +14,15 @@ rolled back and the batch is replayed with a savepoint around each handler, the 
 not run again, so one failure rolls back only its own writes. A replay can only call a
 handler again, never commit its writes twice.
 
-**Mark first, where the database allows it** (``Dialect.update_returning_old``, PostgreSQL).
-The first pass locks the open rows in id order, marks them ``consumed`` and returns what the
-identity check needs together with the values they had, all in one ``UPDATE``, and then runs
-the handlers: one statement and round trip fewer per batch. Nobody sees the early mark (one
-transaction); a row it marked that no handler consumed (a message that is not the row's
-event, a batch stopped midway) gets its old values back before the commit. A failing
-handler rolls the pass back, as in the general pass.
+**Mark first, where the database allows it** (``Dialect.update_returning_old``,
+PostgreSQL). The first pass locks the batch's rows in id order, marks the open ones
+``consumed`` and returns what the identity check needs together with the values they had,
+all in one ``UPDATE``, and then runs the handlers: one statement and round trip fewer per
+batch. Nobody sees the early mark (one transaction); a row it marked that no handler
+consumed (a message that is not the row's event, a batch stopped midway) gets its old values
+back before the commit. A failing handler rolls the pass back, as in the general pass. One
+difference a handler can see: reading its own outbox row on the connection, it finds the row
+``consumed`` already.
 """
 
 from __future__ import annotations
@@ -181,16 +183,20 @@ class ConsumerSide(SqlStore):
         """The first pass, marking first (see the module docstring). A failing handler
         raises :class:`HandlerFailedError`, as in the general pass."""
         ids = sorted({item.outbox_id for item in items})
+        # Every named row is locked, final ones too, in id order: the order the relay's
+        # marks and the general pass lock in (locking only the open rows first and the
+        # final ones after was seen to deadlock with a relay's mark). The status test is on
+        # the updated table, outside the subquery, so it cannot be pushed into it.
         old = (
             self._lock(
                 sa.select(table.c.id, *(table.c[name] for name in _MARK_CHANGES))
-                .where(table.c.id.in_(ids), table.c.status.in_(OPEN_STATUSES))
+                .where(table.c.id.in_(ids))
                 .order_by(table.c.id)
             )
         ).subquery("old")
         mark = (
             sa.update(table)
-            .where(table.c.id == old.c.id)
+            .where(table.c.id == old.c.id, table.c.status.in_(OPEN_STATUSES))
             .values(**self._consumed_values())
             .returning(
                 table.c.id,
@@ -202,8 +208,8 @@ class ConsumerSide(SqlStore):
             )
         )
         marked = {int(row[0]): row for row in conn.execute(mark)}
-        # The rows not marked are final or missing: the identity check still tells apart a
-        # duplicate from a message that is not the row's event.
+        # The rows not marked are final or missing (and already locked): the identity check
+        # still tells a duplicate apart from a message that is not the row's event.
         unmarked = [row_id for row_id in ids if row_id not in marked]
         others = self._lock_rows(conn, table, unmarked) if unmarked else {}
         results: list[ConsumeResult[Any]] = []
