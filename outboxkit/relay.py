@@ -177,7 +177,7 @@ class Relay:
         return step
 
     def close(self) -> None:
-        """Finish pending marks, give back a prefetched claim, stop the helper thread."""
+        """Finish pending marks, give back a prefetched claim, stop the helper threads."""
         self._release_prefetched(delay=0.0)
         self._finish_marks()
         for helper in (self._claimer, self._marker):
@@ -329,7 +329,11 @@ class Relay:
                 self._log_event(logging.DEBUG, rows[row_id], "published")
         if self._next_claim is not None:
             # A backlog: record this batch on the marking thread while the next one is sent.
-            self._pending_marks = [f for f in self._pending_marks if not f.done()]
+            # The previous batch's mark had this batch's send to finish; waiting for it
+            # keeps at most one mark behind, so a database slower to mark than the broker
+            # to acknowledge slows the relay down instead of queueing marks until sent
+            # rows outlive their lease (and another relay sends them again).
+            self._finish_marks()
             self._pending_marks.append(
                 self._marking_thread().submit(
                     self._mark_published, sent, claim.token, background=True

@@ -1,4 +1,4 @@
-"""The relay's overlap on a backlog: next claim and this batch's mark run on a helper thread.
+"""The relay's overlap on a backlog: the next claim and this batch's mark run on helper threads.
 
 On real PostgreSQL and Redis: per-key order on the stream, every row marked, a prefetched
 claim given back uncounted when the broker goes away or the relay closes.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import attrs
 import pytest
@@ -102,6 +103,41 @@ def test_a_backlog_is_published_in_key_order_and_every_row_is_marked(
         broker.close()
         client.delete(route.topic)
         client.close()
+
+
+class SlowMarks(SqlRepository):
+    """The real repository, its marks slowed down: a database slower to mark than the broker
+    to acknowledge."""
+
+    def mark_published(self, route: Route, ids: Any, *, token: str) -> set[int]:
+        time.sleep(0.2)
+        return super().mark_published(route, ids, token=token)
+
+
+def test_marks_never_pile_up_behind_a_fast_broker(
+    repository: SqlRepository, routing: Routing, route: Route, redis_url: str
+) -> None:
+    """Sent rows whose marks queue up outlive their lease and are sent again by another
+    relay: the relay keeps at most one mark behind the batch it sends."""
+    event_ids = backlog(repository, routing, 6 * BATCH)
+    slow = SlowMarks(repository.engine)
+    broker = RedisStreamsBroker.from_url(redis_url)
+    relay = Relay(slow, broker, route, config=RelayConfig(batch_size=BATCH))
+    try:
+        sent = 0
+        while step := relay.run_once():
+            if not step.claimed:
+                break
+            sent += step.published
+            marked = repository.count_by_status(route)[Status.PUBLISHED]
+            # This batch's mark and the one before may still run; no older one may.
+            assert sent - marked <= 2 * BATCH, (sent, marked)
+        assert sent == len(event_ids)
+        assert statuses(repository, route, event_ids) == [Status.PUBLISHED] * len(event_ids)
+    finally:
+        relay.close()
+        broker.close()
+        redis.Redis.from_url(redis_url).delete(route.topic)
 
 
 def test_a_prefetched_claim_is_given_back_uncounted_when_the_broker_goes_away(
