@@ -70,7 +70,7 @@ SLEEP_BUDGET_EVENTS = 5_000
 
 def sleep_every(events: int) -> int:
     """Which events' handlers sleep ``handler_sleep``: every one up to SLEEP_BUDGET_EVENTS."""
-    return max(1, events // SLEEP_BUDGET_EVENTS)
+    return max(1, -(-events // SLEEP_BUDGET_EVENTS))  # rounded up: never over the budget
 
 
 def is_poison(seq: int) -> bool:

@@ -103,14 +103,14 @@ class Dialect:
     * ``is_missing_column``: whether a driver exception says a column does not exist: the
       sign of a table created by the Go system (or an older outboxkit) and never migrated,
       reported as a :class:`~outboxkit.errors.SchemaError` that says to run ``migrate``.
-    * ``single_statement_autocommit``: a claim (``UPDATE ... FROM (SELECT ... FOR UPDATE
-      SKIP LOCKED) RETURNING``) and a guarded mark are each one statement, run on an
-      autocommit connection: one round trip instead of four (BEGIN, SELECT, UPDATE,
-      COMMIT). Needs ``UPDATE ... FROM`` with a locking subquery and ``UPDATE ...
-      RETURNING`` (PostgreSQL); elsewhere they run in a transaction of their own.
+    * ``single_statement_autocommit``: work that is one statement (a claim where
+      ``update_returning_old`` makes it one, a guarded mark with ``RETURNING``) runs on an
+      autocommit connection: one round trip instead of three or four (BEGIN, ..., COMMIT).
+      PostgreSQL; elsewhere it runs in a transaction of its own.
     * ``update_returning_old``: an ``UPDATE ... FROM (SELECT ... FOR UPDATE) old`` can
       ``RETURNING`` the subquery's columns, i.e. the values the rows had before (PostgreSQL;
-      SQLite's RETURNING may not name the FROM table). The one-statement claim and the
+      SQLite's RETURNING may not name the FROM table). The one-statement claim (``UPDATE
+      ... FROM (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n) ... RETURNING``) and the
       consumer's mark-first pass need it.
     * ``notify``: a SQL expression that, evaluated in the publishing transaction, notifies
       listeners in other processes once the transaction commits (PostgreSQL ``pg_notify``;

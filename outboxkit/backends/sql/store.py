@@ -243,7 +243,11 @@ class SqlStore:
 
         Every statement commits on its own, so ``fn`` must make exactly one change (one
         write statement; reads before it, such as the clock, are fine). Retried like
-        :meth:`_transact`: a write that failed transiently changed nothing."""
+        :meth:`_transact`; as with a transaction whose COMMIT got no answer, a statement
+        whose connection died may have committed, so ``fn`` must be safe to run again (a
+        lost claim's rows wait out their lease; a mark run again finds its rows moved on).
+        ``begin`` event listeners of the application's engine (``SET LOCAL ...``) do not
+        run here: there is no BEGIN."""
         if self._autocommit is None:
             return self._transact(what, route, fn)
         return self._with_retries(what, route, fn, self._autocommit.connect)
