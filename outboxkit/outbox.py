@@ -26,7 +26,7 @@ from outboxkit.codec import encode_shell
 from outboxkit.errors import InvalidEventError
 from outboxkit.messages import DEFAULT_MAX_RETRY, PublishRequest, with_fields
 from outboxkit.misuse import check_executor, report_conflict, report_conflicts
-from outboxkit.payloads import PayloadCodecs
+from outboxkit.payloads import JsonPayloadCodec, PayloadCodecs
 from outboxkit.repository import NewMessage, Repository
 from outboxkit.routing import MAX_EVENT_TYPE, MAX_MESSAGE_KEY, Route, Routing
 from outboxkit.tracing import NO_TRACING, Tracing
@@ -193,17 +193,23 @@ class Publisher:
                     f"event {request.event_id!r} ({event_type!r}): {name} contains a NUL character"
                 )
         route = self.routing.route_of(event_type)  # UnknownEventTypeError
+        codec = self.codecs.for_type(event_type)
         try:
-            payload = self.codecs.for_type(event_type).encode(request.payload)
+            payload = codec.encode(request.payload)
         except InvalidEventError as exc:
             raise InvalidEventError(f"event {request.event_id} ({event_type}): {exc}") from exc
+        # The default codec hands back the very object only after checking that it is
+        # plain JSON with string keys: the shell need not walk it again.
+        keys_checked = type(codec) is JsonPayloadCodec and payload is request.payload
         if payload is not request.payload:
             request = with_fields(request, payload=payload)
         if self.tracing is not NO_TRACING:  # a span per event costs; skip the no-op one
             traced = spans.enter_context(self.tracing.publishing(request, route))
             if traced:
                 request = with_fields(request, headers={**traced, **request.headers})
-        shell = encode_shell(request, occurred_at=occurred_at)  # InvalidEventError
+        shell = encode_shell(  # InvalidEventError
+            request, occurred_at=occurred_at, keys_checked=keys_checked
+        )
         # A UTF-8 character is at most 4 bytes: short shells need no encoding to measure.
         size = len(shell) * 4
         if size > self.config.max_payload_bytes:
