@@ -411,8 +411,17 @@ class Consumer:
         return Outcome.SKIPPED
 
     def _bind(self, func: Callable[..., Any], event: Event) -> Callable[[Connection], Any]:
+        if self.tracing is NO_TRACING:  # a no-op span per event still costs: skip it
+
+            def run_untraced(connection: Connection) -> Any:
+                # What the handler publishes joins event's flow.
+                with handling(event, connection):
+                    return func(event, connection)
+
+            return run_untraced
+
         def run(connection: Connection) -> Any:
-            # What the handler publishes joins event's flow (and its trace, when traced).
+            # What the handler publishes joins event's flow and its trace.
             with handling(event, connection), self.tracing.processing(self.route, event):
                 return func(event, connection)
 
