@@ -1,15 +1,22 @@
 """``outboxkit status``: per service, rows by status, the oldest pending row's age, rows
 published but unconsumed past the redelivery time, a retry histogram and the dead count.
 
-``--watch [SECONDS]`` repeats it until interrupted (Ctrl-C exits 0).
+``--watch [SECONDS]`` repeats it until interrupted (Ctrl-C or SIGTERM exits 0). While it
+watches, a signal only asks the loop to stop: a ``KeyboardInterrupt`` landing in the middle
+of a query could leave a driver connection half-read (PyMySQL reads in Python), and closing
+it then hung the command past the caller's patience.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
-import time
+import threading
+from collections.abc import Iterator
+from types import FrameType
 
 from outboxkit.admin.status import ServiceStatus, status_report
 from outboxkit.cli_commands.common import EXIT_OK
@@ -73,20 +80,32 @@ def run(args: argparse.Namespace) -> int:
         redelivery = args.redelivery_after
         if redelivery is None:
             redelivery = target.redelivery_after
-        while True:
+        if args.watch is None:
             _show(args, target, redelivery)
-            if args.watch is None:
-                return EXIT_OK
-            try:
-                time.sleep(args.watch)
-            except KeyboardInterrupt:
-                return EXIT_OK
-    except KeyboardInterrupt:
-        if args.watch is not None:
             return EXIT_OK
-        raise
+        with _stop_on_signals() as stop:
+            while not stop.is_set():
+                _show(args, target, redelivery)
+                stop.wait(args.watch)
+        return EXIT_OK
     finally:
         target.close()
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event SIGINT and SIGTERM set (instead of raising), for the watch loop."""
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _show(args: argparse.Namespace, target: Target, redelivery: float) -> None:
