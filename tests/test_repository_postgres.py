@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import sqlalchemy as sa
 
@@ -10,8 +12,11 @@ from outboxkit.backends.dialect import parse_version
 from outboxkit.backends.postgres import POSTGRESQL
 from outboxkit.backends.schema import index_name
 from outboxkit.errors import UnsupportedDatabaseError
+from outboxkit.messages import PublishRequest, Status
+from outboxkit.outbox import Publisher
 from outboxkit.routing import Route
 from outboxkit.testing.repository_contract import RepositoryContract
+from tests.engine_support import unique_routing
 
 pytestmark = pytest.mark.postgres
 
@@ -35,17 +40,75 @@ class TestPostgresRepository(RepositoryContract):
                 (statement.split(maxsplit=1)[0].upper(), bool(getattr(dbapi, "autocommit", None)))
             )
 
-        sa.event.listen(engine, "before_cursor_execute", spy)
+        # Every engine: the one-statement work runs on a pool of the repository's own.
+        sa.event.listen(sa.Engine, "before_cursor_execute", spy)
         try:
             claim = repository.claim_due(route, limit=10, lease_seconds=60)
             claimed, seen[:] = list(seen), []
             published = repository.mark_published(route, ids, token=claim.token)
         finally:
-            sa.event.remove(engine, "before_cursor_execute", spy)
+            sa.event.remove(sa.Engine, "before_cursor_execute", spy)
         assert [m.id for m in claim.messages] == ids
         assert published == set(ids)
         assert claimed == [("UPDATE", True)]
         assert seen == [("UPDATE", True)]
+
+
+def test_a_connection_killed_after_an_autocommit_statement_costs_no_pool_slot(
+    postgres_engine: sa.Engine, unique: str
+) -> None:
+    """The server may kill a connection between a claim's statement and its return to the
+    pool (the fault suite's db-terminate does, hundreds of times; with autocommit switched
+    per checkout, that return raised and leaked the pool slot, and a worker's pool was
+    exhausted within minutes). Pool of one: every round needs its connection back."""
+    app = f"okt-{unique}"
+    engine = sa.create_engine(
+        postgres_engine.url,
+        connect_args={"application_name": app},
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=3,
+    )
+    routing = unique_routing(unique, "orders")
+    route = routing.register("order.placed", "orders")
+    repository = SqlRepository(engine)
+    repository.create_schema([route])
+    kill = sa.text("SELECT pg_terminate_backend(:pid)")
+
+    def kill_after_update(conn: sa.Connection, _cursor: object, statement: str, *_: object) -> None:
+        if statement.lstrip().upper().startswith("UPDATE"):
+            pid = conn.connection.dbapi_connection.get_backend_pid()  # type: ignore[union-attr]
+            with postgres_engine.connect() as killer:
+                killer.execute(kill, {"pid": pid})
+                for _ in range(100):  # terminating is asynchronous: wait until it is gone
+                    gone = killer.execute(
+                        sa.text("SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = :pid"),
+                        {"pid": pid},
+                    ).scalar_one()
+                    if gone:
+                        break
+                    time.sleep(0.01)
+
+    try:
+        with repository.transaction() as conn:
+            Publisher(repository, routing).publish_many(
+                [PublishRequest(event_type="order.placed", payload={"n": n}) for n in range(5)],
+                connection=conn,
+            )
+        sa.event.listen(sa.Engine, "after_cursor_execute", kill_after_update)
+        try:
+            for _ in range(5):  # each claim's connection dies right after its UPDATE
+                repository.claim_due(route, limit=1, lease_seconds=60)
+        finally:
+            sa.event.remove(sa.Engine, "after_cursor_execute", kill_after_update)
+        # A pool slot was leaked if this times out ("QueuePool limit of size 1 ...").
+        assert len(repository.claim_due(route, limit=10, lease_seconds=60).messages) == 0
+        assert repository.count_by_status(route)[Status.PENDING] == 5
+    finally:
+        with postgres_engine.begin() as conn:
+            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{route.table}"'))
+        repository.close()
+        engine.dispose()
 
 
 @pytest.mark.parametrize(

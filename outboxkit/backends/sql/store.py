@@ -105,12 +105,20 @@ class SqlStore:
                 hide_parameters=True,
             )
         #: One-statement claims and marks run here, outside a transaction, where the
-        #: dialect allows it (``Dialect.single_statement_autocommit``).
-        self._autocommit: sa.Engine | None = (
-            self._own.execution_options(isolation_level="AUTOCOMMIT")
-            if self.dialect.single_statement_autocommit
-            else None
-        )
+        #: dialect allows it (``Dialect.single_statement_autocommit``). A pool of its own
+        #: whose connections are put in autocommit once, when they connect: switched per
+        #: checkout (``execution_options``), psycopg2 sent a ``SET`` on every checkin to
+        #: switch back, and when the server had killed the connection meanwhile that
+        #: checkin raised and leaked the pool slot (the fault suite's db-terminate
+        #: scenario exhausted a worker's pool in minutes).
+        self._autocommit: sa.Engine | None = None
+        if self.dialect.single_statement_autocommit:
+            self._autocommit = sa.create_engine(
+                engine.url,
+                pool=engine.pool.recreate(),
+                isolation_level="AUTOCOMMIT",
+                hide_parameters=True,
+            )
         self._owns_engine = owns_engine
         self._metadata = sa.MetaData()
         self._tables: dict[str, sa.Table] = {}
@@ -358,5 +366,7 @@ class SqlStore:
     def close(self) -> None:
         if self._own is not self.engine:
             self._own.dispose()
+        if self._autocommit is not None:
+            self._autocommit.dispose()
         if self._owns_engine:
             self.engine.dispose()
