@@ -52,6 +52,7 @@ def repository(postgres_engine: sa.Engine, routing: Routing) -> Iterator[SqlRepo
     with postgres_engine.begin() as conn:
         for route in routing.routes():
             conn.execute(sa.text(f'DROP TABLE IF EXISTS "{route.table}"'))
+    repository.close()  # its own pools; the shared engine stays open
 
 
 def backlog(repository: SqlRepository, routing: Routing, count: int) -> list[str]:
@@ -137,6 +138,7 @@ def test_marks_never_pile_up_behind_a_fast_broker(
     finally:
         relay.close()
         broker.close()
+        slow.close()
         redis.Redis.from_url(redis_url).delete(route.topic)
 
 

@@ -83,10 +83,13 @@ def run(args: argparse.Namespace) -> int:
         if args.watch is None:
             _show(args, target, redelivery)
             return EXIT_OK
-        with _stop_on_signals() as stop:
-            while not stop.is_set():
-                _show(args, target, redelivery)
-                stop.wait(args.watch)
+        try:
+            with _stop_on_signals() as stop:
+                while not stop.is_set():
+                    _show(args, target, redelivery)
+                    stop.wait(args.watch)
+        except KeyboardInterrupt:  # a second signal, or off the main thread
+            pass
         return EXIT_OK
     finally:
         target.close()
@@ -94,18 +97,29 @@ def run(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[threading.Event]:
-    """An event SIGINT and SIGTERM set (instead of raising), for the watch loop."""
+    """An event the first SIGINT or SIGTERM sets (instead of raising), for the watch loop.
+
+    A second signal raises ``KeyboardInterrupt`` as usual, so a query stuck on a database
+    that does not answer can still be interrupted. Off the main thread (where handlers
+    cannot be installed) signals keep their usual effect.
+    """
     stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
         stop.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, on_signal) for sig in signals}
     try:
         yield stop
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _show(args: argparse.Namespace, target: Target, redelivery: float) -> None:

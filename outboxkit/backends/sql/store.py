@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -81,6 +82,22 @@ def row_message(row: RowMapping, **overrides: Any) -> OutboxMessage:
     return OutboxMessage(**values)
 
 
+def _pool_copy(engine: sa.Engine, isolation_level: str) -> sa.Engine:
+    """An engine on a copy of ``engine``'s pool (same connect function, arguments, sizes and
+    pool listeners) whose connections are set to ``isolation_level`` once, when they
+    connect, with ``engine``'s execution options (a ``schema_translate_map`` must reach the
+    claims too) except its isolation level. Its connections are closed when it is disposed
+    or, for a repository nobody closed, when the repository is garbage-collected."""
+    options = {k: v for k, v in engine.get_execution_options().items() if k != "isolation_level"}
+    copy = sa.create_engine(
+        engine.url,
+        pool=engine.pool.recreate(),
+        isolation_level=isolation_level,
+        hide_parameters=True,
+    )
+    return copy.execution_options(**options) if options else copy
+
+
 class SqlStore:
     """The engine, its dialect, the table cache and the helpers every statement uses.
 
@@ -98,12 +115,7 @@ class SqlStore:
         level = self.dialect.own_isolation_level
         self._own: sa.Engine = engine
         if level:
-            self._own = sa.create_engine(
-                engine.url,
-                pool=engine.pool.recreate(),
-                isolation_level=level,
-                hide_parameters=True,
-            )
+            self._own = _pool_copy(engine, level)
         #: One-statement claims and marks run here, outside a transaction, where the
         #: dialect allows it (``Dialect.single_statement_autocommit``). A pool of its own
         #: whose connections are put in autocommit once, when they connect: switched per
@@ -113,12 +125,10 @@ class SqlStore:
         #: scenario exhausted a worker's pool in minutes).
         self._autocommit: sa.Engine | None = None
         if self.dialect.single_statement_autocommit:
-            self._autocommit = sa.create_engine(
-                engine.url,
-                pool=engine.pool.recreate(),
-                isolation_level="AUTOCOMMIT",
-                hide_parameters=True,
-            )
+            self._autocommit = _pool_copy(engine, "AUTOCOMMIT")
+        for own_pool in (self._own, self._autocommit):
+            if own_pool is not None and own_pool is not engine:
+                weakref.finalize(self, own_pool.dispose)
         self._owns_engine = owns_engine
         self._metadata = sa.MetaData()
         self._tables: dict[str, sa.Table] = {}
