@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import sqlalchemy as sa
 
 from outboxkit.consumer import ConsumerConfig
-from outboxkit.engine import EngineConfig
+from outboxkit.engine import Engine, EngineConfig
 from outboxkit.outbox import PublisherConfig
 from outboxkit.relay import RelayConfig
 from outboxkit.retry import RetryPolicy
@@ -59,3 +60,17 @@ def wait_for(predicate: Callable[[], bool], *, timeout: float = 30.0, what: str 
 def count_rows(db: sa.Engine, table: sa.Table) -> int:
     with db.connect() as conn:
         return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def fatal_error_on_start(engine: Engine, *, timeout: float, closing: Any = None) -> BaseException:
+    """Start ``engine``, wait for it to stop itself on a fatal error and return that error;
+    ``engine.stop`` must finish in time, then ``closing.close()`` runs (a repository)."""
+    engine.start()
+    try:
+        wait_for(lambda: engine.fatal_error is not None, timeout=timeout, what="a fatal error")
+    finally:
+        assert engine.stop(timeout=5)
+        if closing is not None:
+            closing.close()
+    assert engine.fatal_error is not None
+    return engine.fatal_error

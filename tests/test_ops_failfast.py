@@ -26,7 +26,7 @@ from outboxkit.engine.outages import OutageLog
 from outboxkit.errors import DatabaseSetupError, FatalError, RepositoryError
 from outboxkit.routing import Routing
 from outboxkit.testing.services import free_port
-from tests.engine_support import wait_for
+from tests.engine_support import fatal_error_on_start, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -211,11 +211,6 @@ def test_a_refused_redis_password_is_fatal_not_an_outage(
     engine.create_schema()
 
     # When the engine starts, then it stops by itself with a setup error
-    engine.start()
-    try:
-        wait_for(lambda: engine.fatal_error is not None, timeout=5, what="a fatal error")
-    finally:
-        assert engine.stop(timeout=5)
-        repository.close()
-    assert isinstance(engine.fatal_error, BrokerSetupError)
-    assert "AuthenticationError" in str(engine.fatal_error)
+    error = fatal_error_on_start(engine, timeout=5, closing=repository)
+    assert isinstance(error, BrokerSetupError)
+    assert "AuthenticationError" in str(error)

@@ -23,7 +23,7 @@ from outboxkit.engine import Engine, EngineConfig
 from outboxkit.errors import BrokerSetupError, FatalError
 from outboxkit.inbox.receipts import receipts_topic
 from outboxkit.routing import Routing, ServiceCatalog
-from tests.engine_support import wait_for
+from tests.engine_support import fatal_error_on_start
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,15 +104,10 @@ def test_an_engine_with_creation_off_and_no_topic_stops_with_one_error(
     engine.register_handler("ops.checked", lambda event, connection: None)
     engine.create_schema()
 
-    engine.start()
-    try:
-        wait_for(lambda: engine.fatal_error is not None, timeout=15, what="a fatal error")
-    finally:
-        assert engine.stop(timeout=5)
-        repository.close()
+    error = fatal_error_on_start(engine, timeout=15, closing=repository)
 
-    assert isinstance(engine.fatal_error, BrokerSetupError)
-    assert route.topic in str(engine.fatal_error)
+    assert isinstance(error, BrokerSetupError)
+    assert route.topic in str(error)
 
 
 def test_a_worker_with_creation_off_and_no_topic_exits_non_zero_within_seconds(
@@ -169,13 +164,8 @@ def test_a_missing_receipts_topic_with_creation_off_stops_the_producer_engine(
     engine.create_schema()
 
     # When it starts, the thread that applies the consumers' receipts meets the gap
-    engine.start()
-    try:
-        wait_for(lambda: engine.fatal_error is not None, timeout=15, what="a fatal error")
-    finally:
-        assert engine.stop(timeout=5)
-        repository.close()
+    error = fatal_error_on_start(engine, timeout=15, closing=repository)
 
     # Then the engine stopped on it (no retry can help), naming the topic to create
-    assert isinstance(engine.fatal_error, BrokerSetupError)
-    assert receipts_topic(route) in str(engine.fatal_error)
+    assert isinstance(error, BrokerSetupError)
+    assert receipts_topic(route) in str(error)

@@ -42,16 +42,20 @@ class RelaySide(SqlStore):
         if limit <= 0:
             return Claim(token=token, messages=[])
         table = self.table(route)
+        now = self.dialect.now()
 
-        def claim(conn: Connection) -> Claim:
-            now = self.dialect.now()
-            query = (
-                sa.select(*table.c, now.label("db_now"))
+        def due_rows(*columns: Any) -> sa.Select[Any]:
+            """The oldest due rows, locked, skipping those another claimer holds."""
+            return self._lock(
+                sa.select(*columns)
                 .where(table.c.status == PENDING, table.c.next_retry_at <= now)
                 .order_by(table.c.next_retry_at, table.c.id)
-                .limit(limit)
+                .limit(limit),
+                skip_locked=True,
             )
-            rows = conn.execute(self._lock(query, skip_locked=True)).mappings().all()
+
+        def claim(conn: Connection) -> Claim:
+            rows = conn.execute(due_rows(*table.c, now.label("db_now"))).mappings().all()
             if not rows:
                 return Claim(token=token, messages=[])
             db_now: datetime = rows[0]["db_now"]
@@ -72,16 +76,7 @@ class RelaySide(SqlStore):
             # The rows are chosen and locked by the subquery, exactly as above, and leased
             # by the UPDATE around it; RETURNING does not keep the subquery's order, so the
             # claim order (due time, then id) is restored from the old due time.
-            now = self.dialect.now()
-            due = (
-                self._lock(
-                    sa.select(table.c.id, table.c.next_retry_at.label("due_at"))
-                    .where(table.c.status == PENDING, table.c.next_retry_at <= now)
-                    .order_by(table.c.next_retry_at, table.c.id)
-                    .limit(limit),
-                    skip_locked=True,
-                )
-            ).subquery("due")
+            due = due_rows(table.c.id, table.c.next_retry_at.label("due_at")).subquery("due")
             stmt = (
                 sa.update(table)
                 .where(table.c.id == due.c.id)
