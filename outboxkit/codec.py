@@ -49,9 +49,14 @@ def utc_isoformat(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+#: One encoder for the whole process: ``json.dumps`` with any non-default option builds a
+#: new ``JSONEncoder`` per call, which cost more than encoding a small envelope.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def dumps(value: Any) -> str:
     """Compact, deterministic JSON (UTF-8 kept as is, as Go's encoder does)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 # --------------------------------------------------------------------------- event shell
@@ -208,8 +213,9 @@ class Envelope:
     causation_id: str = ""
 
 
-def envelope_from_row(row: OutboxMessage, *, published_at: datetime) -> Envelope:
-    """Build the envelope the relay publishes for ``row``.
+def envelope_from_row(row: OutboxMessage, *, published_at: datetime | str) -> Envelope:
+    """Build the envelope the relay publishes for ``row`` (``published_at`` a moment, or
+    one already in the envelope's ISO form).
 
     The event id falls back to the shell's, then to the row id as a string (the Go rule), so
     rows written by the Go system publish exactly as Go would publish them.
@@ -224,7 +230,9 @@ def envelope_from_row(row: OutboxMessage, *, published_at: datetime) -> Envelope
         aggregate_id=shell.aggregate_id or row.message_key,
         payload=shell.payload,
         occurred_at=shell.occurred_at,
-        published_at=utc_isoformat(published_at),
+        published_at=(
+            published_at if isinstance(published_at, str) else utc_isoformat(published_at)
+        ),
         attempt=row.retry_count + 1,
         headers=shell.headers,
         correlation_id=shell.correlation_id,

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import attrs
 
 from outboxkit.broker import Broker, BrokerMessage
-from outboxkit.codec import broker_headers, encode_envelope, envelope_from_row
+from outboxkit.codec import utc_isoformat
 from outboxkit.errors import BrokerUnavailableError, DecodeError, MessageRejectedError
 from outboxkit.logs import event_fields
 from outboxkit.messages import OutboxMessage
@@ -47,11 +47,16 @@ from outboxkit.observe import Observer, seconds_between
 from outboxkit.repository import Claim, Repository, RetryOutcome
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Route
+from outboxkit.row_encoding import encode_row
 from outboxkit.tracing import NO_TRACING, Tracing
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: How the reason of a row that cannot be published starts (the Go relay's words), unless
+#: it already says what failed ("failed to parse ...", "failed to serialize ...").
+_SHELL_ERROR = "failed to parse outbox event shell"
 
 
 class _HelperThread:
@@ -270,25 +275,21 @@ class Relay:
 
     def _encode_claim(self, claim: Claim) -> tuple[list[tuple[int, BrokerMessage]], int]:
         """The claimed rows as broker messages; an undecodable row goes dead (counted)."""
-        now = datetime.now(timezone.utc)
+        published_at = utc_isoformat(datetime.now(timezone.utc))
         to_send: list[tuple[int, BrokerMessage]] = []
         dead = 0
         for row in claim.messages:
             try:
-                envelope = envelope_from_row(row, published_at=now)
+                message = encode_row(row, published_at=published_at)
             except DecodeError as exc:
-                reason = f"failed to parse outbox event shell: {exc.reason}"
+                reason = exc.reason
+                if not reason.startswith("failed to "):
+                    reason = f"{_SHELL_ERROR}: {reason}"
                 if self.repository.mark_dead(self.route, row.id, reason=reason):
                     dead += 1
                     self.observer.dead(self.route.service, row.event_type)
                 self._log_event(logging.ERROR, row, f"undecodable, marked dead: {exc.reason}")
                 continue
-            message = BrokerMessage(
-                topic=row.topic,
-                key=row.message_key,
-                value=encode_envelope(envelope),
-                headers=broker_headers(envelope),
-            )
             to_send.append((row.id, message))
         return to_send, dead
 
