@@ -39,6 +39,7 @@ from outboxkit.backends.sql.handler_passes import run_handler, run_in_passes
 from outboxkit.backends.sql.store import (
     CONSUMED,
     DEAD,
+    FINAL_STATUSES,
     OPEN_STATUSES,
     SqlStore,
     row_message,
@@ -186,7 +187,12 @@ class ConsumerSide(SqlStore):
         # Every named row is locked, final ones too, in id order: the order the relay's
         # marks and the general pass lock in (locking only the open rows first and the
         # final ones after was seen to deadlock with a relay's mark). The status test is on
-        # the updated table, outside the subquery, so it cannot be pushed into it.
+        # the updated table, outside the subquery, so it cannot be pushed into it. It names
+        # the final statuses and the updated table repeats the ids, so the planner reaches
+        # both sides by primary key: written as "status IN (open)", it was seen to scan the
+        # whole open backlog through the status index whenever the statistics
+        # underestimated it (fresh rows), a cost growing with the backlog. (Only the four
+        # statuses exist, so "not final" is "open".)
         old = (
             self._lock(
                 sa.select(table.c.id, *(table.c[name] for name in _MARK_CHANGES))
@@ -196,7 +202,11 @@ class ConsumerSide(SqlStore):
         ).subquery("old")
         mark = (
             sa.update(table)
-            .where(table.c.id == old.c.id, table.c.status.in_(OPEN_STATUSES))
+            .where(
+                table.c.id == old.c.id,
+                table.c.id.in_(ids),
+                table.c.status.not_in(FINAL_STATUSES),
+            )
             .values(**self._consumed_values())
             .returning(
                 table.c.id,

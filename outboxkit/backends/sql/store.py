@@ -35,6 +35,8 @@ CONSUMED = Status.CONSUMED.value
 DEAD = Status.DEAD.value
 #: Statuses a consumer may still act on (``consumed`` and ``dead`` are final).
 OPEN_STATUSES = (PENDING, PUBLISHED)
+#: Statuses no consumer or relay changes again.
+FINAL_STATUSES = (CONSUMED, DEAD)
 #: Attempts of one of our transactions that failed transiently (deadlock, serialization
 #: failure, a pooled connection found dead) before the failure is reported.
 TRANSACTION_ATTEMPTS = 3
