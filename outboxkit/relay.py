@@ -28,19 +28,17 @@ stale lease can no longer mark the row.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from datetime import datetime, timezone
-from typing import Any, TypeVar
 
 import attrs
 
 from outboxkit.broker import Broker, BrokerMessage
 from outboxkit.codec import utc_isoformat
 from outboxkit.errors import BrokerUnavailableError, DecodeError, MessageRejectedError
+from outboxkit.helper_thread import HelperThread
 from outboxkit.logs import event_fields
 from outboxkit.messages import OutboxMessage
 from outboxkit.observe import Observer, seconds_between
@@ -52,45 +50,10 @@ from outboxkit.tracing import NO_TRACING, Tracing
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 #: How the reason of a row that cannot be published starts (the Go relay's words), unless
 #: it already says what failed ("failed to parse ...", "failed to serialize ...").
 _SHELL_ERROR = "failed to parse outbox event shell"
-
-
-class _HelperThread:
-    """A daemon thread running submitted calls in order (a one-worker executor).
-
-    A daemon, unlike ``ThreadPoolExecutor``'s worker: a claim or mark stuck on a database
-    that never answers must not keep the process from exiting after ``Engine.stop``.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
-        future: Future[T] = Future()
-        self._calls.put((lambda: fn(*args, **kwargs), future))
-        return future
-
-    def shutdown(self) -> None:
-        """Run what was submitted, then end the thread (does not wait for it)."""
-        self._calls.put(None)
-
-    def _run(self) -> None:
-        while (item := self._calls.get()) is not None:
-            call, future = item
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(call())
-            except BaseException as exc:  # handed to whoever waits on the future
-                future.set_exception(exc)
 
 
 @attrs.frozen(kw_only=True)
@@ -153,8 +116,8 @@ class Relay:
         self.config = config or RelayConfig()
         self.retry_policy = retry_policy or RetryPolicy()
         self.tracing = tracing
-        self._claimer: _HelperThread | None = None
-        self._marker: _HelperThread | None = None
+        self._claimer: HelperThread | None = None
+        self._marker: HelperThread | None = None
         self._next_claim: Future[tuple[Claim, float]] | None = None
         self._pending_marks: list[Future[None]] = []
 
@@ -216,16 +179,16 @@ class Relay:
                 self.repository.release(self.route, ids, token=claim.token, delay=0.0)
         return self._claim_due()[0]
 
-    def _claiming_thread(self) -> _HelperThread:
+    def _claiming_thread(self) -> HelperThread:
         """The thread that claims the next batch ahead (on its own connection)."""
         if self._claimer is None:
-            self._claimer = _HelperThread(f"outboxkit-relay-claim-{self.route.service}")
+            self._claimer = HelperThread(f"outboxkit-relay-claim-{self.route.service}")
         return self._claimer
 
-    def _marking_thread(self) -> _HelperThread:
+    def _marking_thread(self) -> HelperThread:
         """The thread that marks sent batches ``published``, in the order they were sent."""
         if self._marker is None:
-            self._marker = _HelperThread(f"outboxkit-relay-mark-{self.route.service}")
+            self._marker = HelperThread(f"outboxkit-relay-mark-{self.route.service}")
         return self._marker
 
     def _start_prefetch(self) -> None:
