@@ -26,6 +26,15 @@ If the outcome cannot be recorded (the database is down), the delivery is **not*
 acknowledged and :class:`~outboxkit.errors.RepositoryError` propagates: the engine then
 drops the subscription and subscribes again after a pause, so the broker delivers the
 message again rather than a later acknowledgement silently covering it.
+
+**Overlap.** When a receive comes back full (a backlog), the next batch is received on a
+helper thread while this one is recorded, so the broker's reply (and its parsing) overlaps
+the database's work instead of adding to it. The subscription is still used by one thread at
+a time: while a receive runs ahead, this batch's acknowledgement queues behind it on the
+same helper. A batch received ahead is handled by the next :meth:`Consumer.run_once` on the
+same subscription, in order; if the subscription changes (the engine drops it after a
+failure) or the consumer closes, that batch is left unacknowledged and comes again, as after
+a crash.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import attrs
@@ -42,6 +52,7 @@ from outboxkit.broker import Delivery, Subscription
 from outboxkit.causality import handling
 from outboxkit.codec import Envelope, decode_envelope, row_event_id
 from outboxkit.errors import DecodeError, PermanentError
+from outboxkit.helper_thread import HelperThread
 from outboxkit.logs import event_fields, hide_parameters
 from outboxkit.messages import Event
 from outboxkit.payloads import PayloadCodecs, decode_payload
@@ -75,6 +86,14 @@ class ConsumerConfig:
     #: First and longest pause while the broker or database is unreachable.
     outage_backoff: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
     outage_backoff_max: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    #: Receive the next batch while this one is recorded, when this receive came back full.
+    prefetch: bool = True
+
+
+#: Longest wait of a receive running ahead. The batch's acknowledgement queues behind it,
+#: so a backlog that just ran out delays one acknowledgement by at most this; an empty
+#: receive ahead is followed by an ordinary one.
+_AHEAD_WAIT = 0.05
 
 
 class Outcome(str, enum.Enum):
@@ -114,6 +133,9 @@ class Consumer:
         #: all and in a row (a streak means a misplaced consumer, see ``_settle``).
         self.missing_rows = 0
         self._missing_streak = 0
+        self._receiver: HelperThread | None = None
+        #: The batch being received ahead, and the subscription it is received from.
+        self._ahead: tuple[Subscription, Future[list[Delivery]]] | None = None
 
     def run_once(
         self,
@@ -130,17 +152,56 @@ class Consumer:
         again). When ``should_stop`` turns true, the rest of the batch is left
         unacknowledged too (it is delivered again later).
         """
-        deliveries = subscription.receive(
-            timeout=self.config.receive_timeout if timeout is None else timeout,
-            max_messages=self.config.batch_size,
-        )
+        wait = self.config.receive_timeout if timeout is None else timeout
+        deliveries = self._receive(subscription, wait)
         if not deliveries or (should_stop is not None and should_stop()):
             return 0
+        if self.config.prefetch and len(deliveries) >= self.config.batch_size:
+            self._receive_ahead(subscription, wait)
         outcomes = self.handle_batch(deliveries, should_stop=should_stop)
         handled = deliveries[: len(outcomes)]
         if handled:
-            subscription.ack_many(handled)
+            self._acknowledge(subscription, handled)
         return len(handled)
+
+    def close(self) -> None:
+        """Stop the helper thread; a batch received ahead stays unacknowledged (it comes
+        again). Closing the subscription first makes a receive still running return."""
+        self._ahead = None
+        if self._receiver is not None:
+            self._receiver.shutdown()
+            self._receiver = None
+
+    def _receive(self, subscription: Subscription, timeout: float) -> list[Delivery]:
+        """The batch received ahead from this subscription (its error, if it failed), else
+        (none, or it came back empty) a new receive."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] is subscription:
+            deliveries = ahead[1].result()
+            if deliveries:
+                return deliveries
+        # Received ahead from a subscription since dropped: left unacknowledged. The helper
+        # finishes that receive before it runs anything else, and nothing new is sent to it
+        # until the next receive ahead, so this subscription is still used by one thread.
+        return subscription.receive(timeout=timeout, max_messages=self.config.batch_size)
+
+    def _receive_ahead(self, subscription: Subscription, timeout: float) -> None:
+        if self._receiver is None:
+            self._receiver = HelperThread(f"outboxkit-consumer-receive-{self.route.service}")
+        future = self._receiver.submit(
+            subscription.receive,
+            timeout=min(timeout, _AHEAD_WAIT),
+            max_messages=self.config.batch_size,
+        )
+        self._ahead = (subscription, future)
+
+    def _acknowledge(self, subscription: Subscription, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge on the caller's thread, or behind a receive running ahead (one thread
+        at a time on a subscription)."""
+        if self._ahead is None or self._receiver is None:
+            subscription.ack_many(deliveries)
+        else:
+            self._receiver.submit(subscription.ack_many, deliveries).result()
 
     def handle(self, delivery: Delivery) -> Outcome:
         """Record the outcome of one delivery in the database (does not acknowledge it)."""

@@ -512,7 +512,9 @@ class Engine:
                 subscription = self.broker.subscribe(
                     route.topic, route.group, f"{self.config.consumer_name}-step"
                 )
-                pair = self._step_consumers[route.service] = (self._consumer(route), subscription)
+                # One step is one step: nothing received ahead of it.
+                consumer = self._consumer(route, prefetch=False)
+                pair = self._step_consumers[route.service] = (consumer, subscription)
             consumer, subscription = pair
             try:
                 work += consumer.run_once(subscription, timeout=receive_timeout)
@@ -590,7 +592,11 @@ class Engine:
             observer=self._observers,
         )
 
-    def _consumer(self, route: Route) -> Consumer:
+    def _consumer(self, route: Route, *, prefetch: bool = True) -> Consumer:
+        config = self.config.consumer
+        if not prefetch:
+            config = attrs.evolve(config, prefetch=False)
+
         def on_outcome(event: Event | None, outcome: Outcome) -> None:
             self._stats.record_outcome(event, outcome)
             report_outcome(self._observers, route.service, event, outcome)
@@ -602,7 +608,7 @@ class Engine:
                 route,
                 self.registry,
                 inbox,
-                config=self.config.consumer,
+                config=config,
                 retry_policy=self.config.retry,
                 on_outcome=on_outcome,
                 tracing=self.config.tracing,
@@ -613,7 +619,7 @@ class Engine:
             self.repository,
             route,
             self.registry,
-            config=self.config.consumer,
+            config=config,
             retry_policy=self.config.retry,
             on_outcome=on_outcome,
             tracing=self.config.tracing,

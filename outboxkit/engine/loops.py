@@ -210,6 +210,7 @@ def run_consumer(
     finally:
         if subscription is not None:
             close_quietly(subscription)
+        consumer.close()  # after the subscription: a receive running ahead returns first
 
 
 def close_quietly(subscription: Subscription) -> None:
