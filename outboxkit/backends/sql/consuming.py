@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from outboxkit.backends.sql.handler_passes import run_handler, run_in_passes
@@ -174,37 +175,34 @@ class ConsumerSide(SqlStore):
 
         return run_in_passes(run_pass, failed, len(items))
 
-    def _mark_first(
-        self,
-        table: sa.Table,
-        items: Sequence[ConsumeItem],
-        should_stop: Callable[[], bool] | None,
-        conn: Connection,
-    ) -> list[ConsumeResult[Any]]:
-        """The first pass, marking first (see the module docstring). A failing handler
-        raises :class:`HandlerFailedError`, as in the general pass."""
-        ids = sorted({item.outbox_id for item in items})
-        # Every named row is locked, final ones too, in id order: the order the relay's
-        # marks and the general pass lock in (locking only the open rows first and the
-        # final ones after was seen to deadlock with a relay's mark). The status test is on
-        # the updated table, outside the subquery, so it cannot be pushed into it. It names
-        # the final statuses and the updated table repeats the ids, so the planner reaches
-        # both sides by primary key: written as "status IN (open)", it was seen to scan the
-        # whole open backlog through the status index whenever the statistics
-        # underestimated it (fresh rows), a cost growing with the backlog. (Only the four
-        # statuses exist, so "not final" is "open".)
+    def _mark_first_statement(self, table: sa.Table) -> Any:
+        """The mark-first ``UPDATE`` for ``table``, built once: the batch's ids are one
+        array parameter (``id = ANY(:ids)``), bound in C by the driver, instead of an
+        expanded ``IN`` list rendered per batch.
+
+        Every named row is locked, final ones too, in id order: the order the relay's marks
+        and the general pass lock in (locking only the open rows first and the final ones
+        after was seen to deadlock with a relay's mark). The status test is on the updated
+        table, outside the subquery, so it cannot be pushed into it. It names the final
+        statuses and the updated table repeats the ids, so the planner reaches both sides
+        by primary key: written as "status IN (open)", it was seen to scan the whole open
+        backlog through the status index whenever the statistics underestimated it (fresh
+        rows), a cost growing with the backlog. (Only the four statuses exist, so "not
+        final" is "open".)
+        """
+        ids = sa.bindparam("ids", type_=postgresql.ARRAY(sa.BigInteger))
         old = (
             self._lock(
                 sa.select(table.c.id, *(table.c[name] for name in _MARK_CHANGES))
-                .where(table.c.id.in_(ids))
+                .where(table.c.id == sa.func.any(ids))
                 .order_by(table.c.id)
             )
         ).subquery("old")
-        mark = (
+        return (
             sa.update(table)
             .where(
                 table.c.id == old.c.id,
-                table.c.id.in_(ids),
+                table.c.id == sa.func.any(ids),
                 table.c.status.not_in(FINAL_STATUSES),
             )
             .values(**self._consumed_values())
@@ -217,7 +215,21 @@ class ConsumerSide(SqlStore):
                 *(old.c[name] for name in _MARK_CHANGES),
             )
         )
-        marked = {int(row[0]): row for row in conn.execute(mark)}
+
+    def _mark_first(
+        self,
+        table: sa.Table,
+        items: Sequence[ConsumeItem],
+        should_stop: Callable[[], bool] | None,
+        conn: Connection,
+    ) -> list[ConsumeResult[Any]]:
+        """The first pass, marking first (see the module docstring). A failing handler
+        raises :class:`HandlerFailedError`, as in the general pass."""
+        ids = sorted({item.outbox_id for item in items})
+        mark = self._statements.get(("mark_first", table.name))
+        if mark is None:
+            mark = self._statements[("mark_first", table.name)] = self._mark_first_statement(table)
+        marked = {int(row[0]): row for row in conn.execute(mark, {"ids": ids})}
         # The rows not marked are final or missing (and already locked): the identity check
         # still tells a duplicate apart from a message that is not the row's event.
         unmarked = [row_id for row_id in ids if row_id not in marked]
