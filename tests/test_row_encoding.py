@@ -173,6 +173,24 @@ def test_other_shells_take_the_general_path(column: str) -> None:
     assert encode_row(row, published_at=PUBLISHED) == general_path(row)
 
 
+@pytest.mark.parametrize(
+    "payload",
+    ['{"a": [1, 2]}', '{"a":1,"a":2}', "1E2", "-0", "1.50", '{"b":true, "c":null}'],
+    ids=["spacing", "repeated-key", "exponent", "minus-zero", "trailing-zero", "mixed"],
+)
+def test_an_imitation_of_our_head_publishes_the_same_values(payload: str) -> None:
+    """Hand-made text behind our exact head may be copied as written: it must decode to
+    the values the general path publishes."""
+    column = (
+        '{"event_id":"h-1","event_type":"order.placed","event_version":"v1",'
+        f'"aggregate_id":"","payload":{payload},"occurred_at":"2026-01-01T00:00:00Z"}}'
+    )
+    row = _row(column)
+    spliced = decode_envelope(encode_row(row, published_at=PUBLISHED).value)
+    general = decode_envelope(general_path(row).value)
+    assert spliced == general
+
+
 def test_a_go_shell_publishes_its_payload_as_json_values() -> None:
     row = _row(
         '{"event_id":"g-1","event_type":"order.placed","payload":{"n":0.000001}}', event_id=None
@@ -191,8 +209,23 @@ def test_a_go_shell_publishes_its_payload_as_json_values() -> None:
             '"payload":{"x":NaN},"occurred_at":"2026-01-01T00:00:00Z"}',
             "failed to serialize outbox envelope",
         ),
+        (
+            '{"event_id":"e","event_type":"order.placed","event_version":"v1","aggregate_id":"",'
+            '"payload":{"x":1e400},"occurred_at":"2026-01-01T00:00:00Z"}',
+            "failed to serialize outbox envelope",
+        ),
+        (
+            '{"event_id":"e","event_type":"order.placed","event_version":"v1","aggregate_id":"",'
+            '"payload":1,"occurred_at":"2026-01-01T00:00:00Z","headers":{"x":"\\ud800"}}',
+            "failed to serialize outbox envelope",
+        ),
+        (
+            '{"event_id":"e","event_type":"order.placed","event_version":"v1","aggregate_id":"",'
+            '"payload":1,"occurred_at":"2026-01-01T00:00:00Z","correlation_id":"\\udfff"}',
+            "failed to serialize outbox envelope",
+        ),
     ],
-    ids=["truncated", "no-type", "nan"],
+    ids=["truncated", "no-type", "nan", "infinite", "surrogate-header", "surrogate-flow-id"],
 )
 def test_a_row_that_cannot_be_published_raises_decode_error(column: str, reason: str) -> None:
     with pytest.raises(DecodeError) as caught:

@@ -1102,6 +1102,34 @@ class RepositoryContract:
         assert repository.get(route, third) == before  # not run: untouched, every column
         assert repository.consume_batch(route, []) == []
 
+    def test_consume_batch_treats_a_status_it_does_not_know_as_not_open(
+        self, engine: sa.Engine, repository: Repository, route: Route
+    ) -> None:
+        """Only ``pending`` and ``published`` rows are consumed, whatever else the (free
+        text) column holds: a batch may mark first and test "not final", but a row in
+        another status must end as it was, its message a duplicate."""
+        odd, fine = self.add(repository, route, 2)
+        table = sa.table(route.table, sa.column("id"), sa.column("status"))
+        with engine.begin() as conn:
+            conn.execute(table.update().where(table.c.id == odd).values(status="archived"))
+        calls: list[int] = []
+        results = repository.consume_batch(
+            route,
+            [
+                self._item(odd, lambda _conn: calls.append(odd)),
+                self._item(fine, lambda _conn: calls.append(fine)),
+            ],
+        )
+        assert [r.outcome for r in results] == [
+            ConsumeOutcome.DUPLICATE,
+            ConsumeOutcome.CONSUMED,
+        ]
+        assert calls == [fine]
+        with engine.connect() as conn:
+            status = conn.execute(sa.select(table.c.status).where(table.c.id == odd)).scalar()
+        assert status == "archived"
+        assert self.status(repository, route, fine) is Status.CONSUMED
+
     def test_consume_skips_final_and_missing_rows(
         self, repository: Repository, route: Route
     ) -> None:

@@ -82,6 +82,11 @@ _MARK_CHANGES = (
 )
 
 
+#: Where the mark-first statement returns the row's status from before the mark (after
+#: id, status, event_id, biz_type and the Go rows' payload).
+_OLD_STATUS = 5
+
+
 class ConsumerSide(SqlStore):
     """The consumer's statements: consume a batch in one transaction, reads, final marks."""
 
@@ -230,6 +235,12 @@ class ConsumerSide(SqlStore):
         if mark is None:
             mark = self._statements[("mark_first", table.name)] = self._mark_first_statement(table)
         marked = {int(row[0]): row for row in conn.execute(mark, {"ids": ids})}
+        # The mark tests "not final"; a status outside the four (none is written, but the
+        # column is free text) was marked too: like the general pass, such a row is not
+        # open, so its message is a duplicate and the row gets its old values back.
+        not_open = {
+            row_id for row_id, row in marked.items() if row[_OLD_STATUS] not in OPEN_STATUSES
+        }
         # The rows not marked are final or missing (and already locked): the identity check
         # still tells a duplicate apart from a message that is not the row's event.
         unmarked = [row_id for row_id in ids if row_id not in marked]
@@ -245,7 +256,11 @@ class ConsumerSide(SqlStore):
                 results.append(ConsumeResult(ConsumeOutcome.MISSING))
             elif not is_same_event(row, item.event_id, item.event_type):
                 results.append(ConsumeResult(ConsumeOutcome.MISMATCH))
-            elif item.outbox_id not in marked or item.outbox_id in handled:
+            elif (
+                item.outbox_id not in marked
+                or item.outbox_id in handled
+                or item.outbox_id in not_open
+            ):
                 results.append(ConsumeResult(ConsumeOutcome.DUPLICATE))
             else:
                 results.append(

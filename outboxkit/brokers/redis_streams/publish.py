@@ -116,9 +116,19 @@ def _run(
         error = send_error(exc, f"a batch of {len(batch)} messages")
         return [SendResult(message=m, error=error) for m in batch]
     results = [SendResult(message=message) for message in batch]
-    for at in range(0, len(replies), 3):
-        position, status, detail = int(replies[at]) - 1, text(replies[at + 1]), replies[at + 2]
-        results[position] = _failure(batch[position], status, text(detail))
+    try:
+        if len(replies) % 3:
+            raise ValueError(f"{len(replies)} items, not triples")
+        for at in range(0, len(replies), 3):
+            position, status = int(replies[at]) - 1, text(replies[at + 1])
+            if not 0 <= position < len(batch) or status not in ("err", "skip"):
+                raise ValueError(f"position {position + 1}, status {status!r}")
+            results[position] = _failure(batch[position], status, text(replies[at + 2]))
+    except (TypeError, ValueError) as exc:
+        # Not this script's answer (a script of another version under our name?): what
+        # was written is unknown, so the batch is sent again later, uncounted.
+        error = BrokerUnavailableError(f"unexpected reply from the publish script: {exc}")
+        return [SendResult(message=m, error=error) for m in batch]
     return results
 
 
