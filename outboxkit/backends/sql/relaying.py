@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from outboxkit.backends.sql.store import (
+    CLAIM_KNOWN_COLUMNS,
     DEAD,
     OPEN_STATUSES,
     PENDING,
@@ -20,6 +21,7 @@ from outboxkit.backends.sql.store import (
     as_delay,
     row_message,
 )
+from outboxkit.messages import Status
 from outboxkit.repository import (
     RESCUE_DOUBLINGS,
     Claim,
@@ -55,7 +57,10 @@ class RelaySide(SqlStore):
             )
 
         def claim(conn: Connection) -> Claim:
-            rows = conn.execute(due_rows(*table.c, now.label("db_now"))).mappings().all()
+            # Not reading what the claim knows saves the driver parsing two timestamps
+            # and two strings per row (PyMySQL parses in Python).
+            read = [c for c in table.c if c.name not in CLAIM_KNOWN_COLUMNS]
+            rows = conn.execute(due_rows(*read, now.label("db_now"))).mappings().all()
             if not rows:
                 return Claim(token=token, messages=[])
             db_now: datetime = rows[0]["db_now"]
@@ -67,7 +72,13 @@ class RelaySide(SqlStore):
                 .values(lease_token=token, next_retry_at=lease_until, updated_at=db_now)
             )
             messages = [
-                row_message(r, lease_token=token, next_retry_at=lease_until, updated_at=db_now)
+                row_message(
+                    r,
+                    status=Status.PENDING,
+                    lease_token=token,
+                    next_retry_at=lease_until,
+                    updated_at=db_now,
+                )
                 for r in rows
             ]
             return Claim(token=token, messages=messages)

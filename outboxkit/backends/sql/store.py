@@ -59,9 +59,19 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+#: Columns a claim knows without reading them: it chose ``pending`` rows and set the rest.
+CLAIM_KNOWN_COLUMNS = ("status", "next_retry_at", "updated_at", "lease_token")
+
+
 def row_message(row: RowMapping, **overrides: Any) -> OutboxMessage:
-    """The row as a value; ``overrides`` replace columns (cheaper than ``attrs.evolve``)."""
-    values: dict[str, Any] = dict(
+    """The row as a value; ``overrides`` replace columns (cheaper than ``attrs.evolve``),
+    and a column named in ``overrides`` need not have been selected."""
+
+    def column(name: str, field: str | None = None) -> Any:
+        field = field or name
+        return overrides[field] if field in overrides else row[name]
+
+    return OutboxMessage(
         id=int(row["id"]),
         event_id=row["event_id"],
         event_type=row["biz_type"],
@@ -69,19 +79,17 @@ def row_message(row: RowMapping, **overrides: Any) -> OutboxMessage:
         topic=row["topic"],
         message_key=row["message_key"],
         payload=row["payload"],
-        status=Status(row["status"]),
+        status=overrides["status"] if "status" in overrides else Status(row["status"]),
         retry_count=int(row["retry_count"]),
         max_retry=int(row["max_retry"]),
-        next_retry_at=row["next_retry_at"],
+        next_retry_at=column("next_retry_at"),
         last_error=row["last_error"],
         published_at=row["published_at"],
         consumed_at=row["consumed_at"],
         created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        lease_token=row["lease_token"],
+        updated_at=column("updated_at"),
+        lease_token=column("lease_token"),
     )
-    values.update(overrides)
-    return OutboxMessage(**values)
 
 
 def _pool_copy(engine: sa.Engine, isolation_level: str) -> sa.Engine:
