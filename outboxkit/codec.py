@@ -121,7 +121,7 @@ def encode_shell(
         )
     try:
         return dumps(shell)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # nested too deep for Python
         raise InvalidEventError(
             f"payload of event {request.event_id} ({request.event_type}) is not "
             f"JSON-serialisable: {exc}"
@@ -155,7 +155,7 @@ def decode_shell(text: str, *, outbox_id: int | None = None) -> EventShell:
     """
     try:
         obj = json.loads(text)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # nested too deep for Python
         raise DecodeError(
             f"failed to parse outbox event shell: {exc}", outbox_id=outbox_id
         ) from exc
@@ -294,7 +294,7 @@ def decode_envelope(value: bytes | str) -> Envelope:
     try:
         text = value.decode("utf-8") if isinstance(value, bytes) else value
         obj = json.loads(text)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
         raise DecodeError(f"message is not JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise DecodeError("message is not a JSON object")

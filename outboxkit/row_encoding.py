@@ -17,7 +17,8 @@ Every other shell (written by the Go system, by an older or newer writer) takes 
 path. A hand-made shell imitating our head exactly may have its payload copied as written
 (spacing, number spelling, a repeated key kept): text that decodes to the same values, as
 the last of repeated keys wins in Python and Go alike. Values the general path refuses are
-never copied: invalid JSON, ``NaN``, infinities (``1e400``) and text that cannot be UTF-8.
+never copied: invalid JSON, ``NaN``, infinities (``1e400``), text that cannot be UTF-8, and
+nesting too deep for Python's parser (the general path then marks the row dead).
 """
 
 from __future__ import annotations
@@ -65,11 +66,20 @@ def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):  # "1e400": Go cannot decode it, our encoder refuses it
         raise ValueError(f"{text} is out of range")
+    if value == 0.0 and any(digit in text.lower().partition("e")[0] for digit in "123456789"):
+        raise ValueError(f"{text} underflows")  # the general path would write 0.0
     return value
 
 
+#: Payloads with more objects and arrays than this (counting brackets, strings included)
+#: take the general path: only they can be nested deep enough for Python's parser to give
+#: up (about 990 levels), and whether it does depends on the stack it starts from, so the
+#: splice must not accept one the general path, starting deeper, refuses.
+_MAX_SPLICED_CONTAINERS = 900
+
 #: Finds where the payload value ends, parsing it: a corrupt payload is never spliced, and
-#: neither is one holding a value our encoder refuses (``NaN``, infinities).
+#: neither is one holding a value our encoder refuses (``NaN``, infinities) or one it would
+#: write as another value (a float below the smallest double becomes 0.0).
 _scan_value = json.JSONDecoder(  # type: ignore[attr-defined]
     parse_constant=_refuse_constant, parse_float=_finite_float
 ).scan_once
@@ -87,7 +97,7 @@ def encode_row(row: OutboxMessage, *, published_at: str) -> BrokerMessage:
     envelope = envelope_from_row(row, published_at=published_at)
     try:
         value = encode_envelope(envelope)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise DecodeError(
             f"failed to serialize outbox envelope: {exc}",
             outbox_id=row.id,
@@ -113,10 +123,12 @@ def _splice(row: OutboxMessage, published_at: str) -> BrokerMessage | None:
     if not event_type or not _unpadded(event_type, event_version, aggregate_id, shell_event_id):
         return None
     start = head.end()
+    if text.count("{", start) + text.count("[", start) > _MAX_SPLICED_CONTAINERS:
+        return None  # possibly nested deeper than Python parses: the general path decides
     try:
         _, end = _scan_value(text, start)
-    except (StopIteration, ValueError):
-        return None
+    except (StopIteration, ValueError, RecursionError):
+        return None  # the general path parses it again and says why it cannot
     payload_text = text[start:end]
     if "\\" in payload_text:
         return None
@@ -184,7 +196,7 @@ def _read_tail(text: str, end: int) -> tuple[str, dict[str, str], str, str] | No
         return None
     try:
         tail = json.loads("{" + text[end + 1 :])
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     occurred_at = tail.get("occurred_at")
     if not isinstance(occurred_at, str) or not _TAIL_KEYS.issuperset(tail):

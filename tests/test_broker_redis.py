@@ -178,3 +178,28 @@ def test_a_block_slice_longer_than_the_socket_timeout_is_refused() -> None:
         RedisStreamsConfig(url="redis://127.0.0.1:6379/0", block_ms=5000, socket_timeout=5)
     with pytest.raises(ConfigurationError):
         RedisStreamsConfig(maxlen=0)
+
+
+@pytest.mark.parametrize(
+    "script",
+    ["return {1, 2}", "return {1, 'err', 5}", "return {7, 'err', 'x'}", "return {1, 'ok', 'x'}"],
+    ids=["not-triples", "text-not-a-string", "position-out-of-range", "unknown-status"],
+)
+def test_an_answer_of_another_shape_reports_the_batch_unavailable(
+    redis_url: str, unique: str, streams: redis.Redis, script: str
+) -> None:
+    """A script under our name that answers otherwise (another version, a bug): what was
+    written is unknown, so every message is reported unavailable and sent again later,
+    uncounted; nothing raises out of publish."""
+    broker = RedisStreamsBroker.from_url(redis_url)
+    try:
+        broker._publish_script = streams.register_script(script)
+        messages = [
+            BrokerMessage(topic=f"odd-{unique}", key="k", value=b"{}"),
+            BrokerMessage(topic=f"odd-{unique}", key="j", value=b"{}"),
+        ]
+        results = broker.publish(messages)
+    finally:
+        broker.close()
+    assert [type(r.error) for r in results] == [BrokerUnavailableError] * 2
+    assert all("unexpected reply from the publish script" in str(r.error) for r in results)

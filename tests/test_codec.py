@@ -19,7 +19,7 @@ from outboxkit.codec import (
     encode_shell,
     envelope_from_row,
 )
-from outboxkit.errors import DecodeError
+from outboxkit.errors import DecodeError, InvalidEventError
 from outboxkit.messages import OutboxMessage, PublishRequest, Status
 
 #: An envelope exactly as the Go relay (json.Marshal of its Envelope struct) writes it.
@@ -142,6 +142,28 @@ def test_a_value_that_is_not_json_raises_decode_error_without_ids() -> None:
         with pytest.raises(DecodeError) as info:
             decode_envelope(value)
         assert info.value.outbox_id is None
+
+
+DEEP = 5000  # far beyond what Python's JSON parser and encoder recurse into
+
+
+def test_json_nested_too_deep_for_python_is_an_outboxkit_error_not_a_recursion_error() -> None:
+    """A relay or consumer must be able to mark such a row or message dead; a bare
+    RecursionError would fail the whole batch, again at every lease or redelivery."""
+    deep = "[" * DEEP + "]" * DEEP
+    with pytest.raises(DecodeError) as shell:
+        decode_shell(f'{{"event_type":"t","payload":{deep}}}', outbox_id=9)
+    assert shell.value.outbox_id == 9
+    with pytest.raises(DecodeError):
+        decode_envelope(f'{{"outbox_id":9,"event_type":"t","payload":{deep}}}')
+    nested: list[Any] = []
+    for _ in range(DEEP):
+        nested = [nested]
+    with pytest.raises(InvalidEventError):
+        encode_shell(
+            PublishRequest(event_type="t", payload=nested),
+            occurred_at=datetime(2026, 1, 1, tzinfo=timezone.utc),
+        )
 
 
 @pytest.mark.parametrize("raw_id", ["", '"outbox_id":0,', '"outbox_id":-4,', '"outbox_id":"42",'])

@@ -175,8 +175,16 @@ def test_other_shells_take_the_general_path(column: str) -> None:
 
 @pytest.mark.parametrize(
     "payload",
-    ['{"a": [1, 2]}', '{"a":1,"a":2}', "1E2", "-0", "1.50", '{"b":true, "c":null}'],
-    ids=["spacing", "repeated-key", "exponent", "minus-zero", "trailing-zero", "mixed"],
+    [
+        '{"a": [1, 2]}',
+        '{"a":1,"a":2}',
+        "1E2",
+        "-0",
+        "1.50",
+        '{"b":true, "c":null}',
+        "[1e-400, 0.0, 0e5, 1E-400]",
+    ],
+    ids=["spacing", "repeated-key", "exponent", "minus-zero", "trailing-zero", "mixed", "tiny"],
 )
 def test_an_imitation_of_our_head_publishes_the_same_values(payload: str) -> None:
     """Hand-made text behind our exact head may be copied as written: it must decode to
@@ -189,6 +197,27 @@ def test_an_imitation_of_our_head_publishes_the_same_values(payload: str) -> Non
     spliced = decode_envelope(encode_row(row, published_at=PUBLISHED).value)
     general = decode_envelope(general_path(row).value)
     assert spliced == general
+
+
+@pytest.mark.parametrize("depth", [980, 995, 1010])
+def test_deep_nesting_is_never_spliced_so_both_paths_agree(depth: int) -> None:
+    """Whether Python's parser gives up near 990 levels depends on the stack it starts
+    from: the splice must not accept what the general path, starting deeper, refuses."""
+    column = (
+        '{"event_id":"d","event_type":"order.placed","event_version":"v1","aggregate_id":"",'
+        f'"payload":{"[" * depth + "]" * depth},"occurred_at":"2026-01-01T00:00:00Z"}}'
+    )
+    row = _row(column)
+    assert row_encoding._splice(row, PUBLISHED) is None
+    try:
+        general: BrokerMessage | DecodeError = general_path(row)
+    except DecodeError as exc:
+        general = exc
+    try:
+        ours: BrokerMessage | DecodeError = encode_row(row, published_at=PUBLISHED)
+    except DecodeError as exc:
+        ours = exc
+    assert isinstance(ours, DecodeError) == isinstance(general, DecodeError)
 
 
 def test_a_go_shell_publishes_its_payload_as_json_values() -> None:
@@ -224,8 +253,21 @@ def test_a_go_shell_publishes_its_payload_as_json_values() -> None:
             '"payload":1,"occurred_at":"2026-01-01T00:00:00Z","correlation_id":"\\udfff"}',
             "failed to serialize outbox envelope",
         ),
+        (
+            '{"event_id":"e","event_type":"order.placed","event_version":"v1","aggregate_id":"",'
+            f'"payload":{"[" * 5000 + "]" * 5000},"occurred_at":"2026-01-01T00:00:00Z"}}',
+            "failed to parse outbox event shell",
+        ),
     ],
-    ids=["truncated", "no-type", "nan", "infinite", "surrogate-header", "surrogate-flow-id"],
+    ids=[
+        "truncated",
+        "no-type",
+        "nan",
+        "infinite",
+        "surrogate-header",
+        "surrogate-flow-id",
+        "too-deep",
+    ],
 )
 def test_a_row_that_cannot_be_published_raises_decode_error(column: str, reason: str) -> None:
     with pytest.raises(DecodeError) as caught:

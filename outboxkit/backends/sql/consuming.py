@@ -82,11 +82,6 @@ _MARK_CHANGES = (
 )
 
 
-#: Where the mark-first statement returns the row's status from before the mark (after
-#: id, status, event_id, biz_type and the Go rows' payload).
-_OLD_STATUS = 5
-
-
 class ConsumerSide(SqlStore):
     """The consumer's statements: consume a batch in one transaction, reads, final marks."""
 
@@ -239,7 +234,10 @@ class ConsumerSide(SqlStore):
         # column is free text) was marked too: like the general pass, such a row is not
         # open, so its message is a duplicate and the row gets its old values back.
         not_open = {
-            row_id for row_id, row in marked.items() if row[_OLD_STATUS] not in OPEN_STATUSES
+            row_id
+            for row_id, row in marked.items()
+            if row[len(row) - len(_MARK_CHANGES) + _MARK_CHANGES.index("status")]
+            not in OPEN_STATUSES
         }
         # The rows not marked are final or missing (and already locked): the identity check
         # still tells a duplicate apart from a message that is not the row's event.

@@ -64,12 +64,14 @@ CLAIM_KNOWN_COLUMNS = ("status", "next_retry_at", "updated_at", "lease_token")
 
 
 def row_message(row: RowMapping, **overrides: Any) -> OutboxMessage:
-    """The row as a value; ``overrides`` replace columns (cheaper than ``attrs.evolve``),
-    and a column named in ``overrides`` need not have been selected."""
+    """The row as a value; ``overrides`` replace the columns a claim sets
+    (:data:`CLAIM_KNOWN_COLUMNS`), which then need not have been selected."""
+    unknown = set(overrides).difference(CLAIM_KNOWN_COLUMNS)
+    if unknown:
+        raise TypeError(f"row_message cannot override {sorted(unknown)}")
 
-    def column(name: str, field: str | None = None) -> Any:
-        field = field or name
-        return overrides[field] if field in overrides else row[name]
+    def column(name: str) -> Any:
+        return overrides[name] if name in overrides else row[name]
 
     return OutboxMessage(
         id=int(row["id"]),

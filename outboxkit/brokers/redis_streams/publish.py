@@ -120,10 +120,12 @@ def _run(
         if len(replies) % 3:
             raise ValueError(f"{len(replies)} items, not triples")
         for at in range(0, len(replies), 3):
-            position, status = int(replies[at]) - 1, text(replies[at + 1])
-            if not 0 <= position < len(batch) or status not in ("err", "skip"):
+            position, status, detail = int(replies[at]) - 1, replies[at + 1], replies[at + 2]
+            if not 0 <= position < len(batch) or status not in (b"err", b"skip", "err", "skip"):
                 raise ValueError(f"position {position + 1}, status {status!r}")
-            results[position] = _failure(batch[position], status, text(replies[at + 2]))
+            if not isinstance(detail, (bytes, str)):
+                raise ValueError(f"error text {detail!r}")
+            results[position] = _failure(batch[position], text(status), text(detail))
     except (TypeError, ValueError) as exc:
         # Not this script's answer (a script of another version under our name?): what
         # was written is unknown, so the batch is sent again later, uncounted.
