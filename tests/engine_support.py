@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
 
+from outboxkit.backends import SqlRepository
 from outboxkit.consumer import ConsumerConfig
 from outboxkit.engine import Engine, EngineConfig
 from outboxkit.outbox import PublisherConfig
@@ -22,6 +24,29 @@ def unique_routing(unique: str, *services: str) -> Routing:
     for service in services:
         catalog.configure(service, table=f"t_{unique}_{service}_outbox")
     return Routing(catalog)
+
+
+def orders_routing(unique: str) -> Routing:
+    """A routing of this test's own: ``order.placed`` -> service ``orders``."""
+    routing = unique_routing(unique, "orders")
+    routing.register("order.placed", "orders")
+    return routing
+
+
+@contextlib.contextmanager
+def scratch_repository(db: sa.Engine, routing: Routing) -> Iterator[SqlRepository]:
+    """A repository with ``routing``'s tables, dropped afterwards; its own pools closed
+    (the shared engine stays open)."""
+    repository = SqlRepository(db)
+    repository.create_schema(routing.routes())
+    try:
+        yield repository
+    finally:
+        with db.begin() as conn:
+            for route in routing.routes():
+                quoted = conn.dialect.identifier_preparer.quote(route.table)
+                conn.execute(sa.text(f"DROP TABLE IF EXISTS {quoted}"))
+        repository.close()
 
 
 def fast_config(**overrides: object) -> EngineConfig:

@@ -25,7 +25,7 @@ from outboxkit.outbox import Publisher
 from outboxkit.registry import HandlerRegistry
 from outboxkit.relay import Relay
 from outboxkit.routing import Route, Routing
-from tests.engine_support import unique_routing
+from tests.engine_support import orders_routing, scratch_repository
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -35,9 +35,7 @@ KEYS = ("a", "b", "c")
 
 @pytest.fixture
 def routing(unique: str) -> Routing:
-    routing = unique_routing(unique, "orders")
-    routing.register("order.placed", "orders")
-    return routing
+    return orders_routing(unique)
 
 
 @pytest.fixture
@@ -47,13 +45,8 @@ def route(routing: Routing) -> Route:
 
 @pytest.fixture
 def repository(postgres_engine: sa.Engine, routing: Routing) -> Iterator[SqlRepository]:
-    repository = SqlRepository(postgres_engine)
-    repository.create_schema(routing.routes())
-    yield repository
-    with postgres_engine.begin() as conn:
-        for route in routing.routes():
-            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{route.table}"'))
-    repository.close()
+    with scratch_repository(postgres_engine, routing) as repository:
+        yield repository
 
 
 @pytest.fixture

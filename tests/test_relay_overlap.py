@@ -24,7 +24,7 @@ from outboxkit.outbox import Publisher
 from outboxkit.relay import Relay, RelayConfig
 from outboxkit.routing import Route, Routing
 from outboxkit.testing.redis_server import RedisServer
-from tests.engine_support import unique_routing
+from tests.engine_support import orders_routing, scratch_repository
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -34,9 +34,7 @@ KEYS = ("a", "b", "c")
 
 @pytest.fixture
 def routing(unique: str) -> Routing:
-    routing = unique_routing(unique, "orders")
-    routing.register("order.placed", "orders")
-    return routing
+    return orders_routing(unique)
 
 
 @pytest.fixture
@@ -46,13 +44,8 @@ def route(routing: Routing) -> Route:
 
 @pytest.fixture
 def repository(postgres_engine: sa.Engine, routing: Routing) -> Iterator[SqlRepository]:
-    repository = SqlRepository(postgres_engine)
-    repository.create_schema(routing.routes())
-    yield repository
-    with postgres_engine.begin() as conn:
-        for route in routing.routes():
-            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{route.table}"'))
-    repository.close()  # its own pools; the shared engine stays open
+    with scratch_repository(postgres_engine, routing) as repository:
+        yield repository
 
 
 def backlog(repository: SqlRepository, routing: Routing, count: int) -> list[str]:

@@ -36,7 +36,7 @@ from outboxkit.outbox import Publisher
 from outboxkit.relay import Relay, RelayConfig
 from outboxkit.routing import Routing
 from outboxkit.row_encoding import encode_row
-from tests.engine_support import unique_routing
+from tests.engine_support import orders_routing, scratch_repository
 
 PUBLISHED = "2026-11-25T10:00:00.123456Z"
 OCCURRED = datetime(2026, 11, 25, 9, 59, 59, 654321, tzinfo=timezone.utc)
@@ -280,20 +280,13 @@ def test_a_row_that_cannot_be_published_raises_decode_error(column: str, reason:
 
 @pytest.fixture
 def routing(unique: str) -> Routing:
-    routing = unique_routing(unique, "orders")
-    routing.register("order.placed", "orders")
-    return routing
+    return orders_routing(unique)
 
 
 @pytest.fixture
 def repository(postgres_engine: sa.Engine, routing: Routing) -> Iterator[SqlRepository]:
-    repository = SqlRepository(postgres_engine)
-    repository.create_schema(routing.routes())
-    yield repository
-    with postgres_engine.begin() as conn:
-        for route in routing.routes():
-            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{route.table}"'))
-    repository.close()
+    with scratch_repository(postgres_engine, routing) as repository:
+        yield repository
 
 
 @pytest.mark.postgres
