@@ -349,16 +349,34 @@ def decode_envelope(value: bytes | str) -> Envelope:
 def broker_headers(envelope: Envelope) -> dict[str, str]:
     """Headers every broker message carries: type, id, content type, the flow ids (when
     set) and trace context, so a consumer or a tap can follow a flow without decoding."""
+    return message_headers(
+        envelope.event_type,
+        envelope.event_id,
+        envelope.correlation_id,
+        envelope.causation_id,
+        envelope.headers,
+    )
+
+
+def message_headers(
+    event_type: str,
+    event_id: str,
+    correlation_id: str,
+    causation_id: str,
+    event_headers: Mapping[str, str],
+) -> dict[str, str]:
+    """:func:`broker_headers` from the envelope's fields, for a caller that has no
+    :class:`Envelope` (the relay's splice)."""
     headers = {
-        HEADER_EVENT_TYPE: envelope.event_type,
-        HEADER_EVENT_ID: envelope.event_id,
+        HEADER_EVENT_TYPE: event_type,
+        HEADER_EVENT_ID: event_id,
         HEADER_CONTENT_TYPE: CONTENT_TYPE,
     }
-    if envelope.correlation_id:
-        headers[HEADER_CORRELATION_ID] = envelope.correlation_id
-    if envelope.causation_id:
-        headers[HEADER_CAUSATION_ID] = envelope.causation_id
+    if correlation_id:
+        headers[HEADER_CORRELATION_ID] = correlation_id
+    if causation_id:
+        headers[HEADER_CAUSATION_ID] = causation_id
     for name in TRACE_HEADERS:
-        if name in envelope.headers:
-            headers[name] = envelope.headers[name]
+        if name in event_headers:
+            headers[name] = event_headers[name]
     return headers

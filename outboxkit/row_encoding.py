@@ -30,18 +30,12 @@ from typing import Any
 
 from outboxkit.broker import BrokerMessage
 from outboxkit.codec import (
-    CONTENT_TYPE,
     ENVELOPE_VERSION,
-    HEADER_CAUSATION_ID,
-    HEADER_CONTENT_TYPE,
-    HEADER_CORRELATION_ID,
-    HEADER_EVENT_ID,
-    HEADER_EVENT_TYPE,
-    TRACE_HEADERS,
     broker_headers,
     dumps,
     encode_envelope,
     envelope_from_row,
+    message_headers,
 )
 from outboxkit.errors import DecodeError
 from outboxkit.messages import DEFAULT_EVENT_VERSION, OutboxMessage
@@ -158,23 +152,16 @@ def _splice(row: OutboxMessage, published_at: str) -> BrokerMessage | None:
     if causation_id:
         parts.append(f',"causation_id":{_string(causation_id)}')
     parts.append("}")
-    message_headers = {
-        HEADER_EVENT_TYPE: event_type,
-        HEADER_EVENT_ID: event_id,
-        HEADER_CONTENT_TYPE: CONTENT_TYPE,
-    }
-    if correlation_id:
-        message_headers[HEADER_CORRELATION_ID] = correlation_id
-    if causation_id:
-        message_headers[HEADER_CAUSATION_ID] = causation_id
-    for name in TRACE_HEADERS:
-        if name in headers:
-            message_headers[name] = headers[name]
     try:
         value = "".join(parts).encode("utf-8")
     except UnicodeEncodeError:
         return None  # a lone surrogate escaped in the tail: the general path refuses it
-    return BrokerMessage(topic=row.topic, key=row.message_key, value=value, headers=message_headers)
+    return BrokerMessage(
+        topic=row.topic,
+        key=row.message_key,
+        value=value,
+        headers=message_headers(event_type, event_id, correlation_id, causation_id, headers),
+    )
 
 
 def _unpadded(*texts: str) -> bool:

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from outboxkit.backends import SqlRepository
 from outboxkit.consumer import ConsumerConfig
 from outboxkit.engine import Engine, EngineConfig
+from outboxkit.messages import OutboxMessage, Status
 from outboxkit.outbox import PublisherConfig
 from outboxkit.relay import RelayConfig
 from outboxkit.retry import RetryPolicy
@@ -24,6 +25,30 @@ def unique_routing(unique: str, *services: str) -> Routing:
     for service in services:
         catalog.configure(service, table=f"t_{unique}_{service}_outbox")
     return Routing(catalog)
+
+
+def outbox_row(payload: str, **fields: Any) -> OutboxMessage:
+    """A pending row as a repository would read it back; ``fields`` override the defaults."""
+    values: dict[str, Any] = {
+        "id": 7,
+        "event_id": None,
+        "event_type": "chat.history.persist.requested",
+        "service_name": "agent",
+        "topic": "agent.outbox",
+        "message_key": "conv-1",
+        "payload": payload,
+        "status": Status.PENDING,
+        "retry_count": 0,
+        "max_retry": 20,
+        "next_retry_at": None,
+        "last_error": None,
+        "published_at": None,
+        "consumed_at": None,
+        "created_at": None,
+        "updated_at": None,
+    }
+    values.update(fields)
+    return OutboxMessage(**values)
 
 
 def orders_routing(unique: str) -> Routing:

@@ -20,7 +20,8 @@ from outboxkit.codec import (
     envelope_from_row,
 )
 from outboxkit.errors import DecodeError, InvalidEventError
-from outboxkit.messages import OutboxMessage, PublishRequest, Status
+from outboxkit.messages import OutboxMessage, PublishRequest
+from tests.engine_support import outbox_row
 
 #: An envelope exactly as the Go relay (json.Marshal of its Envelope struct) writes it.
 GO_ENVELOPE = (
@@ -43,26 +44,7 @@ PUBLISHED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 def _row(
     payload: str, *, row_id: int = 7, event_id: str | None = None, **extra: Any
 ) -> OutboxMessage:
-    fields: dict[str, Any] = {
-        "id": row_id,
-        "event_id": event_id,
-        "event_type": "chat.history.persist.requested",
-        "service_name": "agent",
-        "topic": "agent.outbox",
-        "message_key": "conv-1",
-        "payload": payload,
-        "status": Status.PENDING,
-        "retry_count": 0,
-        "max_retry": 20,
-        "next_retry_at": None,
-        "last_error": None,
-        "published_at": None,
-        "consumed_at": None,
-        "created_at": None,
-        "updated_at": None,
-    }
-    fields.update(extra)
-    return OutboxMessage(**fields)
+    return outbox_row(payload, id=row_id, event_id=event_id, **extra)
 
 
 # --------------------------------------------------------------------------- reading Go

@@ -26,24 +26,19 @@ from outboxkit.engine import Engine
 from outboxkit.messages import Event, PublishRequest, Status
 from outboxkit.routing import Routing
 from outboxkit.testing.services import free_port
-from tests.engine_support import fast_config, unique_routing, wait_for
+from tests.engine_support import fast_config, orders_routing, scratch_repository, wait_for
 from tests.tcp_cutter import TcpCutter
 
 
 @pytest.fixture
 def routing(unique: str) -> Routing:
-    routing = unique_routing(unique, "orders")
-    routing.register("order.placed", "orders")
-    return routing
+    return orders_routing(unique)
 
 
 @pytest.fixture
 def repository(postgres_engine: sa.Engine, routing: Routing) -> Iterator[SqlRepository]:
-    repository = SqlRepository(postgres_engine)
-    repository.create_schema(routing.routes())
-    yield repository
-    with postgres_engine.begin() as conn:
-        conn.execute(sa.text(f"DROP TABLE {routing.route_of('order.placed').table}"))
+    with scratch_repository(postgres_engine, routing) as repository:
+        yield repository
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ from outboxkit.outbox import Publisher
 from outboxkit.relay import Relay, RelayConfig
 from outboxkit.routing import Routing
 from outboxkit.row_encoding import encode_row
-from tests.engine_support import orders_routing, scratch_repository
+from tests.engine_support import orders_routing, outbox_row, scratch_repository
 
 PUBLISHED = "2026-11-25T10:00:00.123456Z"
 OCCURRED = datetime(2026, 11, 25, 9, 59, 59, 654321, tzinfo=timezone.utc)
@@ -44,25 +44,13 @@ OCCURRED = datetime(2026, 11, 25, 9, 59, 59, 654321, tzinfo=timezone.utc)
 
 def _row(payload: str, **extra: Any) -> OutboxMessage:
     fields: dict[str, Any] = {
-        "id": 7,
         "event_id": "ev-7",
         "event_type": "order.placed",
         "service_name": "orders",
         "topic": "orders.outbox",
         "message_key": "order-1",
-        "payload": payload,
-        "status": Status.PENDING,
-        "retry_count": 0,
-        "max_retry": 20,
-        "next_retry_at": None,
-        "last_error": None,
-        "published_at": None,
-        "consumed_at": None,
-        "created_at": None,
-        "updated_at": None,
     }
-    fields.update(extra)
-    return OutboxMessage(**fields)
+    return outbox_row(payload, **{**fields, **extra})
 
 
 def general_path(row: OutboxMessage) -> BrokerMessage:

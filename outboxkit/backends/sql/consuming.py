@@ -233,11 +233,11 @@ class ConsumerSide(SqlStore):
         # The mark tests "not final"; a status outside the four (none is written, but the
         # column is free text) was marked too: like the general pass, such a row is not
         # open, so its message is a duplicate and the row gets its old values back.
+        # Every returned row ends with the old values, in _MARK_CHANGES order.
+        old_at = len(next(iter(marked.values()))) - len(_MARK_CHANGES) if marked else 0
+        old_status_at = old_at + _MARK_CHANGES.index("status")
         not_open = {
-            row_id
-            for row_id, row in marked.items()
-            if row[len(row) - len(_MARK_CHANGES) + _MARK_CHANGES.index("status")]
-            not in OPEN_STATUSES
+            row_id for row_id, row in marked.items() if row[old_status_at] not in OPEN_STATUSES
         }
         # The rows not marked are final or missing (and already locked): the identity check
         # still tells a duplicate apart from a message that is not the row's event.
@@ -269,7 +269,6 @@ class ConsumerSide(SqlStore):
                 handled.add(item.outbox_id)
         unconsumed = [row for row_id, row in marked.items() if row_id not in handled]
         if unconsumed:
-            first = len(marked[next(iter(marked))]) - len(_MARK_CHANGES)
             conn.execute(
                 sa.update(table)
                 .where(table.c.id == sa.bindparam("row_id"))
@@ -277,7 +276,7 @@ class ConsumerSide(SqlStore):
                 [
                     {
                         "row_id": int(row[0]),
-                        **{f"old_{n}": row[first + i] for i, n in enumerate(_MARK_CHANGES)},
+                        **{f"old_{n}": row[old_at + i] for i, n in enumerate(_MARK_CHANGES)},
                     }
                     for row in unconsumed
                 ],
