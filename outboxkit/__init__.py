@@ -17,6 +17,7 @@ from outboxkit.errors import (
     DatabaseSetupError,
     DecodeError,
     FatalError,
+    HandlerTransactionError,
     InvalidEventError,
     MessageRejectedError,
     OutboxError,
@@ -31,7 +32,12 @@ from outboxkit.messages import Event, OutboxMessage, PublishRequest, Status
 from outboxkit.observe import Observer
 from outboxkit.outbox import Publisher, PublisherConfig
 from outboxkit.payloads import JsonPayloadCodec, PayloadCodec, PayloadCodecs, PayloadDecodeError
-from outboxkit.registry import HandlerRegistry, SideEffectHandler, TransactionalHandler
+from outboxkit.registry import (
+    HandlerRegistry,
+    SessionHandler,
+    SideEffectHandler,
+    TransactionalHandler,
+)
 from outboxkit.relay import RelayConfig
 from outboxkit.repository import Repository
 from outboxkit.retry import RetryPolicy
@@ -50,6 +56,7 @@ __all__ = [
     "Event",
     # typed handlers and payloads
     "TransactionalHandler",
+    "SessionHandler",
     "SideEffectHandler",
     "PayloadCodec",
     "JsonPayloadCodec",
@@ -91,6 +98,7 @@ __all__ = [
     "PayloadDecodeError",
     "PayloadConflictError",
     "PermanentError",
+    "HandlerTransactionError",
     "FatalError",
     "DatabaseSetupError",
     "BrokerSetupError",

@@ -40,6 +40,7 @@ a crash.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -47,11 +48,13 @@ from typing import Any
 
 import attrs
 from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 
 from outboxkit.broker import Delivery, Subscription
 from outboxkit.causality import handling
 from outboxkit.codec import Envelope, decode_envelope, row_event_id
 from outboxkit.errors import DecodeError, PermanentError
+from outboxkit.handlers import SessionFactory, call_with_session
 from outboxkit.helper_thread import HelperThread
 from outboxkit.logs import event_fields, hide_parameters
 from outboxkit.messages import Event
@@ -88,6 +91,10 @@ class ConsumerConfig:
     outage_backoff_max: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
     #: Receive the next batch while this one is recorded, when this receive came back full.
     prefetch: bool = True
+    #: Makes the session of a handler whose second parameter is a ``Session``:
+    #: ``session_factory(bind=connection, join_transaction_mode="rollback_only")``. A
+    #: ``sessionmaker`` of the application's fits (its other options are kept).
+    session_factory: SessionFactory = attrs.field(default=Session, eq=False)
 
 
 #: Longest wait of a receive running ahead. The batch's acknowledgement queues behind it,
@@ -298,7 +305,7 @@ class Consumer:
                 outbox_id=event.outbox_id,
                 event_id=event.event_id,
                 event_type=event.event_type,
-                run=self._bind(spec.func, event),
+                run=self._bind(spec, event),
             )
             for event, spec in segment
         ]
@@ -471,7 +478,12 @@ class Consumer:
         )
         return Outcome.SKIPPED
 
-    def _bind(self, func: Callable[..., Any], event: Event) -> Callable[[Connection], Any]:
+    def _bind(self, spec: HandlerSpec, event: Event) -> Callable[[Connection], Any]:
+        """The call of ``spec``'s handler on the consume transaction's connection."""
+        func = spec.func
+        if spec.session:
+            factory = self.config.session_factory
+            func = functools.partial(call_with_session, func, session_factory=factory)
         if self.tracing is NO_TRACING:  # a no-op span per event still costs: skip it
 
             def run_untraced(connection: Connection) -> Any:

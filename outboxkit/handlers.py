@@ -1,4 +1,4 @@
-"""Checking a handler when it is registered, so a wrong one fails at start-up.
+"""Checking a handler when it is registered, so a wrong one fails at start-up, and calling it.
 
 Without this check a handler of the wrong arity is accepted, fails at its first delivery and
 is retried until the event goes dead (20 attempts, about 24 minutes with the default
@@ -12,12 +12,24 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 import typing
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
 from outboxkit.errors import ConfigurationError
 from outboxkit.messages import Event
+
+#: How a handler that takes a ``Session`` gets it: ``factory(bind=connection,
+#: join_transaction_mode="rollback_only")`` (``Session`` itself, or a ``sessionmaker``).
+SessionFactory = Callable[..., Session]
+
+#: The text of an annotation that names an ORM session but cannot be resolved (imported
+#: only under ``TYPE_CHECKING``).
+_SESSION_TEXT = re.compile(r"(?:[A-Za-z_][\w.]*\.)?Session")
 
 #: Annotations that say "the payload as JSON values": nothing to decode into.
 _JSON_TYPES: frozenset[object] = frozenset({dict, list, str, int, float, bool, object, type(None)})
@@ -47,7 +59,7 @@ def check_handler(
         signature = inspect.signature(func)
     except (TypeError, ValueError):  # a builtin or C callable: nothing to check
         return payload_type
-    shape = "(event, connection)" if transactional else "(event)"
+    shape = "(event, connection) or (event, session: Session)" if transactional else "(event)"
     if not _accepts(signature, 2 if transactional else 1):
         hint = ""
         if transactional and _accepts(signature, 1):
@@ -70,6 +82,53 @@ def check_handler(
             f"but registered with payload_type={_name(payload_type)}"
         )
     return payload_type
+
+
+def takes_session(func: Callable[..., Any]) -> bool:
+    """Whether a transactional handler's second parameter is annotated as an ORM
+    :class:`~sqlalchemy.orm.Session` (or a subclass): it then gets a session bound to the
+    consume transaction instead of the connection. Unannotated means the connection."""
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    if len(params) < 2 or params[1].annotation is inspect.Parameter.empty:
+        return False
+    annotation = params[1].annotation
+    if isinstance(annotation, str):
+        text = annotation.replace(" ", "").strip("'\"")
+        holder = _resolve_in(func)
+        try:
+
+            def probe() -> None: ...
+
+            probe.__annotations__ = {"session": annotation}
+            annotation = typing.get_type_hints(probe, globalns=holder)["session"]
+        except Exception:
+            return _SESSION_TEXT.fullmatch(text) is not None
+    return isinstance(annotation, type) and issubclass(annotation, Session)
+
+
+def call_with_session(
+    func: Callable[..., Any],
+    event: Event[Any],
+    connection: Connection,
+    session_factory: SessionFactory,
+) -> Any:
+    """Call a handler that takes a ``Session`` with one bound to ``connection``'s
+    transaction, and flush what it left unflushed before the row is marked.
+
+    The session joins in ``rollback_only`` mode: its ``commit()`` flushes without committing
+    the consume transaction (that happens with the mark), and its ``rollback()`` rolls the
+    consume transaction back, which fails the attempt (see :mod:`outboxkit.handler_scope`).
+    """
+    transaction = connection.get_transaction()
+    with session_factory(bind=connection, join_transaction_mode="rollback_only") as session:
+        value = func(event, session)
+        current = connection.get_transaction()
+        if current is not None and current is transaction and current.is_active:
+            session.flush()
+    return value
 
 
 def _accepts(signature: inspect.Signature, count: int) -> bool:

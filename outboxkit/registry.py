@@ -13,9 +13,10 @@ from typing import Any, Literal, Protocol, TypeVar, overload
 
 import attrs
 from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 
 from outboxkit.errors import DuplicateHandlerError
-from outboxkit.handlers import check_handler
+from outboxkit.handlers import check_handler, takes_session
 from outboxkit.messages import Event
 from outboxkit.routing import Routing
 
@@ -33,19 +34,33 @@ class TransactionalHandler(Protocol[P_contra]):
     def __call__(self, event: Event[P_contra], connection: Connection, /) -> None: ...
 
 
+class SessionHandler(Protocol[P_contra]):
+    """Runs inside the consume transaction through an ORM session bound to it.
+
+    ``SessionHandler[OrderPlaced]`` accepts ``(Event[OrderPlaced], Session)``. The session
+    is flushed after the handler returns, so its changes commit with the ``consumed`` status
+    (or, if anything fails, not at all); ``session.commit()`` only flushes.
+    """
+
+    def __call__(self, event: Event[P_contra], session: Session, /) -> None: ...
+
+
 class SideEffectHandler(Protocol[P_contra]):
     """Runs outside any transaction (calls another system); the row is marked consumed after."""
 
     def __call__(self, event: Event[P_contra], /) -> None: ...
 
 
-AnyHandler = TransactionalHandler[Any] | SideEffectHandler[Any]
+AnyHandler = TransactionalHandler[Any] | SessionHandler[Any] | SideEffectHandler[Any]
 #: ``(event_type, payload_type) -> None``, raising ConfigurationError for a type that
 #: cannot be decoded.
 PayloadTypeCheck = Callable[[str, Any], None]
 
-#: A transactional / side-effect handler, kept at its own type by the decorator.
-TransactionalHandlerT = TypeVar("TransactionalHandlerT", bound=TransactionalHandler[Any])
+#: A transactional (connection or session) / side-effect handler, kept at its own type by
+#: the decorator.
+TransactionalHandlerT = TypeVar(
+    "TransactionalHandlerT", bound=TransactionalHandler[Any] | SessionHandler[Any]
+)
 SideEffectHandlerT = TypeVar("SideEffectHandlerT", bound=SideEffectHandler[Any])
 
 
@@ -60,6 +75,8 @@ class HandlerSpec:
     side effect must be idempotent on ``event.event_id`` (at-least-once).
     ``payload_type``, when set, is what the consumer decodes the JSON payload into before
     calling the handler (a payload that does not decode makes the event ``dead``).
+    ``session=True``: a transactional handler whose second parameter is annotated as an ORM
+    ``Session``; it gets one bound to the consume transaction instead of the connection.
     """
 
     event_type: str
@@ -67,6 +84,7 @@ class HandlerSpec:
     func: Callable[..., Any]
     transactional: bool = True
     payload_type: Any = None
+    session: bool = False
 
 
 class HandlerRegistry:
@@ -133,7 +151,8 @@ class HandlerRegistry:
         """Register ``handler`` for ``event_type``; without a handler, act as a decorator.
 
         The handler's signature is checked now, not at its first delivery: a transactional
-        handler must accept ``(event, connection)``, a side-effect one ``(event)``, and an
+        handler must accept ``(event, connection)`` (or ``(event, session)`` with the second
+        parameter annotated as an ORM ``Session``), a side-effect one ``(event)``, and an
         ``Event[X]`` annotation must agree with ``payload_type`` (when the annotation names
         a class and ``payload_type`` is not given, it becomes the payload type).
         Raises :class:`~outboxkit.errors.ConfigurationError` for a handler of the wrong
@@ -161,6 +180,7 @@ class HandlerRegistry:
                     func=func,
                     transactional=transactional,
                     payload_type=declared,
+                    session=transactional and takes_session(func),
                 )
             return func
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 from typing_extensions import assert_type
 
 from outboxkit import Engine, Event, PublishRequest
@@ -100,6 +101,26 @@ SNIPPETS: dict[str, tuple[str, str]] = {
         reveal_type(handler)
         """,
         'Revealed type is "def (event: outboxkit.messages.Event[__main__.OrderPlaced]',
+    ),
+    "session_handler_is_accepted_and_keeps_its_type": (
+        """
+        @engine.handler("a")
+        def handler(event: Event[OrderPlaced], session: Session) -> None:
+            assert_type(event.payload, OrderPlaced)
+        def direct(event: Event[OrderPlaced], session: Session) -> None: ...
+        engine.register_handler("b", direct)
+        reveal_type(handler)
+        """,
+        'Revealed type is "def (event: outboxkit.messages.Event[__main__.OrderPlaced], '
+        "session: sqlalchemy.orm.session.Session)",
+    ),
+    "side_effect_with_session": (
+        """
+        @engine.handler("a", transactional=False)
+        def handler(event: Event[Any], session: Session) -> None: ...
+        """,
+        'Value of type variable "SideEffectHandlerT" of function cannot be '
+        '"Callable[[Event[Any], Session], None]"',
     ),
     "plain_event_is_any_payload": (
         """

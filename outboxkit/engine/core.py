@@ -14,6 +14,7 @@ scripts.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -36,6 +37,8 @@ from outboxkit.engine.placement import check_consumers
 from outboxkit.engine.stats import EngineStats, StatsRecorder
 from outboxkit.engine.wakeups import Wakeups
 from outboxkit.errors import ConfigurationError, FatalError
+from outboxkit.handler_scope import HandlerScope
+from outboxkit.handlers import call_with_session
 from outboxkit.health import DEFAULT_TIMEOUT as HEALTH_TIMEOUT
 from outboxkit.health import HealthReport, check_health
 from outboxkit.inbox.base import Inbox, RedeliveryRequested
@@ -53,7 +56,12 @@ from outboxkit.misuse import check_executor
 from outboxkit.observe import Observer, Observers, report_outcome
 from outboxkit.outbox import Publisher
 from outboxkit.payloads import decode_payload
-from outboxkit.registry import HandlerRegistry, SideEffectHandlerT, TransactionalHandlerT
+from outboxkit.registry import (
+    HandlerRegistry,
+    HandlerSpec,
+    SideEffectHandlerT,
+    TransactionalHandlerT,
+)
 from outboxkit.relay import Relay
 from outboxkit.repository import Repository
 from outboxkit.routing import Route, Routing
@@ -264,12 +272,30 @@ class Engine:
             with handling(event):
                 spec.func(event)
         elif conn is not None:
-            with handling(event, conn):
-                spec.func(event, conn)
+            if isinstance(connection, Session):
+                # The handler stands in for a consumer that runs after the commit: it sees
+                # what the caller's session wrote.
+                connection.flush()
+            self._run_inline(spec, event, conn)
         else:
-            with self.repository.transaction() as own, handling(event, own):
-                spec.func(event, own)
+            with self.repository.transaction() as own:
+                self._run_inline(spec, event, own)
         return request.event_id
+
+    def _run_inline(self, spec: HandlerSpec, event: Event, connection: Connection) -> None:
+        """Run a transactional handler in the caller's transaction, checked as a consumer
+        checks it (:mod:`outboxkit.handler_scope`): a handler that committed or rolled back
+        that transaction, or dropped unflushed ORM changes, raises to the caller."""
+        func = spec.func
+        if spec.session:
+            factory = self.config.consumer.session_factory
+            func = functools.partial(call_with_session, func, session_factory=factory)
+        scope = HandlerScope(connection)
+        with handling(event, connection), scope:
+            func(event, connection)
+        problem = scope.problem()
+        if problem is not None:
+            raise problem
 
     # ------------------------------------------------------------------ schema
 

@@ -157,7 +157,7 @@ class InboxConsumer(Consumer):
     ) -> list[Outcome]:
         if not segment:
             return []
-        items = [self._item(event, self._bind(spec.func, event)) for event, spec in segment]
+        items = [self._item(event, self._bind(spec, event)) for event, spec in segment]
         results = self.inbox.consume_batch(self.route.group, items, should_stop=should_stop)
         outcomes: list[Outcome] = []
         for (event, _spec), result in zip(segment, results, strict=True):
