@@ -9,6 +9,7 @@ text: a header row, then columns separated by two spaces, easy to ``grep`` and `
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -106,6 +107,14 @@ def _print_rich(
     console.print(table)
 
 
+#: A reST role such as :class:`~outboxkit.Engine` (group 1: the target, ``~`` dropped).
+_REST_ROLE = re.compile(r":[a-z]+(?::[a-z]+)?:`~?([^`]+)`")
+
+
 def help_text(doc: str | None) -> str:
-    """A module docstring as ``--help`` text: the reST literal quotes removed."""
-    return (doc or "").replace("``", "")
+    """A module docstring as ``--help`` text: plain text, for a terminal.
+
+    Roles (``:class:`X```) become their target and literal quotes are dropped; a help text
+    is read in a terminal, where markup is noise.
+    """
+    return _REST_ROLE.sub(r"\1", doc or "").replace("``", "")
