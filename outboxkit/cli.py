@@ -1,6 +1,6 @@
-"""The ``outboxkit`` command: ``demo``, ``worker``, ``migrate``, ``health``, and for operators
-``status``, ``rows``, ``dlq`` (alias ``dead``) and ``purge`` (their code lives in
-:mod:`outboxkit.cli_commands`).
+"""The ``outboxkit`` command: ``demo``, ``dev-kafka``, ``worker``, ``migrate``, ``health``, and
+for operators ``status``, ``rows``, ``dlq`` (alias ``dead``) and ``purge`` (their code lives
+in :mod:`outboxkit.cli_commands`).
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage error, 130 forced or interrupted.
 
@@ -25,6 +25,7 @@ from types import FrameType
 
 from outboxkit import __version__
 from outboxkit.cli_commands import app_loading, logs
+from outboxkit.cli_commands import dev_kafka as dev_kafka_command
 from outboxkit.cli_commands import dlq as dlq_command
 from outboxkit.cli_commands import purge as purge_command
 from outboxkit.cli_commands import rows as rows_command
@@ -48,7 +49,7 @@ logger = logging.getLogger("outboxkit.cli")
 DESCRIPTION = """\
 The transactional outbox for synchronous Python, from the command line: run an
 application's engine (worker, migrate), see and repair its outbox (status, rows, dlq,
-purge, health), or try it out (demo).
+purge, health), or try it out (demo, and dev-kafka for a local Kafka-protocol broker).
 
 APP is module:attribute of your outboxkit Engine (or of a function returning one),
 for example shop.events:engine.
@@ -306,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     purge_command.add_parser(sub, common)
     add_health_command(sub, load_engine)
     logs.add_logging_arguments(sub.choices["health"])
+    dev_kafka_command.add_parser(sub, common)
     return parser
 
 

@@ -44,7 +44,7 @@ def test_every_help_text_is_plain_text_without_markup(
 ) -> None:
     monkeypatch.setenv("COLUMNS", "100")
     commands = _commands()
-    assert {"worker", "status", "dlq", "dead", "health"} <= set(commands)
+    assert {"worker", "status", "dlq", "dead", "health", "dev-kafka"} <= set(commands)
     texts = {"outboxkit": _help(capsys)} | {c: _help(capsys, c) for c in commands}
 
     marked = {
@@ -60,7 +60,18 @@ def test_the_top_level_help_names_every_command_and_the_exit_codes(
 ) -> None:
     text = _help(capsys)
     assert "Exit codes: 0 ok, 1 runtime failure, 2 usage error, 130" in text
-    for command in ("worker", "migrate", "status", "rows", "dlq", "purge", "health", "demo"):
+    commands = (
+        "worker",
+        "migrate",
+        "status",
+        "rows",
+        "dlq",
+        "purge",
+        "health",
+        "demo",
+        "dev-kafka",
+    )
+    for command in commands:
         assert command in text
 
 
