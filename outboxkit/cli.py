@@ -1,11 +1,15 @@
-"""The ``outboxkit`` command: ``demo``, ``worker``, ``migrate``, and for operators ``status``,
-``rows``, ``dlq`` (alias ``dead``) and ``purge`` (their code lives in
-:mod:`outboxkit.cli_commands`).
+"""The ``outboxkit`` command: ``demo``, ``dev-kafka``, ``worker``, ``migrate``, ``health``, and
+for operators ``status``, ``rows``, ``dlq`` (alias ``dead``) and ``purge`` (their code lives
+in :mod:`outboxkit.cli_commands`).
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage error, 130 forced or interrupted.
 
 Signals belong here, not in the library: ``worker`` stops gracefully on the first SIGTERM or
 SIGINT (in-flight handlers finish) and exits at once on the second.
+
+``--help`` texts are plain text written for the person at the terminal (:data:`DESCRIPTION`,
+each command's ``description``), never this docstring: reST markup and implementation
+notes do not belong in a terminal.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from types import FrameType
 
 from outboxkit import __version__
 from outboxkit.cli_commands import app_loading, logs
+from outboxkit.cli_commands import dev_kafka as dev_kafka_command
 from outboxkit.cli_commands import dlq as dlq_command
 from outboxkit.cli_commands import purge as purge_command
 from outboxkit.cli_commands import rows as rows_command
@@ -40,6 +45,35 @@ from outboxkit.metrics_server import MetricsServer
 
 logger = logging.getLogger("outboxkit.cli")
 
+#: What ``outboxkit --help`` says above the list of commands (plain text, for a terminal).
+DESCRIPTION = """\
+The transactional outbox for synchronous Python, from the command line: run an
+application's engine (worker, migrate), see and repair its outbox (status, rows, dlq,
+purge, health), or try it out (demo, and dev-kafka for a local Kafka-protocol broker).
+
+APP is module:attribute of your outboxkit Engine (or of a function returning one),
+for example shop.events:engine.
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage error, 130 interrupted (or a worker
+forced down by a second signal). "outboxkit COMMAND --help" shows a command's options.
+"""
+
+#: What ``outboxkit worker --help`` says about running and stopping (plain text).
+WORKER_DESCRIPTION = """\
+Run the relay and consumer threads of APP until SIGTERM or SIGINT (Ctrl-C).
+
+The first signal stops gracefully: the worker stops claiming and receiving, lets the
+handlers in progress finish and exits 0 (1 if that takes longer than --stop-timeout);
+events received but not yet handled are delivered again later. A second signal exits at
+once with 130, without draining: events in flight were not recorded and will be
+delivered again.
+
+A refused password, an unknown database or a missing table or topic is fatal: one ERROR
+line and exit 1 within seconds. A passing outage is retried with backoff and logged.
+"""
+
+#: Seconds ``worker`` waits for in-flight work after the first signal, by default.
+DEFAULT_STOP_TIMEOUT = 30.0
 #: Exit code when the second signal forces the worker down.
 EXIT_FORCED = 130
 #: How often the worker's main thread looks for a fatal error between signals.
@@ -88,10 +122,19 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     stop_requested = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
         if stop_requested.is_set():
-            logger.warning("second signal %s: exiting now", signal.Signals(signum).name)
+            logger.warning(
+                "second signal %s: exiting now without draining; events in flight were not "
+                "recorded and will be delivered again",
+                name,
+            )
             os._exit(EXIT_FORCED)
-        logger.info("signal %s: stopping gracefully", signal.Signals(signum).name)
+        logger.info(
+            "signal %s: stopping gracefully (up to %g s; a second signal exits at once)",
+            name,
+            args.stop_timeout,
+        )
         stop_requested.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -168,7 +211,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="outboxkit",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[logs.logging_options()],
     )
@@ -177,7 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     common = [logs.logging_options()]
 
     demo = sub.add_parser(
-        "demo", parents=common, help="publish, relay and consume events for two services"
+        "demo",
+        parents=common,
+        help="publish, relay and consume events for two services",
+        description="Write orders with their events for two services, relay and consume them "
+        "(with retries, a dead event and rolled-back transactions) and print a summary. "
+        "Needs no services by default (SQLite and an in-process broker); give "
+        "--database-url and --broker-url to use real ones.",
     )
     demo.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in a temp dir)")
     demo.add_argument(
@@ -206,18 +255,36 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     worker = sub.add_parser(
-        "worker", parents=common, help="run an application's engine until SIGTERM/SIGINT"
+        "worker",
+        parents=common,
+        help="run an application's engine until SIGTERM/SIGINT",
+        description=WORKER_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     worker.add_argument("app", help="module:attribute of an Engine (or a factory of one)")
-    worker.add_argument("--stop-timeout", type=float, default=30.0)
+    worker.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=DEFAULT_STOP_TIMEOUT,
+        metavar="SECONDS",
+        help="after the first signal, how long in-flight handlers may take to finish before "
+        f"the worker gives up and exits 1 (default {DEFAULT_STOP_TIMEOUT:g})",
+    )
     worker.add_argument("--migrate", action="store_true", help="create the tables first")
     worker.add_argument(
-        "--metrics-port", type=int, help="serve /metrics, /livez and /readyz on this port"
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve /metrics, /livez and /readyz on this port (needs the prometheus extra)",
     )
     worker.set_defaults(func=_cmd_worker)
 
     migrate = sub.add_parser(
-        "migrate", parents=common, help="create the outbox tables of an application"
+        "migrate",
+        parents=common,
+        help="create the outbox tables of an application",
+        description="Create the outbox table of every service APP routes (and its inbox "
+        "tables), or upgrade an existing one such as a Go table. Safe to run again.",
     )
     migrate.add_argument("app", help="module:attribute of an Engine (or a factory of one)")
     migrate.add_argument("--service", action="append", help="only this service (repeatable)")
@@ -240,18 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
     purge_command.add_parser(sub, common)
     add_health_command(sub, load_engine)
     logs.add_logging_arguments(sub.choices["health"])
+    dev_kafka_command.add_parser(sub, common)
     return parser
 
 
-#: Default log level per command: operator commands print results, not lifecycle lines.
-_QUIET_COMMANDS = {
-    "demo": "error",
-    "status": "warning",
-    "dlq": "warning",
-    "dead": "warning",
-    "purge": "warning",
-    "rows": "warning",
-}
+#: Default log level per command: ``worker`` and ``migrate`` log their lifecycle at INFO;
+#: the others print their result, so lifecycle lines (a repository opening, an engine
+#: stopping) would only hide it. ``--log-level`` overrides.
+_LOUD_COMMANDS = {"worker": "info", "migrate": "info", "demo": "error"}
+#: The level of every command not in :data:`_LOUD_COMMANDS`.
+_QUIET_LEVEL = "warning"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -263,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         getattr(args, words).extend(extra)
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    level = getattr(args, "log_level", None) or _QUIET_COMMANDS.get(args.command, "info")
+    level = getattr(args, "log_level", None) or _LOUD_COMMANDS.get(args.command, _QUIET_LEVEL)
     logs.configure_logging(level, getattr(args, "client_log_level", None))
     try:
         return int(args.func(args))

@@ -14,7 +14,8 @@ from typing_extensions import TypeVar
 
 #: Version written when a request does not say one (the Go ``DefaultEventVersion``).
 DEFAULT_EVENT_VERSION = "v1"
-#: Rows are retried this many times before they go ``dead`` (the Go default).
+#: Attempts in all, the first included, before a row goes ``dead`` (the Go default). The
+#: name is the Go column's; ``max_retry=3`` means three attempts, not three retries.
 DEFAULT_MAX_RETRY = 20
 
 #: The payload type of an :class:`Event`. Covariant (an event is read-only), and ``Any`` by
@@ -110,7 +111,9 @@ class OutboxMessage:
     message_key: str
     payload: str
     status: Status
+    #: Failed attempts counted so far.
     retry_count: int
+    #: Attempts in all before the row goes ``dead``: it does when ``retry_count`` reaches it.
     max_retry: int
     next_retry_at: datetime | None
     last_error: str | None

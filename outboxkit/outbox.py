@@ -46,6 +46,11 @@ class PublisherConfig:
 
     ``max_payload_bytes`` is measured on the UTF-8 encoded event shell (what the ``payload``
     column stores); ``max_retry`` is frozen into each row, as in Go.
+
+    ``max_retry`` counts attempts **in all**, the first included: with ``max_retry=3`` a
+    handler that always fails runs three times, then the row goes ``dead``. (The name is
+    the Go column's.) Every counted failure is an attempt: a handler that raised, a message
+    the broker refused, a published row rescued because no outcome came back.
     """
 
     max_payload_bytes: int = attrs.field(

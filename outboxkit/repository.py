@@ -313,7 +313,8 @@ class Repository(abc.ABC):
         With ``token`` (a relay failing a claimed row) the row must be ``pending`` under
         that lease; without (a consumer whose handler failed) it must be ``pending`` or
         ``published``. Then ``n = retry_count + 1``; if ``n >= max_retry`` the row goes
-        ``dead``, else back to ``pending`` due at ``now + backoff(n)``. Writes
+        ``dead`` (so ``max_retry`` counts attempts in all, the first included), else back
+        to ``pending`` due at ``now + backoff(n)``. Writes
         ``retry_count=n`` and ``last_error`` (truncated to :data:`MAX_LAST_ERROR`
         characters) and clears the lease.
         """

@@ -18,8 +18,9 @@ class RetryPolicy:
     """Exponential backoff with jitter and a cap: ``base * multiplier**(n-1)``, +-jitter.
 
     ``attempt`` is the retry number after the failure (1 after the first failure). The
-    number of attempts before an event goes ``dead`` is the row's ``max_retry``, not part
-    of this policy, because it is frozen into each row when it is written (as in Go).
+    number of attempts in all, the first included, before an event goes ``dead`` is the
+    row's ``max_retry`` (``PublisherConfig.max_retry``), not part of this policy, because it
+    is frozen into each row when it is written (as in Go).
     ``jitter`` is the fraction of the delay drawn at random (0.2 means +-20%); it spreads
     retries of events that failed together so they do not return in a burst.
     """

@@ -6,6 +6,7 @@ because of the liveness signal, never because of the idle rule.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -187,6 +188,36 @@ def test_a_closed_member_hands_its_entries_over_at_once(
     got = receive_until([survivor], 2, time.monotonic() + TAKEOVER_DEADLINE)
     assert sorted(d.value for _, d in got) == [b"0", b"1"]
     assert _poll_until([survivor], lambda: "leaving" not in _consumers(streams, stream, group), 10)
+
+
+def test_a_taken_over_member_is_logged_by_its_name_as_text(
+    make_broker: Callable[..., RedisStreamsBroker],
+    streams: redis.Redis,
+    unique: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a member that took entries and closed without acknowledging them
+    stream, group = f"s.{unique}", f"g.{unique}"
+    leaving_broker = make_broker(member_ttl_seconds=600.0)
+    leaving_broker.ensure_topic(stream, group)
+    _publish(leaving_broker, stream, 2)
+    leaving = leaving_broker.subscribe(stream, group, "worker-7")
+    assert len(leaving.receive(timeout=2)) == 2
+    leaving.close()
+    survivor = make_broker().subscribe(stream, group, "survivor")
+    # When another member takes its entries over and removes it
+    with caplog.at_level(logging.INFO, logger="outboxkit.brokers.redis_streams"):
+        assert len(receive_until([survivor], 2, time.monotonic() + TAKEOVER_DEADLINE)) == 2
+        assert _poll_until(
+            [survivor], lambda: "worker-7" not in _consumers(streams, stream, group), 10
+        )
+    # Then the log names the member as an operator named it, not as Python bytes
+    lines = [r.getMessage() for r in caplog.records if "dead member" in r.getMessage()]
+    assert f"survivor took over 2 pending entries of dead member worker-7 of {stream}/{group}" in (
+        lines
+    )
+    assert f"survivor removed dead member worker-7 from {stream}/{group}" in lines
+    assert not [line for line in lines if "b'" in line], lines
 
 
 def test_a_member_without_a_liveness_key_is_left_to_the_idle_rule(

@@ -110,9 +110,41 @@ def test_worker_exits_at_once_on_a_second_signal(app_env: dict[str, str]) -> Non
         assert time.monotonic() - started < 5
         assert not (markers / f"{event_id}.finished").exists()
         assert _status(app_env, event_id) is not Status.CONSUMED  # will be delivered again
+        # and the operator reads why, in one line: the first signal says a second one
+        # exits at once, the second what exiting without draining means
+        assert "a second signal exits at once" in output
+        [forced] = [line for line in output.splitlines() if "second signal SIGINT" in line]
+        assert " WARNING " in forced and "without draining" in forced, output
+        assert "will be delivered again" in forced, output
     finally:
         if worker.poll() is None:
             worker.kill()
+
+
+def test_health_prints_its_verdict_without_lifecycle_log_lines(app_env: dict[str, str]) -> None:
+    # Given an application whose engine logs at INFO when it opens and stops
+    assert main(["migrate", "tests.worker_app:build"]) == 0
+
+    def health(*options: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "outboxkit", "health", "tests.worker_app:build", *options],
+            cwd=ROOT,
+            env=app_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    # When an operator (or a probe) runs health with the defaults
+    quiet = health()
+    # Then it prints the verdict only, like the other operator commands (WARNING by default)
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    assert quiet.stdout.startswith("live: yes  ready: yes")
+    assert quiet.stderr == ""
+    # and --log-level info still shows the lifecycle lines
+    loud = health("--log-level", "info")
+    assert loud.returncode == 0 and " INFO " in loud.stderr
 
 
 def test_migrate_print_sql_shows_the_ddl_without_creating_anything(

@@ -9,13 +9,17 @@ pending after one failed attempt; in ``billing-*`` 3 published rows nobody consu
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
 import pty
+import re
 import signal
+import struct
 import subprocess
 import sys
+import termios
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -209,6 +213,77 @@ def test_dlq_list_count_and_show_with_filters(filled: Filled) -> None:
     assert shown["status"] == "dead" and shown["payload"]["payload"]["poison"] is True
     missing = filled.run("dlq", "show", "987654", APP, *service)
     assert missing.returncode == 1 and "no row with id 987654" in missing.stderr
+
+
+def _at_a_terminal(filled: Filled, columns: int, *args: str) -> str:
+    """What the console script writes to a terminal ``columns`` wide (a pty, no COLUMNS),
+    without colour codes."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {k: v for k, v in filled.env.items() if k not in ("COLUMNS", "LINES")}
+    try:
+        process = subprocess.Popen(
+            [str(OUTBOXKIT), *args],
+            cwd=ROOT,
+            env={**env, "TERM": "xterm"},
+            stdin=subprocess.DEVNULL,
+            stdout=follower,
+            stderr=subprocess.DEVNULL,
+        )
+    finally:
+        os.close(follower)
+    chunks = []
+    try:
+        while chunk := os.read(leader, 65536):
+            chunks.append(chunk)
+    except OSError:  # EIO: the process closed the terminal
+        pass
+    finally:
+        os.close(leader)
+    assert process.wait(timeout=60) == 0
+    text = b"".join(chunks).decode().replace("\r\n", "\n")
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
+def test_dlq_list_at_80_columns_keeps_each_event_id_on_one_line(filled: Filled) -> None:
+    service = ("--service", filled.orders.service)
+    event_ids = [r["event_id"] for r in filled.json("dlq", "list", APP, *service)["rows"]]
+    assert len(event_ids) == 5
+    narrow = dict(filled.env, COLUMNS="80")
+    outputs = {
+        "rich, COLUMNS=80": subprocess.run(
+            [str(OUTBOXKIT), "dlq", "list", APP, *service],
+            cwd=ROOT,
+            env=narrow,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout,
+        "plain, COLUMNS=80": subprocess.run(
+            [str(OUTBOXKIT), "dlq", "list", APP, *service, "--plain"],
+            cwd=ROOT,
+            env=narrow,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout,
+        "rich, an 80-column terminal": _at_a_terminal(filled, 80, "dlq", "list", APP, *service),
+        "plain, an 80-column terminal": _at_a_terminal(
+            filled, 80, "dlq", "list", APP, *service, "--plain"
+        ),
+    }
+    for how, output in outputs.items():
+        lines = output.splitlines()
+        # every event id whole on one line, the ids the operator looks for ...
+        for event_id in event_ids:
+            assert sum(event_id in line for line in lines) == 1, f"{how}:\n{output}"
+        # ... and no line wider than the terminal, so it never wraps (the title names the
+        # table, whose length the test does not choose)
+        table = [line for line in lines if not line.startswith("dead rows of ")]
+        assert max(len(line.rstrip()) for line in table) <= 80, f"{how}:\n{output}"
+        assert "order.cancelled" in output and "permanent" in output, f"{how}:\n{output}"
 
 
 def test_dlq_requeue_by_positional_ids_reports_ids_that_matched_nothing(filled: Filled) -> None:

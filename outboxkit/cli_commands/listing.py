@@ -7,7 +7,14 @@ import json
 import sys
 from collections.abc import Sequence
 
-from outboxkit.cli_commands.output import format_time, iso, one_line, print_json, print_table
+from outboxkit.cli_commands.output import (
+    Fit,
+    format_time,
+    iso,
+    one_line,
+    print_json,
+    print_table,
+)
 from outboxkit.messages import OutboxMessage
 from outboxkit.routing import Route
 
@@ -80,6 +87,8 @@ def print_rows(
         ],
         plain=args.plain,
         title=f"{what} rows of {route.table} (service {route.service})",
+        # On a narrow terminal: the ids stay whole, the error text and type give way first.
+        fit=Fit(shrink=("last error", "type", "key"), drop=("created", "retries", "key", changed)),
     )
     if more:
         print(f"more rows may follow: --after {rows[-1].id}", file=sys.stderr)

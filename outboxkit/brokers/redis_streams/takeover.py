@@ -143,17 +143,18 @@ def _merge(taken: Takeover, name: bytes, reply: Sequence[Any], count: int) -> Ta
 
 
 def _log(stream: str, group: str, name: bytes, me: str, reply: Any) -> None:
+    member = name.decode(errors="replace")  # as it was named, not as b'...'
     if reply[1]:
         logger.info(
-            "%s took over %d pending entries of dead member %r of %s/%s",
+            "%s took over %d pending entries of dead member %s of %s/%s",
             me,
             len(reply[1]),
-            name,
+            member,
             stream,
             group,
         )
     if int(reply[0]):
-        logger.info("%s removed dead member %r from %s/%s", me, name, stream, group)
+        logger.info("%s removed dead member %s from %s/%s", me, member, stream, group)
 
 
 def _fields(flat: Sequence[bytes]) -> dict[bytes, bytes]:
