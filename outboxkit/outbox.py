@@ -33,8 +33,8 @@ from outboxkit.tracing import NO_TRACING, Tracing
 
 logger = logging.getLogger(__name__)
 
-#: Largest encoded event shell accepted, in bytes (stays under Kafka's default 1 MB limit
-#: once wrapped in the envelope).
+#: Largest encoded event shell accepted, in bytes (stays under Kafka's default 1 MB message
+#: limit, ``max_request_size`` / ``message.max.bytes``, once wrapped in the envelope).
 DEFAULT_MAX_PAYLOAD_BYTES = 900_000
 #: Longest event id accepted (the width of the ``event_id`` column).
 MAX_EVENT_ID = 64
@@ -44,8 +44,12 @@ MAX_EVENT_ID = 64
 class PublisherConfig:
     """Limits applied to every published event.
 
-    ``max_payload_bytes`` is measured on the UTF-8 encoded event shell (what the ``payload``
-    column stores); ``max_retry`` is frozen into each row, as in Go.
+    ``max_payload_bytes`` (default 900,000) is measured on the UTF-8 encoded event shell
+    (what the ``payload`` column stores): a bigger event is refused with
+    :class:`~outboxkit.errors.InvalidEventError` before anything is written. Raising it
+    needs a broker that accepts the bigger message too (Kafka's default is 1 MB:
+    ``KafkaConfig.max_request_size`` and the topic's ``max.message.bytes``); an event the
+    broker refuses for size goes ``dead``. ``max_retry`` is frozen into each row, as in Go.
 
     ``max_retry`` counts attempts **in all**, the first included: with ``max_retry=3`` a
     handler that always fails runs three times, then the row goes ``dead``. (The name is
@@ -220,9 +224,12 @@ class Publisher:
         if size > self.config.max_payload_bytes:
             size = len(shell.encode("utf-8"))
         if size > self.config.max_payload_bytes:
+            limit = self.config.max_payload_bytes
             raise InvalidEventError(
                 f"event {request.event_id} ({event_type}) is {size} bytes encoded, over the "
-                f"limit of {self.config.max_payload_bytes} bytes"
+                f"limit of {limit} bytes set by PublisherConfig(max_payload_bytes={limit}) "
+                "(in EngineConfig(publisher=...)): publish a smaller payload (a reference to "
+                "data stored elsewhere), or raise the limit, and the broker's with it"
             )
         return route, NewMessage(
             event_id=request.event_id,

@@ -76,6 +76,19 @@ def test_payload_limit_is_inclusive(setup: tuple[Publisher, SqlRepository, Route
         smaller.publish(PublishRequest(event_type="order.placed", payload="x", event_id="fixeD"))
 
 
+def test_an_oversized_event_names_the_setting_that_limits_it(
+    setup: tuple[Publisher, SqlRepository, Route],
+) -> None:
+    # Given the default limit (900,000 bytes)
+    publisher, _repository, _route = setup
+    # When an event of about 1 MB is published
+    with pytest.raises(InvalidEventError) as raised:
+        publisher.publish(PublishRequest(event_type="order.placed", payload="x" * 1_000_000))
+    # Then the error says which setting to change, with its value
+    assert "over the limit of 900000 bytes" in str(raised.value)
+    assert "PublisherConfig(max_payload_bytes=900000)" in str(raised.value)
+
+
 def test_missing_table_is_a_repository_error(sqlite_engine: sa.Engine) -> None:
     routing = Routing()
     routing.register("order.placed", "orders")
