@@ -1,4 +1,4 @@
-"""Publisher behaviour that does not depend on the database (SQLite stands in)."""
+"""Publisher behaviour; SQLite stands in except where each database speaks for itself."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import pytest
 import sqlalchemy as sa
 
 from outboxkit.backends import SqlRepository
-from outboxkit.errors import InvalidEventError, RepositoryError
+from outboxkit.errors import DatabaseSetupError, InvalidEventError, RepositoryError
 from outboxkit.messages import PublishRequest, Status
 from outboxkit.outbox import Publisher, PublisherConfig
 from outboxkit.routing import Route, Routing
+from tests.engine_support import unique_routing
 
 
 @pytest.fixture
@@ -95,3 +96,22 @@ def test_missing_table_is_a_repository_error(sqlite_engine: sa.Engine) -> None:
     publisher = Publisher(SqlRepository(sqlite_engine), routing)
     with pytest.raises(RepositoryError, match="orders_outbox_messages"):
         publisher.publish(PublishRequest(event_type="order.placed", payload={}))
+
+
+@pytest.mark.parametrize("database", ["postgres", "mysql", "sqlite"])
+def test_publishing_into_a_table_never_created_says_to_run_migrate(
+    database: str, request: pytest.FixtureRequest, unique: str
+) -> None:
+    # Given a service whose outbox table was never created
+    db: sa.Engine = request.getfixturevalue(f"{database}_engine")
+    routing = unique_routing(unique, "orders")
+    route = routing.register("order.placed", "orders")
+    publisher = Publisher(SqlRepository(db), routing)
+    # When request code publishes in its own transaction
+    with pytest.raises(DatabaseSetupError) as raised, db.begin() as conn:
+        publisher.publish(PublishRequest(event_type="order.placed", payload={}), connection=conn)
+    # Then the error names the table and the command that creates it, on one line
+    text = str(raised.value)
+    assert route.table in text
+    assert "outboxkit migrate" in text
+    assert "\n" not in text

@@ -100,6 +100,8 @@ class Dialect:
       Waiting does not fix such an error, so it becomes
       :class:`~outboxkit.errors.DatabaseSetupError` and stops the engine instead of being
       retried as an outage for ever.
+    * ``is_missing_table``: whether a driver exception says a table does not exist: the
+      outbox table was never created, reported with the advice to run ``migrate``.
     * ``is_missing_column``: whether a driver exception says a column does not exist: the
       sign of a table created by the Go system (or an older outboxkit) and never migrated,
       reported as a :class:`~outboxkit.errors.SchemaError` that says to run ``migrate``.
@@ -132,6 +134,7 @@ class Dialect:
     own_isolation_level: str | None = None
     is_transient: Callable[[BaseException], bool] = attrs.field(default=lambda _exc: False)
     is_fatal: Callable[[BaseException], bool] = attrs.field(default=lambda _exc: False)
+    is_missing_table: Callable[[BaseException], bool] = attrs.field(default=lambda _exc: False)
     is_missing_column: Callable[[BaseException], bool] = attrs.field(default=lambda _exc: False)
     single_statement_autocommit: bool = False
     update_returning_old: bool = False

@@ -69,6 +69,15 @@ def _is_fatal(exc: BaseException) -> bool:
     return bool(args) and args[0] in _FATAL_ERRNOS
 
 
+#: ER_NO_SUCH_TABLE: "Table 'shop.orders_outbox_messages' doesn't exist".
+_NO_SUCH_TABLE_ERRNO = 1146
+
+
+def _is_missing_table(exc: BaseException) -> bool:
+    args: tuple[Any, ...] = getattr(exc, "args", ())
+    return bool(args) and args[0] == _NO_SUCH_TABLE_ERRNO
+
+
 #: ER_BAD_FIELD_ERROR: "Unknown column 'event_id' in 'field list'".
 _UNKNOWN_COLUMN_ERRNO = 1054
 
@@ -141,6 +150,7 @@ MYSQL = Dialect(
     own_isolation_level="READ COMMITTED",
     is_transient=_is_transient,
     is_fatal=_is_fatal,
+    is_missing_table=_is_missing_table,
     is_missing_column=_is_missing_column,
     session_lock=USER_LOCK,
     version_query="SELECT VERSION()",

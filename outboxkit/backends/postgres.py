@@ -89,6 +89,10 @@ def _is_fatal(exc: BaseException) -> bool:
     return "FATAL:" in text and any(t in text for t in _FATAL_CONNECT_TEXTS)
 
 
+def _is_missing_table(exc: BaseException) -> bool:
+    return getattr(exc, "pgcode", None) == "42P01"  # undefined_table
+
+
 def _is_missing_column(exc: BaseException) -> bool:
     return getattr(exc, "pgcode", None) == "42703"  # undefined_column
 
@@ -134,6 +138,7 @@ POSTGRESQL = Dialect(
     extra_indexes=_extra_indexes,
     is_transient=_is_transient,
     is_fatal=_is_fatal,
+    is_missing_table=_is_missing_table,
     is_missing_column=_is_missing_column,
     single_statement_autocommit=True,
     update_returning_old=True,

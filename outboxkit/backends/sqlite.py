@@ -53,6 +53,10 @@ def _is_fatal(exc: BaseException) -> bool:
     return "no such table" in text or "unable to open database file" in text
 
 
+def _is_missing_table(exc: BaseException) -> bool:
+    return str(exc).startswith("no such table")
+
+
 def _is_missing_column(exc: BaseException) -> bool:
     text = str(exc)
     return text.startswith("no such column") or " has no column named " in text
@@ -68,6 +72,7 @@ SQLITE = Dialect(
     index_names_per_table=False,
     is_transient=_is_transient,
     is_fatal=_is_fatal,
+    is_missing_table=_is_missing_table,
     is_missing_column=_is_missing_column,
     version_query="SELECT sqlite_version()",
     check_version=_check_version,

@@ -231,12 +231,28 @@ class SqlStore:
     def _driver_error(
         self, what: str, route: Route | None, exc: SQLAlchemyError
     ) -> RepositoryError:
-        """The error to raise for a driver error: a :class:`SchemaError` that says to run
-        ``outboxkit migrate`` when a column is missing (an unmigrated Go table), else a
-        :class:`RepositoryError` with the driver's message."""
+        """The error to raise for a driver error: one that says to run ``outboxkit migrate``
+        when the route's table does not exist (a fatal :class:`DatabaseSetupError`) or lacks
+        a column (an unmigrated Go table: :class:`SchemaError`), else a
+        :class:`RepositoryError` with the driver's message.
+
+        The driver's words alone ("relation ... does not exist") leave a new user guessing
+        what to do; the table is only blamed when the driver's message names it, so a
+        missing table of the application's own is reported as the driver says."""
         where = f" on table {route.table!r}" if route is not None else ""
         orig = exc.orig if isinstance(exc, DBAPIError) else None
         hide_parameters(exc)
+        if (
+            orig is not None
+            and route is not None
+            and self.dialect.is_missing_table(orig)
+            and route.table in str(orig)
+        ):
+            return DatabaseSetupError(
+                f"{what}{where} failed: the table does not exist ({_first_line(orig)}); "
+                "create it with `outboxkit migrate APP` (or Engine.create_schema(), or an "
+                "Alembic migration: docs/alembic.md)"
+            )
         if orig is not None and self.dialect.is_missing_column(orig):
             detail = str(orig).strip().splitlines()[0] if str(orig).strip() else repr(orig)
             return SchemaError(
