@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from outboxkit.testing import services
+from outboxkit.urls import database_url
 
 pytest_plugins = ["tests.kafka_server"]
 
@@ -30,7 +31,7 @@ def _engine(service: str, url: str, port: int) -> Iterator[sa.Engine]:
         services.require_tcp(service, url, port, _RESTART_HINTS[service])
     except services.ServiceUnavailableError as exc:
         pytest.fail(str(exc), pytrace=False)
-    engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    engine = sa.create_engine(database_url(url), pool_pre_ping=True, pool_size=10, max_overflow=10)
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))

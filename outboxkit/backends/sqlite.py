@@ -80,7 +80,7 @@ SQLITE = Dialect(
 
 
 def create_sqlite_engine(
-    url: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, **engine_kwargs: Any
+    url: str | sa.URL, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, **engine_kwargs: Any
 ) -> sa.Engine:
     """An engine for ``url`` set up for the outbox: WAL, a busy timeout, ``BEGIN IMMEDIATE``.
 

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from outboxkit.admin.status import DEFAULT_REDELIVERY_AFTER
 from outboxkit.cli_commands.app_loading import load_engine
 from outboxkit.cli_commands.common import CommandFailedError, UsageError
-from outboxkit.errors import InvalidNameError
+from outboxkit.errors import ConfigurationError, InvalidNameError
 from outboxkit.logs import mask_url
 from outboxkit.repository import Repository
 from outboxkit.routing import Route
@@ -145,11 +145,9 @@ def _from_url(url: str, args: argparse.Namespace) -> Target:
     if args.table and len(args.service) != 1:
         raise UsageError("--table needs exactly one --service")
     try:
-        repository = SqlRepository.from_url(url)
-    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
-        raise UsageError(f"bad --database-url {mask_url(url)}: {exc}") from exc
-    except ImportError as exc:
-        raise UsageError(f"no driver for --database-url {mask_url(url)}: {exc}") from exc
+        repository = SqlRepository.from_url(url)  # postgres:// too (outboxkit.urls)
+    except ConfigurationError as exc:  # unknown scheme, missing driver: password masked
+        raise UsageError(f"bad --database-url: {exc}") from exc
     source = mask_url(url)
     try:
         if args.service:

@@ -12,7 +12,9 @@ from outboxkit.backends.sql.operations import Operations
 from outboxkit.backends.sql.publishing import Publishing
 from outboxkit.backends.sql.relaying import RelaySide
 from outboxkit.backends.sql.schema_ops import SchemaOps
+from outboxkit.errors import ConfigurationError
 from outboxkit.repository import NewRowListener, Repository
+from outboxkit.urls import database_url
 
 
 class SqlRepository(
@@ -28,21 +30,33 @@ class SqlRepository(
     """
 
     @classmethod
-    def from_url(cls, url: str, **engine_kwargs: Any) -> SqlRepository:
+    def from_url(cls, url: str | sa.URL, **engine_kwargs: Any) -> SqlRepository:
         """A repository on a new engine for ``url``, disposed by :meth:`close`.
 
-        SQLite URLs get :func:`~outboxkit.backends.sqlite.create_sqlite_engine`; others
+        The URL is read by :func:`outboxkit.urls.database_url`: ``postgres://`` (the form
+        platforms put in ``DATABASE_URL``) means PostgreSQL through psycopg2, and an unknown
+        scheme or a missing driver is a one-line :class:`ConfigurationError` that does not
+        show the password. SQLite URLs get
+        :func:`~outboxkit.backends.sqlite.create_sqlite_engine`; others
         :func:`sqlalchemy.create_engine` with ``pool_pre_ping`` on unless given. Both get
         ``hide_parameters=True`` unless given, so no payload reaches an error message.
         """
+        parsed = database_url(url)
         engine_kwargs.setdefault("hide_parameters", True)
-        if url.startswith("sqlite"):
-            from outboxkit.backends.sqlite import create_sqlite_engine
+        try:
+            if parsed.get_backend_name() == "sqlite":
+                from outboxkit.backends.sqlite import create_sqlite_engine
 
-            engine = create_sqlite_engine(url, **engine_kwargs)
-        else:
-            engine_kwargs.setdefault("pool_pre_ping", True)
-            engine = sa.create_engine(url, **engine_kwargs)
+                engine = create_sqlite_engine(parsed, **engine_kwargs)
+            else:
+                engine_kwargs.setdefault("pool_pre_ping", True)
+                engine = sa.create_engine(parsed, **engine_kwargs)
+        except ImportError as exc:
+            shown = parsed.render_as_string(hide_password=True)
+            raise ConfigurationError(
+                f"no database driver for {shown!r} ({exc}): install it, or name one that "
+                "is installed (postgresql+psycopg2://, mysql+pymysql://)"
+            ) from exc
         return cls(engine, owns_engine=True)
 
     @property
