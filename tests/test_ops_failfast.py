@@ -214,3 +214,72 @@ def test_a_refused_redis_password_is_fatal_not_an_outage(
     error = fatal_error_on_start(engine, timeout=5, closing=repository)
     assert isinstance(error, BrokerSetupError)
     assert "AuthenticationError" in str(error)
+
+
+def _redis_database_out_of_range(redis_url: str) -> str:
+    """``redis_url`` naming the first database number the server does not have."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        databases = int(client.config_get("databases")["databases"])
+    finally:
+        client.close()
+    return urlunsplit(urlsplit(redis_url)._replace(path=f"/{databases}"))
+
+
+def test_a_redis_database_the_server_does_not_have_stops_the_worker_in_one_line(
+    redis_url: str, tmp_path: Path, unique: str
+) -> None:
+    # Given a worker whose Redis URL names a database past the server's `databases`
+    env = dict(
+        os.environ,
+        RUNNER_APP_DB_URL=f"sqlite:///{tmp_path}/outbox.db",
+        RUNNER_APP_SERVICE=f"ff{unique}",
+        RUNNER_APP_BROKER=_redis_database_out_of_range(redis_url),
+    )
+    # When it starts
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "outboxkit", "worker", "tests.runner_app:build", "--migrate"],
+        cwd=ROOT,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = done.stdout + done.stderr
+    # Then it exits 1 within seconds, with one ERROR line that says what to fix
+    assert done.returncode == 1, output
+    assert time.monotonic() - started < FAIL_FAST_SECONDS, output
+    _assert_one_clear_line(output, "DB index is out of range", "databases")
+
+
+def test_a_redis_database_out_of_range_is_fatal_for_a_relay_alone_and_for_publish(
+    redis_url: str, tmp_path: Path, unique: str
+) -> None:
+    from outboxkit.broker import BrokerMessage
+    from outboxkit.brokers.redis_streams import RedisStreamsBroker
+    from outboxkit.errors import BrokerSetupError
+
+    # Given a relay-only engine (no consumer to meet the error first) on such a database
+    url = _redis_database_out_of_range(redis_url)
+    routing = Routing()
+    routing.register("ff.checked", f"ff{unique}")
+    repository = SqlRepository.from_url(f"sqlite:///{tmp_path}/outbox.db")
+    engine = Engine(
+        repository,
+        RedisStreamsBroker.from_url(url),
+        routing,
+        config=EngineConfig(consumer_services=()),
+    )
+    engine.register_handler("ff.checked", lambda event, connection: None)
+    engine.create_schema()
+    # When it starts, Then it stops by itself with a setup error
+    error = fatal_error_on_start(engine, timeout=5, closing=repository)
+    assert isinstance(error, BrokerSetupError)
+    assert "DB index is out of range" in str(error)
+    # And a publish on such a broker raises it too, rather than blaming each message
+    with RedisStreamsBroker.from_url(url) as broker, pytest.raises(BrokerSetupError):
+        broker.publish([BrokerMessage(topic=f"ff.{unique}", key="k", value=b"v")])

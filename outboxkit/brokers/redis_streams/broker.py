@@ -10,7 +10,7 @@ import redis
 
 from outboxkit.broker import Broker, BrokerMessage, SendResult
 from outboxkit.brokers.redis_streams.config import RedisStreamsConfig
-from outboxkit.brokers.redis_streams.errors import unavailable
+from outboxkit.brokers.redis_streams.errors import setup_error, unavailable
 from outboxkit.brokers.redis_streams.liveness import Heartbeat, Member
 from outboxkit.brokers.redis_streams.publish import PUBLISH_SCRIPT, publish_batch
 from outboxkit.brokers.redis_streams.subscription import RedisStreamsSubscription
@@ -93,26 +93,35 @@ class RedisStreamsBroker(Broker):
     def ensure_topic(self, topic: str, group: str | None = None) -> None:
         """Create the stream (empty) and the group at the beginning; idempotent.
 
-        Without a group, an empty stream cannot exist in Redis, so nothing is created: the
-        first ``XADD`` creates it.
+        Without a group, an empty stream cannot exist in Redis, so nothing is created (the
+        first ``XADD`` creates it) and the server is only ``PING``-ed: the relay calls this
+        at start, and a connection Redis refuses for good (a wrong password, a database
+        number the server does not have) must stop the engine there, with one line.
         """
         self._check_open()
         _check_name("topic", topic)
-        if group is None:
-            return
-        _check_name("group", group)
+        if group is not None:
+            _check_name("group", group)
+        what = f"creating group {group} on {topic}" if group else f"connecting for {topic}"
         try:
-            self._client.xgroup_create(topic, group, id="0", mkstream=True)
-        except (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
-            # A refused password or ACL never heals by waiting: stop the engine (fatal).
-            raise BrokerSetupError(
-                f"Redis refused creating group {group} on {topic}: {type(exc).__name__}: {exc}"
-            ) from exc
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise unavailable(exc, f"creating group {group} on {topic}") from exc
-        except redis.exceptions.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise BrokerError(f"creating group {group} on {topic} failed: {exc}") from exc
+            if group is None:
+                self._client.ping()
+            else:
+                self._client.xgroup_create(topic, group, id="0", mkstream=True)
+        except redis.exceptions.RedisError as exc:
+            fatal = setup_error(exc, what)
+            if fatal is not None:
+                raise fatal from exc
+            if isinstance(exc, redis.exceptions.NoPermissionError):
+                # An ACL that refuses the group never heals by waiting: fatal too.
+                raise BrokerSetupError(
+                    f"Redis refused {what}: {type(exc).__name__}: {exc}"
+                ) from exc
+            if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+                raise unavailable(exc, what) from exc
+            if isinstance(exc, redis.exceptions.ResponseError) and "BUSYGROUP" in str(exc):
+                return
+            raise BrokerError(f"{what} failed: {exc}") from exc
 
     def ping(self) -> None:
         """``PING`` the server (health checks); raises ``BrokerUnavailableError`` if it fails."""

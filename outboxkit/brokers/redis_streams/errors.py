@@ -35,15 +35,39 @@ any other ``RedisError``                                unavailable  a client-si
 
 redis-py strips the code from the replies it maps to a class (``ReadOnlyError("You can't
 write ...")``), so exceptions are classified by class first, by reply code second.
+
+Before all of that, :func:`setup_error` picks out what no retry can fix because the
+*connection itself* is refused: a wrong password (``AuthenticationError``) or a database
+number the server does not have (``redis://host:6379/99`` on a server with 16 databases:
+redis-py's ``SELECT`` on connect fails with "DB index is out of range"). Those are a fatal
+:class:`~outboxkit.errors.BrokerSetupError`, whichever command met them first: the
+engine stops with one line instead of retrying (and, for a publish, instead of counting
+the refusal against every event).
 """
 
 from __future__ import annotations
 
 import redis
 
-from outboxkit.errors import BrokerError, BrokerUnavailableError, MessageRejectedError
+from outboxkit.errors import (
+    BrokerError,
+    BrokerSetupError,
+    BrokerUnavailableError,
+    MessageRejectedError,
+)
 
-__all__ = ["UNAVAILABLE_REPLIES", "is_unavailable_reply", "send_error", "unavailable"]
+__all__ = [
+    "UNAVAILABLE_REPLIES",
+    "is_unavailable_reply",
+    "send_error",
+    "setup_error",
+    "unavailable",
+]
+
+#: Replies to the ``SELECT`` redis-py sends on connecting, for the URL's database number:
+#: Redis 6+ says "DB index is out of range" (the server's ``databases`` setting, 16 by
+#: default), older servers "invalid DB index".
+_SELECT_REFUSED = ("DB index is out of range", "invalid DB index")
 
 #: Error reply codes that say the server cannot work right now, not that the message is bad.
 UNAVAILABLE_REPLIES = (
@@ -87,3 +111,21 @@ def send_error(exc: redis.exceptions.RedisError, what: str) -> BrokerError:
     if isinstance(exc, _UNAVAILABLE_REPLY_CLASSES) or is_unavailable_reply(reply):
         return BrokerUnavailableError(f"Redis refused {what}: {reply}")
     return MessageRejectedError(f"Redis refused {what}: {reply}")
+
+
+def setup_error(exc: redis.exceptions.RedisError, what: str) -> BrokerSetupError | None:
+    """The fatal error for a connection Redis refuses for good, else ``None``.
+
+    A refused password, or a database number the server does not have: waiting never
+    fixes either, so the engine must stop (see the module docstring).
+    """
+    if isinstance(exc, redis.exceptions.AuthenticationError):
+        return BrokerSetupError(f"Redis refused {what}: {type(exc).__name__}: {exc}")
+    text = str(exc)
+    if isinstance(exc, redis.exceptions.ResponseError) and any(t in text for t in _SELECT_REFUSED):
+        return BrokerSetupError(
+            f"Redis refused {what}: {text}: the database number in the Redis URL (the path, "
+            "as in redis://host:6379/0) must be below the server's `databases` setting "
+            "(16 by default)"
+        )
+    return None

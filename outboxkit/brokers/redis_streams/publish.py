@@ -15,7 +15,11 @@ import redis
 from redis.commands.core import Script
 
 from outboxkit.broker import BrokerMessage, SendResult
-from outboxkit.brokers.redis_streams.errors import is_unavailable_reply, send_error
+from outboxkit.brokers.redis_streams.errors import (
+    is_unavailable_reply,
+    send_error,
+    setup_error,
+)
 from outboxkit.brokers.redis_streams.wire import encode_fields, text
 from outboxkit.errors import BrokerUnavailableError, MessageRejectedError
 
@@ -112,8 +116,14 @@ def _run(
         # redis-py answers NOSCRIPT (a restarted server) by loading the script and retrying.
         replies = script(keys=keys, args=args, client=client)
     except redis.exceptions.RedisError as exc:
+        what = f"a batch of {len(batch)} messages"
+        fatal = setup_error(exc, what)
+        if fatal is not None:
+            # The connection itself is refused (password, database number): nothing was
+            # sent, and no message is to blame. The engine stops (see Broker.publish).
+            raise fatal from exc
         # The whole script was refused or lost: nothing or all of it was written.
-        error = send_error(exc, f"a batch of {len(batch)} messages")
+        error = send_error(exc, what)
         return [SendResult(message=m, error=error) for m in batch]
     results = [SendResult(message=message) for message in batch]
     try:
