@@ -7,6 +7,7 @@ import io
 import pytest
 import sqlalchemy as sa
 
+from outboxkit import urls
 from outboxkit.backends import SqlRepository
 from outboxkit.brokers.memory import MemoryBroker
 from outboxkit.brokers.redis_streams import RedisStreamsBroker
@@ -14,7 +15,6 @@ from outboxkit.cli import main
 from outboxkit.demo import run_demo
 from outboxkit.errors import ConfigurationError
 from outboxkit.routing import Route
-from outboxkit import urls
 from outboxkit.urls import broker_from_url
 
 
