@@ -36,8 +36,11 @@ class SendResult:
     ``error`` is ``None`` only when the broker acknowledged the message durably (Kafka:
     ``acks=all``; Redis: ``XADD`` returned an id). Otherwise it is a
     :class:`~outboxkit.errors.BrokerUnavailableError` (nothing known to be wrong with the
-    message: the broker could not be reached or did not answer in time) or a
-    :class:`~outboxkit.errors.MessageRejectedError` (the broker refused this message).
+    message: the broker could not be reached or did not answer in time: released
+    uncounted), a :class:`~outboxkit.errors.PermanentRejectionError` (the broker refused
+    this message for a reason no retry of it can fix, such as its size: ``dead`` at once)
+    or another :class:`~outboxkit.errors.MessageRejectedError` (the broker refused this
+    message, perhaps not for ever: a counted retry).
     """
 
     message: BrokerMessage
@@ -120,8 +123,13 @@ class Broker(abc.ABC):
 
         A message is reported ``ok`` only when the broker acknowledged it. Messages with
         the same key are never reordered: if one fails, the later messages of that key in
-        the batch are not sent and are reported with the same kind of error. Thread-safe.
-        Raises :class:`~outboxkit.errors.BrokerClosedError` after :meth:`close`.
+        the batch are not sent and are reported with the same kind of error, except that
+        nothing is wrong with them when the earlier one was refused for good: a
+        :class:`~outboxkit.errors.PermanentRejectionError` is followed by plain
+        :class:`~outboxkit.errors.MessageRejectedError` results. Thread-safe.
+        Raises :class:`~outboxkit.errors.BrokerClosedError` after :meth:`close`, and
+        :class:`~outboxkit.errors.BrokerSetupError` (nothing sent) when the broker refuses
+        the connection itself for good (a wrong password, a database it does not have).
         """
 
     @abc.abstractmethod

@@ -103,6 +103,17 @@ class MessageRejectedError(BrokerError):
     """
 
 
+class PermanentRejectionError(MessageRejectedError):
+    """The broker refused this message for a reason no retry of it can fix.
+
+    Too large for the producer or the broker, a topic name the broker calls invalid, a
+    record it calls invalid or corrupt: sending the same bytes again fails the same way.
+    The relay marks the row ``dead`` at once with this reason instead of retrying it until
+    ``max_retry`` (fix the cause, then requeue it: ``outboxkit dlq requeue``). Each broker
+    decides which of its errors are permanent (see its ``errors`` module).
+    """
+
+
 class BrokerClosedError(BrokerError):
     """The broker or subscription was used after :meth:`close`."""
 

@@ -7,6 +7,9 @@ fencing lease, publishes it as one broker batch, then records the outcome per ro
 * broker unreachable -> released untouched, due again after a pause; the attempt is **not**
   counted, so an outage never burns a row's retries;
 * rejected by the broker -> one counted retry with backoff, ``dead`` when exhausted;
+* rejected for good (:class:`~outboxkit.errors.PermanentRejectionError`: too large, an
+  invalid topic, ...) -> ``dead`` at once with the broker's reason, as retrying the same
+  message can only fail the same way;
 * undecodable row -> ``dead`` with the reason.
 
 **Overlap.** When a claim comes back full (a backlog), a helper thread claims the next
@@ -37,7 +40,12 @@ import attrs
 
 from outboxkit.broker import Broker, BrokerMessage
 from outboxkit.codec import utc_isoformat
-from outboxkit.errors import BrokerUnavailableError, DecodeError, MessageRejectedError
+from outboxkit.errors import (
+    BrokerUnavailableError,
+    DecodeError,
+    MessageRejectedError,
+    PermanentRejectionError,
+)
 from outboxkit.helper_thread import HelperThread
 from outboxkit.logs import event_fields
 from outboxkit.messages import OutboxMessage
@@ -307,6 +315,9 @@ class Relay:
             self._mark_published(sent, claim.token, background=False)
         retried = 0
         for row_id, error in rejected:
+            if isinstance(error, PermanentRejectionError):
+                dead += self._mark_refused(rows[row_id], error)
+                continue
             outcome = self.repository.schedule_retry(
                 self.route,
                 row_id,
@@ -341,6 +352,15 @@ class Relay:
                 f"{step.published} published in the same batch"
             )
         return step
+
+    def _mark_refused(self, row: OutboxMessage, error: PermanentRejectionError) -> int:
+        """Mark a row the broker refused for good ``dead`` with the reason; 1 if it was."""
+        reason = f"broker refused the message for good: {error}"
+        if not self.repository.mark_dead(self.route, row.id, reason=reason, event_id=row.event_id):
+            return 0  # moved on meanwhile (a lease that ran out): its new owner decides
+        self.observer.dead(self.route.service, row.event_type)
+        self._log_event(logging.ERROR, row, f"refused by the broker for good, dead: {error}")
+        return 1
 
     def _log_event(self, level: int, row: OutboxMessage, what: str) -> None:
         """One line about one row, naming event id, type, service and topic (also as extras)."""

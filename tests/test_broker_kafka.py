@@ -66,6 +66,13 @@ class TestKafkaBrokerContract(BrokerContract):
     redelivery_timeout = 25.0
     unavailable_deadline = 12.0
 
+    def refused_message(self, broker: Broker, topic: str, key: str) -> BrokerMessage:
+        # Over the producer's max_request_size: kafka-python refuses it before sending
+        assert isinstance(broker, KafkaBroker)
+        return BrokerMessage(
+            topic=topic, key=key, value=b"x" * (broker.config.max_request_size + 1)
+        )
+
     # kafka-python 3.0 leaks the refused socket of a failed bootstrap (see
     # _collect_leaked_sockets): the two outage tests run with ResourceWarning ignored.
     @pytest.mark.filterwarnings("ignore::ResourceWarning")

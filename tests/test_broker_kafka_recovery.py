@@ -24,7 +24,11 @@ from outboxkit.brokers.kafka import KafkaBroker, KafkaConfig
 from outboxkit.brokers.kafka.clients import SharedClient
 from outboxkit.brokers.kafka.errors import VERDICTS, Verdict, classify, translate
 from outboxkit.brokers.waves import same_kind
-from outboxkit.errors import BrokerUnavailableError, MessageRejectedError
+from outboxkit.errors import (
+    BrokerUnavailableError,
+    MessageRejectedError,
+    PermanentRejectionError,
+)
 from outboxkit.testing.broker_contract import receive_until
 from outboxkit.testing.tansu import TansuServer
 
@@ -88,26 +92,29 @@ def _kafka_error_classes() -> list[type[BaseException]]:
 
 def test_every_kafka_python_error_has_a_verdict_and_only_bad_messages_are_rejected() -> None:
     # Given every exception class kafka-python defines
-    rejected = set()
+    rejected, permanent = set(), set()
     for cls in _kafka_error_classes():
         # When it is classified, Then it gets a verdict (the table is total)
         verdict = classify(cls("boom"))
         assert isinstance(verdict, Verdict), cls
         if verdict is Verdict.REJECTED:
             rejected.add(cls.__name__)
+        if verdict is Verdict.PERMANENT:
+            permanent.add(cls.__name__)
     # And whatever kafka-python calls retriable is never counted against a message
     for cls in _kafka_error_classes():
         if getattr(cls, "retriable", False):
             assert classify(cls("boom")).unavailable, cls
-    # And the errors a send can raise because of the message itself are rejected
-    assert {
+    # And the errors a send can raise because of the message itself are rejected: for good
+    # when the same bytes can never pass, else with a counted retry
+    assert permanent == {
         "MessageSizeTooLargeError",
         "RecordListTooLargeError",
         "InvalidTopicError",
         "CorruptRecordError",
         "InvalidRecordError",
-        "InvalidTimestampError",
-    } <= rejected
+    }
+    assert {"InvalidTimestampError", "InvalidRequestError"} <= rejected
     # And every name in the table is one kafka-python 3.0 still has (no dead entries)
     known = {cls.__name__ for cls in _kafka_error_classes()} | {"OSError", "Exception"}
     assert set(VERDICTS) <= known
@@ -132,8 +139,9 @@ def test_every_kafka_python_error_has_a_verdict_and_only_bad_messages_are_reject
         ("NotEnoughReplicasError", Verdict.UNAVAILABLE),
         ("BrokerNotAvailableError", Verdict.UNAVAILABLE),
         ("UnknownError", Verdict.UNAVAILABLE),
-        ("MessageSizeTooLargeError", Verdict.REJECTED),
-        ("InvalidTopicError", Verdict.REJECTED),
+        ("MessageSizeTooLargeError", Verdict.PERMANENT),
+        ("InvalidTopicError", Verdict.PERMANENT),
+        ("InvalidTimestampError", Verdict.REJECTED),
     ],
 )
 def test_send_errors_are_classed_by_what_they_say_about_the_message(
@@ -143,7 +151,10 @@ def test_send_errors_are_classed_by_what_they_say_about_the_message(
 
     exc = getattr(kerr, name)("boom")
     assert classify(exc) is verdict
-    expected = MessageRejectedError if verdict is Verdict.REJECTED else BrokerUnavailableError
+    expected = {
+        Verdict.REJECTED: MessageRejectedError,
+        Verdict.PERMANENT: PermanentRejectionError,
+    }.get(verdict, BrokerUnavailableError)
     assert type(translate(exc, "send")) is expected
 
 

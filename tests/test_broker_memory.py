@@ -15,6 +15,7 @@ from outboxkit.testing.broker_contract import BrokerContract, receive_until
 class TestMemoryBroker(BrokerContract):
     can_be_unreachable = False
     reclaims_idle_deliveries = True
+    refuses_messages_for_good = False  # it takes any message
     redelivery_timeout = 5.0
 
     @pytest.fixture

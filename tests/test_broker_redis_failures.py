@@ -19,7 +19,11 @@ import redis
 from outboxkit.broker import BrokerMessage, Delivery, SendResult, Subscription
 from outboxkit.brokers.redis_streams import RedisStreamsBroker
 from outboxkit.brokers.redis_streams.errors import send_error
-from outboxkit.errors import BrokerUnavailableError, MessageRejectedError
+from outboxkit.errors import (
+    BrokerUnavailableError,
+    MessageRejectedError,
+    PermanentRejectionError,
+)
 from outboxkit.testing.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -230,8 +234,9 @@ def test_a_message_field_redis_cannot_carry_is_rejected_alone(redis_url: str, un
         results = broker.publish(messages)
     client = redis.Redis.from_url(redis_url)
     try:
-        # Then that message is rejected, the later one of its key is not sent, others go
-        assert _errors(results) == [MessageRejectedError, MessageRejectedError, None]
+        # Then that message is rejected for good, the later one of its key is not sent (a
+        # counted rejection: nothing is wrong with it), others go
+        assert _errors(results) == [PermanentRejectionError, MessageRejectedError, None]
         assert [fields[b"key"] for _, fields in client.xrange(topic)] == [b"b"]
     finally:
         client.delete(topic)

@@ -16,6 +16,10 @@ pytest only collects your subclass) and provide three fixtures::
         @pytest.fixture
         def unreachable_broker(self) -> Iterator[Broker]: ...  # points at a closed port
 
+A broker that can refuse a message for good overrides :meth:`BrokerContract.refused_message`
+to build one (one over its size limit, say); one that cannot sets
+``refuses_messages_for_good = False``.
+
 ``unique`` (a short unique suffix, from the project's ``conftest.py``) must also be available;
 every topic and group name of the suite contains it, so a backend's teardown can delete what
 a test created by matching it (e.g. Redis ``SCAN MATCH *<unique>*``).
@@ -37,7 +41,12 @@ from collections.abc import Callable, Iterator, Sequence
 import pytest
 
 from outboxkit.broker import Broker, BrokerMessage, Delivery, Subscription
-from outboxkit.errors import BrokerClosedError, BrokerUnavailableError
+from outboxkit.errors import (
+    BrokerClosedError,
+    BrokerUnavailableError,
+    MessageRejectedError,
+    PermanentRejectionError,
+)
 
 __all__ = ["BrokerContract", "receive_until"]
 
@@ -101,6 +110,11 @@ class BrokerContract:
     #: Whether two live members of a group each get a share of the work (Kafka: needs at
     #: least two partitions and distinct keys).
     splits_work_between_members: bool = True
+    #: Whether some message is refused for good (a
+    #: :class:`~outboxkit.errors.PermanentRejectionError`), built by
+    #: :meth:`refused_message` (False for a broker that takes anything, such as the
+    #: in-process one).
+    refuses_messages_for_good: bool = True
 
     # ------------------------------------------------------------------ deadlines (seconds)
     #: Time to receive messages that are already on the broker (includes a group join).
@@ -146,6 +160,14 @@ class BrokerContract:
         yield new
         for instance in created:
             instance.close()
+
+    def refused_message(self, broker: Broker, topic: str, key: str) -> BrokerMessage:
+        """A message for ``topic`` and ``key`` that ``broker`` refuses for good (e.g. one
+        over its size limit). Override it, or set ``refuses_messages_for_good = False``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must override refused_message "
+            "(or set refuses_messages_for_good = False)"
+        )
 
     def topic_name(self, unique: str, suffix: str = "t") -> str:
         """A topic name valid for Kafka and Redis that contains ``unique``."""
@@ -197,6 +219,30 @@ class BrokerContract:
         assert [r.message for r in results] == messages
         assert all(r.ok and r.error is None for r in results)
         assert broker.publish([]) == []
+
+    def test_a_message_refused_for_good_is_a_permanent_rejection_holding_back_only_its_key(
+        self, broker: Broker, unique: str
+    ) -> None:
+        if not self.refuses_messages_for_good:
+            pytest.skip("this broker refuses no message for good")
+        # Given a batch where key "a"'s second message can never be accepted
+        topic = self.topic_name(unique)
+        broker.ensure_topic(topic)
+        messages = [
+            BrokerMessage(topic=topic, key="a", value=b"a1"),
+            self.refused_message(broker, topic, "a"),
+            BrokerMessage(topic=topic, key="b", value=b"b1"),
+            BrokerMessage(topic=topic, key="a", value=b"a3"),
+        ]
+        # When it is published
+        results = broker.publish(messages)
+        # Then that message is refused for good (the relay marks it dead at once)
+        assert [r.ok for r in results] == [True, False, True, False], [r.error for r in results]
+        assert isinstance(results[1].error, PermanentRejectionError), results[1].error
+        # And the later message of its key was held back, with nothing wrong with it: a
+        # counted retry, never a permanent refusal of its own
+        assert isinstance(results[3].error, MessageRejectedError), results[3].error
+        assert not isinstance(results[3].error, PermanentRejectionError)
 
     def test_a_consumer_created_after_publishing_receives_the_backlog(
         self, broker: Broker, subscribe: Callable[..., Subscription], unique: str

@@ -1,10 +1,11 @@
 """librdkafka errors -> outboxkit errors, decided in one place.
 
-The relay treats the two outcomes very differently, so the line between them matters:
+The relay treats the outcomes very differently, so the line between them matters:
 :class:`~outboxkit.errors.BrokerUnavailableError` releases the rows *uncounted* and pauses
 (nothing is wrong with the message), :class:`~outboxkit.errors.MessageRejectedError` counts
 a retry against the row (so a poison message ends ``dead`` instead of blocking its key
-forever). The decisions, first matching row wins:
+forever), and :class:`~outboxkit.errors.PermanentRejectionError` ("permanent" below) marks
+it ``dead`` at once: the same bytes can never pass. The decisions, first matching row wins:
 
 =====================================  ============  ========================================
 librdkafka error                       ours          why
@@ -37,12 +38,14 @@ librdkafka error                       ours          why
 ``_UNKNOWN_TOPIC``,                                  kafka-python broker, where the same case is
 ``_UNKNOWN_PARTITION``                               a metadata timeout; creating the topic
                                                      fixes every row at once
-``MSG_SIZE_TOO_LARGE``,                rejected      this message is too big (librdkafka checks
+``MSG_SIZE_TOO_LARGE``,                permanent     this message is too big (librdkafka checks
 ``RECORD_LIST_TOO_LARGE``                            ``message.max.bytes`` before sending)
-``INVALID_RECORD``, ``INVALID_MSG``,   rejected      the broker refused this record's content
-``UNSUPPORTED_FOR_MESSAGE_FORMAT``,
-``POLICY_VIOLATION``
-``TOPIC_EXCEPTION``                    rejected      the message names an invalid topic
+``INVALID_RECORD``, ``INVALID_MSG``    permanent     the broker calls this record invalid or
+                                                     corrupt (checksum, size)
+``TOPIC_EXCEPTION``                    permanent     the message names an invalid topic
+``UNSUPPORTED_FOR_MESSAGE_FORMAT``,    rejected      the topic's format or policy refuses the
+``POLICY_VIOLATION``                                 record: a setting an operator may still
+                                                     change while the retries run
 ``TOPIC_AUTHORIZATION_FAILED``,        rejected      we may not write this message's topic;
 ``CLUSTER_AUTHORIZATION_FAILED``                     counted, as kafka-python's broker does, so
                                                      both brokers classify alike (an operator
@@ -61,7 +64,12 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
-from outboxkit.errors import BrokerError, BrokerUnavailableError, MessageRejectedError
+from outboxkit.errors import (
+    BrokerError,
+    BrokerUnavailableError,
+    MessageRejectedError,
+    PermanentRejectionError,
+)
 
 __all__ = ["error_of", "replaces_producer", "translate", "translate_exception"]
 
@@ -99,15 +107,21 @@ _UNAVAILABLE = frozenset(
     }
 )
 
-_REJECTED = frozenset(
+#: The same message can never pass: ``dead`` at once.
+_PERMANENT = frozenset(
     {
         KafkaError.MSG_SIZE_TOO_LARGE,
         KafkaError.RECORD_LIST_TOO_LARGE,
         KafkaError.INVALID_RECORD,
         KafkaError.INVALID_MSG,
+        KafkaError.TOPIC_EXCEPTION,
+    }
+)
+
+_REJECTED = frozenset(
+    {
         KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
         KafkaError.POLICY_VIOLATION,
-        KafkaError.TOPIC_EXCEPTION,
         KafkaError.TOPIC_AUTHORIZATION_FAILED,
         KafkaError.CLUSTER_AUTHORIZATION_FAILED,
         KafkaError._INVALID_ARG,
@@ -132,6 +146,8 @@ def translate(error: KafkaError, what: str) -> BrokerError:
     code = error.code()
     if error.fatal() or code in _UNAVAILABLE:
         return BrokerUnavailableError(text)
+    if code in _PERMANENT:
+        return PermanentRejectionError(text)
     if code in _REJECTED:
         return MessageRejectedError(text)
     if error.retriable():

@@ -8,6 +8,12 @@ so the choice matters more than anything else in this package:
   known to be wrong, so an outage, however long, never burns an event's retries.
 - :class:`~outboxkit.errors.MessageRejectedError`: *this message is bad*. One **counted**
   retry; the row ends ``dead`` when its retries run out.
+- :class:`~outboxkit.errors.PermanentRejectionError`: *this message can never be sent as
+  it is* (over ``max_request_size`` or the topic's ``max.message.bytes``, an invalid topic
+  name, a record the broker calls invalid or corrupt). The row goes ``dead`` at once with
+  the reason: retrying the same bytes only fails the same way until ``max_retry``.
+  kafka-python splits a batch the broker finds too large before failing it, so these
+  errors are about the one record.
 
 When in doubt an error that the broker or the client can cause on its own (an outage, a lost
 producer state, a topic that vanished with a restarted broker, a setting the cluster refuses)
@@ -27,7 +33,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 
-from outboxkit.errors import BrokerError, BrokerUnavailableError, MessageRejectedError
+from outboxkit.errors import (
+    BrokerError,
+    BrokerUnavailableError,
+    MessageRejectedError,
+    PermanentRejectionError,
+)
 
 
 class Verdict(enum.Enum):
@@ -45,13 +56,17 @@ class Verdict(enum.Enum):
     #: The cluster refuses our settings or credentials. Not the message's fault, and no
     #: retry of it can help: release uncounted and log at ERROR so an operator sees it.
     MISCONFIGURED = "misconfigured"
-    #: This message is bad (too large, invalid topic name, corrupt record): counted retry.
+    #: This message was refused, perhaps not for ever (a timestamp out of range, an
+    #: answer the table does not know): counted retry.
     REJECTED = "rejected"
+    #: This message can never be sent as it is (too large, invalid topic name, invalid or
+    #: corrupt record): ``dead`` at once.
+    PERMANENT = "permanent"
 
     @property
     def unavailable(self) -> bool:
-        """True when the message is released uncounted (every verdict but ``REJECTED``)."""
-        return self is not Verdict.REJECTED
+        """True when the message is released uncounted (every verdict but the rejections)."""
+        return self not in (Verdict.REJECTED, Verdict.PERMANENT)
 
 
 _U = Verdict.UNAVAILABLE
@@ -59,6 +74,7 @@ _P = Verdict.PRODUCER_BROKEN
 _T = Verdict.TOPIC_MISSING
 _M = Verdict.MISCONFIGURED
 _R = Verdict.REJECTED
+_X = Verdict.PERMANENT
 
 #: Exception class name -> verdict, looked up along the MRO (see :func:`classify`).
 VERDICTS: Mapping[str, Verdict] = {
@@ -139,13 +155,14 @@ VERDICTS: Mapping[str, Verdict] = {
     "InvalidReplicationFactorError": _M,
     "InvalidReplicationAssignmentError": _M,
     "TopicDeletionDisabledError": _M,
-    # --- this message is bad: counted retry
-    "MessageSizeTooLargeError": _R,  # over max_request_size or the topic's max.message.bytes
-    "RecordListTooLargeError": _R,
-    "InvalidTopicError": _R,  # the topic name (chosen by the event's route) is illegal
-    "CorruptRecordError": _R,
-    "InvalidRecordError": _R,  # e.g. a compacted topic and a record the broker refuses
-    "InvalidTimestampError": _R,
+    # --- this message can never be sent as it is: dead at once
+    "MessageSizeTooLargeError": _X,  # over max_request_size or the topic's max.message.bytes
+    "RecordListTooLargeError": _X,  # one record over the segment size (batches are split)
+    "InvalidTopicError": _X,  # the topic name (chosen by the event's route) is illegal
+    "CorruptRecordError": _X,  # the record's checksum or size, as our producer wrote it
+    "InvalidRecordError": _X,  # e.g. a compacted topic and a record the broker refuses
+    # --- this message is bad, perhaps not for ever: counted retry
+    "InvalidTimestampError": _R,  # the producer's clock against the topic's bounds
     "InvalidRequestError": _R,
 }
 
@@ -166,9 +183,12 @@ def classify(exc: BaseException) -> Verdict:
 
 
 def error_for(verdict: Verdict, text: str) -> BrokerError:
-    """The outboxkit error for ``verdict``: rejected or (every other verdict) unavailable."""
+    """The outboxkit error for ``verdict``: permanently rejected, rejected or (every other
+    verdict) unavailable."""
     if verdict.unavailable:
         return BrokerUnavailableError(text)
+    if verdict is Verdict.PERMANENT:
+        return PermanentRejectionError(text)
     return MessageRejectedError(text)
 
 

@@ -2,9 +2,13 @@
 
 A failed send is either "the broker is unwell" (:class:`BrokerUnavailableError`: the relay
 releases the rows uncounted and backs off) or "this message is bad"
-(:class:`MessageRejectedError`: one counted retry, ``dead`` in the end). The rule: unless
-Redis said something is wrong with *this* command as given, nothing is known to be wrong
-with the message, and it is the broker that is unwell.
+(:class:`MessageRejectedError`: one counted retry, ``dead`` in the end; "permanent" below
+is :class:`PermanentRejectionError`: ``dead`` at once, as the same message can never pass).
+The rule: unless Redis said something is wrong with *this* command as given, nothing is
+known to be wrong with the message, and it is the broker that is unwell. Redis has no size
+or content check of its own short of its 512 MB bulk limit (far beyond
+``PublisherConfig.max_payload_bytes``), so the permanent refusals are a stream key of
+another type and a field redis-py cannot carry.
 
 =====================================================  ===========  ==========================
 What redis-py raises, or the script's ``XADD`` returns  Class        Why
@@ -20,12 +24,14 @@ failing), ``BUSY`` (a long script), ``TRYAGAIN``,
 ``CLUSTERDOWN``
 ``NOSCRIPT`` (script cache empty after a restart or     never seen   redis-py loads the script
 ``SCRIPT FLUSH``)                                                    and runs it again
-``WRONGTYPE`` (the stream key holds another type)       rejected     this topic cannot take it
+``WRONGTYPE`` (the stream key holds another type)       permanent    this topic cannot take it
+                                                                     until someone deletes the
+                                                                     key; then requeue the dead
 ``NOPERM`` (an ACL forbids the key or command)          rejected     a retry cannot fix it; the
                                                                      row dies with the reason
                                                                      instead of stalling the
                                                                      relay forever
-a message field redis-py cannot encode (``DataError``;  rejected     the message itself is bad
+a message field redis-py cannot encode (``DataError``;  permanent    the message itself is bad
 checked before sending, for that message only)
 any other error reply (``ERR ...``)                     rejected     Redis refused the command
                                                                      as given
@@ -54,11 +60,15 @@ from outboxkit.errors import (
     BrokerSetupError,
     BrokerUnavailableError,
     MessageRejectedError,
+    PermanentRejectionError,
 )
 
 __all__ = [
+    "PERMANENT_REPLIES",
     "UNAVAILABLE_REPLIES",
+    "is_permanent_reply",
     "is_unavailable_reply",
+    "rejection",
     "send_error",
     "setup_error",
     "unavailable",
@@ -100,6 +110,24 @@ def is_unavailable_reply(text: str) -> bool:
     return text.startswith(UNAVAILABLE_REPLIES)
 
 
+#: Error reply codes that refuse the message for good (see the table above).
+PERMANENT_REPLIES = ("WRONGTYPE",)
+
+
+def is_permanent_reply(text: str) -> bool:
+    """Whether an error reply (``"WRONGTYPE Operation against a key ..."``) refuses the
+    message for good."""
+    return text.startswith(PERMANENT_REPLIES)
+
+
+def rejection(reply: str, text: str) -> MessageRejectedError:
+    """The error, saying ``text``, for an error ``reply`` that does not mean the broker is
+    unwell: permanent or counted, by the reply's code."""
+    if is_permanent_reply(reply):
+        return PermanentRejectionError(text)
+    return MessageRejectedError(text)
+
+
 def send_error(exc: redis.exceptions.RedisError, what: str) -> BrokerError:
     """The error to report for every message of a batch whose send raised ``exc``."""
     if not isinstance(exc, redis.exceptions.ResponseError):
@@ -110,6 +138,7 @@ def send_error(exc: redis.exceptions.RedisError, what: str) -> BrokerError:
     reply = f"{code} {exc}".strip() if code and not str(exc).startswith(code) else str(exc)
     if isinstance(exc, _UNAVAILABLE_REPLY_CLASSES) or is_unavailable_reply(reply):
         return BrokerUnavailableError(f"Redis refused {what}: {reply}")
+    # Counted, never permanent: a refusal of the whole batch blames no message in it.
     return MessageRejectedError(f"Redis refused {what}: {reply}")
 
 

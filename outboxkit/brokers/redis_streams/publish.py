@@ -17,6 +17,7 @@ from redis.commands.core import Script
 from outboxkit.broker import BrokerMessage, SendResult
 from outboxkit.brokers.redis_streams.errors import (
     is_unavailable_reply,
+    rejection,
     send_error,
     setup_error,
 )
@@ -145,13 +146,17 @@ def _run(
 
 
 def _failure(message: BrokerMessage, status: str, detail: str) -> SendResult:
-    """The result of a message the script did not write (``status`` "err" or "skip")."""
-    unavailable = is_unavailable_reply(detail)
+    """The result of a message the script did not write (``status`` "err" or "skip").
+
+    A skipped message was not sent because an earlier one of its key failed: nothing is
+    wrong with it, so it is never a permanent rejection, whatever the earlier one's was.
+    """
+    reply = detail
     if status == "skip":
         detail = f"not sent: an earlier message of key {message.key!r} failed: {detail}"
-    if unavailable:
+    if is_unavailable_reply(reply):
         return SendResult(message=message, error=BrokerUnavailableError(detail))
-    return SendResult(
-        message=message,
-        error=MessageRejectedError(f"XADD to {message.topic} refused: {detail}"),
-    )
+    text = f"XADD to {message.topic} refused: {detail}"
+    if status == "skip":
+        return SendResult(message=message, error=MessageRejectedError(text))
+    return SendResult(message=message, error=rejection(reply, text))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from outboxkit.broker import BrokerMessage, Delivery
-from outboxkit.errors import MessageRejectedError
+from outboxkit.errors import PermanentRejectionError
 
 FIELD_KEY = b"key"
 FIELD_VALUE = b"value"
@@ -24,8 +24,9 @@ def text(value: bytes | str) -> str:
 def encode_fields(message: BrokerMessage) -> list[bytes | str]:
     """The field/value pairs of ``message``'s entry, flattened as ``XADD`` takes them.
 
-    Raises :class:`~outboxkit.errors.MessageRejectedError` for a field of the wrong type
-    (redis-py would raise ``DataError`` for the whole batch, or send ``str(value)``).
+    Raises :class:`~outboxkit.errors.PermanentRejectionError` for a field of the wrong
+    type (redis-py would raise ``DataError`` for the whole batch, or send ``str(value)``):
+    the same message would fail the same way every time.
     """
     _check_type("key", message.key, str)
     _check_type("value", message.value, (bytes, bytearray))
@@ -39,7 +40,7 @@ def encode_fields(message: BrokerMessage) -> list[bytes | str]:
 
 def _check_type(what: str, value: object, expected: type | tuple[type, ...]) -> None:
     if not isinstance(value, expected):
-        raise MessageRejectedError(
+        raise PermanentRejectionError(
             f"message {what} is a {type(value).__name__}, which Redis cannot carry as is"
         )
 
