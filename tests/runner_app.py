@@ -1,8 +1,9 @@
 """An application for the fail-fast and bounded-stop worker tests (run in a subprocess).
 
 Like a real application it reads its settings from the environment: the database URL, the
-broker URL (``memory://``, ``kafka://host:port``, ``redis://host:port/db``) and the service
-name, which also names its table.
+broker URL (``memory://``, ``kafka://host:port``, ``redis://host:port/db``), the service
+name, which also names its table, and for Kafka whether to create topics and the bootstrap
+timeout.
 """
 
 from __future__ import annotations
@@ -27,8 +28,13 @@ def broker_for(url: str) -> Broker:
         from outboxkit.brokers.kafka import KafkaBroker, KafkaConfig
 
         create = os.environ.get("RUNNER_APP_CREATE_TOPICS", "1") == "1"
+        bootstrap_ms = int(os.environ.get("RUNNER_APP_KAFKA_BOOTSTRAP_TIMEOUT_MS", "10000"))
         return KafkaBroker(
-            KafkaConfig.from_bootstrap(url.removeprefix("kafka://"), create_topics=create)
+            KafkaConfig.from_bootstrap(
+                url.removeprefix("kafka://"),
+                create_topics=create,
+                bootstrap_timeout_ms=bootstrap_ms,
+            )
         )
     if url.startswith("redis://"):
         from outboxkit.brokers.redis_streams import RedisStreamsBroker

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from outboxkit.brokers.kafka.errors import Verdict, classify
+from outboxkit.brokers.kafka.reachability import BootstrapRefusedError, check_bootstrap
 from outboxkit.errors import (
     BrokerClosedError,
     BrokerSetupError,
@@ -97,12 +98,15 @@ def new_client(
 ) -> Any:
     """Build a kafka-python client; bad settings and unreachable brokers become ours.
 
-    With ``interrupted``, the wait for a bootstrap server ends as soon as it is set (see the
-    module docstring).
+    When every bootstrap server refuses a TCP connection, no client is built and
+    :class:`~outboxkit.brokers.kafka.reachability.BootstrapRefusedError` says so at once
+    (see :mod:`~outboxkit.brokers.kafka.reachability`). With ``interrupted``, the wait for a
+    bootstrap server ends as soon as it is set (see the module docstring).
     """
     from kafka.errors import KafkaConfigurationError
 
     def build() -> Any:
+        check_bootstrap(servers, settings, what)
         return factory(**settings)
 
     def discard(client: Any) -> None:
@@ -112,7 +116,7 @@ def new_client(
         if interrupted is None:
             return build()
         return build_interruptibly(build, interrupted, what, discard)
-    except ConnectInterruptedError:
+    except (ConnectInterruptedError, BootstrapRefusedError):
         raise
     except KafkaConfigurationError as exc:
         raise ConfigurationError(f"invalid Kafka {what} settings: {exc}") from exc
@@ -169,7 +173,8 @@ class SharedClient:
                 )
             if self._failure is not None and self._failure[0] >= asked:
                 error = self._failure[1]
-                raise BrokerUnavailableError(
+                # Of the same class, so an outage log sees the same cause, not a new one.
+                raise type(error)(
                     f"{error} (another thread's attempt failed while this one waited)"
                 ) from error
             try:
