@@ -54,7 +54,8 @@ class PublisherConfig:
     ``max_retry`` counts attempts **in all**, the first included: with ``max_retry=3`` a
     handler that always fails runs three times, then the row goes ``dead``. (The name is
     the Go column's.) Every counted failure is an attempt: a handler that raised, a message
-    the broker refused, a published row rescued because no outcome came back.
+    the broker refused (one it refuses for good goes ``dead`` at once), a published row
+    rescued because no outcome came back.
     """
 
     max_payload_bytes: int = attrs.field(
