@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from outboxkit.backends import SqlRepository
 from outboxkit.messages import PublishRequest
-from outboxkit.outbox import Publisher
+from outboxkit.publish.publisher import Publisher
 from outboxkit.routing import Route, Routing, ServiceCatalog
 
 #: The event of every benchmark: ~300 bytes of JSON payload, like a typical domain event.

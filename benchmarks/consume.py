@@ -21,10 +21,10 @@ from benchmarks.env import Env
 from benchmarks.figures import Figure, throughput
 from benchmarks.relay import drain, kafka_broker, redis_broker
 from outboxkit.broker import Broker, Subscription
-from outboxkit.consumer import Consumer, ConsumerConfig
+from outboxkit.consume.consumer import Consumer, ConsumerConfig
+from outboxkit.consume.registry import HandlerRegistry
 from outboxkit.messages import Event, Status
-from outboxkit.registry import HandlerRegistry
-from outboxkit.relay import Relay
+from outboxkit.relay.relay import Relay
 
 TARGET = 0.8
 BATCH = raw.BROKER_BATCH

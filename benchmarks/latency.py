@@ -36,7 +36,7 @@ from benchmarks.relay import kafka_broker, redis_broker
 from outboxkit.backends import SqlRepository
 from outboxkit.engine import Engine, EngineConfig
 from outboxkit.messages import Event, PublishRequest
-from outboxkit.outbox import Publisher
+from outboxkit.publish.publisher import Publisher
 
 #: p50 and p99 targets in milliseconds, per (database, broker, same process).
 TARGETS: dict[tuple[str, str, bool], tuple[float | None, float | None]] = {

@@ -28,7 +28,7 @@ from benchmarks.env import Env
 from benchmarks.figures import Figure, skipped, throughput
 from outboxkit.broker import Broker, BrokerMessage
 from outboxkit.messages import Status
-from outboxkit.relay import Relay
+from outboxkit.relay.relay import Relay
 
 TARGET = 0.9
 

@@ -22,7 +22,7 @@ from benchmarks.env import Env
 from benchmarks.figures import Figure, absolute, relative
 from outboxkit.backends import SqlRepository
 from outboxkit.engine import Engine, EngineConfig
-from outboxkit.outbox import Publisher
+from outboxkit.publish.publisher import Publisher
 
 LABEL = "w"
 DEADLINE_SECONDS = 300.0

@@ -6,8 +6,13 @@ effect.
 """
 
 from outboxkit.broker import Broker, BrokerMessage, Delivery, SendResult, Subscription
-from outboxkit.codec import Envelope
-from outboxkit.consumer import ConsumerConfig
+from outboxkit.consume.consumer import ConsumerConfig
+from outboxkit.consume.registry import (
+    HandlerRegistry,
+    SessionHandler,
+    SideEffectHandler,
+    TransactionalHandler,
+)
 from outboxkit.engine import Engine, EngineConfig, EngineStats
 from outboxkit.errors import (
     BrokerError,
@@ -28,21 +33,21 @@ from outboxkit.errors import (
     RoutingError,
     UnknownEventTypeError,
 )
-from outboxkit.health import HealthCheck, HealthReport
 from outboxkit.messages import Event, OutboxMessage, PublishRequest, Status
-from outboxkit.observe import Observer
-from outboxkit.outbox import Publisher, PublisherConfig
-from outboxkit.payloads import JsonPayloadCodec, PayloadCodec, PayloadCodecs, PayloadDecodeError
-from outboxkit.registry import (
-    HandlerRegistry,
-    SessionHandler,
-    SideEffectHandler,
-    TransactionalHandler,
-)
-from outboxkit.relay import RelayConfig
-from outboxkit.repository import Repository
+from outboxkit.observability.health import HealthCheck, HealthReport
+from outboxkit.observability.observers import Observer
+from outboxkit.publish.publisher import Publisher, PublisherConfig
+from outboxkit.relay.relay import RelayConfig
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Route, Routing, ServiceCatalog
+from outboxkit.store.repository import Repository
+from outboxkit.wire.envelope import Envelope
+from outboxkit.wire.payloads import (
+    JsonPayloadCodec,
+    PayloadCodec,
+    PayloadCodecs,
+    PayloadDecodeError,
+)
 
 __version__ = "0.1.0"
 
@@ -81,7 +86,7 @@ __all__ = [
     "SendResult",
     "Subscription",
     "RetryPolicy",
-    # observing (metrics exporters: outboxkit.prometheus, extra "prometheus")
+    # observing (metrics exporters: outboxkit.observability.prometheus, extra "prometheus")
     "Observer",
     "HealthReport",
     "HealthCheck",

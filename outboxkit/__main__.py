@@ -2,6 +2,6 @@
 
 import sys
 
-from outboxkit.cli import main
+from outboxkit.cli.main import main
 
 sys.exit(main())

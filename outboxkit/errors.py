@@ -157,7 +157,7 @@ class PermanentError(HandlerError):
 class HandlerTransactionError(HandlerError):
     """A transactional handler did what its writes cannot survive: it committed or rolled
     back the transaction it runs in, left a SAVEPOINT open, or let an ORM session bound to
-    its connection drop changes it never flushed (see :mod:`outboxkit.handler_scope`).
+    its connection drop changes it never flushed (see :mod:`outboxkit.consume.handler_scope`).
 
     The attempt fails like any other handler exception (a retry, ``dead`` after
     ``max_retry``) and the handler's writes are rolled back, so an event is never

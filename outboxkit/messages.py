@@ -57,7 +57,7 @@ class PublishRequest:
 
     ``correlation_id`` ties every event of one business flow together and ``causation_id``
     names the event whose handling caused this one. Left empty, they are filled when the
-    event is written (see :mod:`outboxkit.causality`): a publish made while a handler runs
+    event is written (see :mod:`outboxkit.publish.causality`): a publish made while a handler runs
     inherits the handled event's correlation id and takes its event id as causation id; any
     other publish starts a flow, with ``correlation_id = event_id`` and no causation id.
     """

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
+from outboxkit.backends.urls import database_url
 from outboxkit.testing import services
-from outboxkit.urls import database_url
 
 pytest_plugins = ["tests.kafka_server"]
 

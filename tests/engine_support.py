@@ -10,11 +10,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from outboxkit.backends import SqlRepository
-from outboxkit.consumer import ConsumerConfig
+from outboxkit.consume.consumer import ConsumerConfig
 from outboxkit.engine import Engine, EngineConfig
 from outboxkit.messages import OutboxMessage, Status
-from outboxkit.outbox import PublisherConfig
-from outboxkit.relay import RelayConfig
+from outboxkit.publish.publisher import PublisherConfig
+from outboxkit.relay.relay import RelayConfig
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Routing, ServiceCatalog
 

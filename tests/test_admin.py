@@ -22,12 +22,12 @@ from outboxkit.admin import (
 )
 from outboxkit.backends import SqlRepository
 from outboxkit.brokers.memory import MemoryBroker
-from outboxkit.cli_commands import logs
-from outboxkit.cli_commands.output import print_table
+from outboxkit.cli import logs
+from outboxkit.cli.output import print_table
 from outboxkit.engine import Engine
 from outboxkit.engine.housekeeping import housekeeping_step, lock_name
-from outboxkit.logs import mask_url
 from outboxkit.messages import Event, PublishRequest, Status
+from outboxkit.observability.logs import mask_url
 from outboxkit.routing import Route, Routing
 from tests.engine_support import fast_config, unique_routing, wait_for
 

@@ -21,7 +21,7 @@ from alembic.migration import MigrationContext
 
 from outboxkit.backends import SqlRepository
 from outboxkit.messages import PublishRequest
-from outboxkit.outbox import Publisher
+from outboxkit.publish.publisher import Publisher
 from outboxkit.routing import Routing
 from tests.doc_blocks import ROOT, python_blocks
 

@@ -372,7 +372,7 @@ def test_unknown_librdkafka_settings_are_configuration_errors() -> None:
 
 
 def test_a_confluent_url_gives_a_librdkafka_broker() -> None:
-    from outboxkit.urls import broker_from_url
+    from outboxkit.brokers.urls import broker_from_url
 
     with broker_from_url("confluent://h1:9092,h2:9093/") as broker:
         assert isinstance(broker, ConfluentKafkaBroker)

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from outboxkit.backends import SqlRepository, create_sqlite_engine
-from outboxkit.cli import main
-from outboxkit.demo import run_demo
+from outboxkit.cli.demo import run_demo
+from outboxkit.cli.main import main
 from outboxkit.messages import PublishRequest, Status
-from outboxkit.outbox import Publisher
+from outboxkit.publish.publisher import Publisher
 from tests import worker_app
 from tests.engine_support import wait_for
 

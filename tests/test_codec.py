@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from outboxkit.codec import (
+from outboxkit.errors import DecodeError, InvalidEventError
+from outboxkit.messages import OutboxMessage, PublishRequest
+from outboxkit.wire.envelope import (
     CONTENT_TYPE,
     ENVELOPE_VERSION,
     Envelope,
@@ -19,8 +21,6 @@ from outboxkit.codec import (
     encode_shell,
     envelope_from_row,
 )
-from outboxkit.errors import DecodeError, InvalidEventError
-from outboxkit.messages import OutboxMessage, PublishRequest
 from tests.engine_support import outbox_row
 
 #: An envelope exactly as the Go relay (json.Marshal of its Envelope struct) writes it.

@@ -21,14 +21,14 @@ from sqlalchemy.engine import Connection
 
 from outboxkit.backends import SqlRepository
 from outboxkit.broker import Delivery
-from outboxkit.codec import dumps, encode_envelope, envelope_from_row
-from outboxkit.consumer import Consumer, Outcome
+from outboxkit.consume.consumer import Consumer, Outcome
+from outboxkit.consume.registry import HandlerRegistry
 from outboxkit.errors import RepositoryError
 from outboxkit.messages import Event, PublishRequest, Status
-from outboxkit.outbox import Publisher
-from outboxkit.registry import HandlerRegistry
-from outboxkit.repository import ConsumeItem, ConsumeOutcome
+from outboxkit.publish.publisher import Publisher
 from outboxkit.routing import Route, Routing
+from outboxkit.store.repository import ConsumeItem, ConsumeOutcome
+from outboxkit.wire.envelope import dumps, encode_envelope, envelope_from_row
 from tests.engine_support import unique_routing
 
 pytestmark = pytest.mark.usefixtures("unique")

@@ -19,11 +19,11 @@ import sqlalchemy as sa
 from outboxkit.backends import SqlRepository
 from outboxkit.broker import Subscription
 from outboxkit.brokers.redis_streams import RedisStreamsBroker, RedisStreamsConfig
-from outboxkit.consumer import Consumer, ConsumerConfig
+from outboxkit.consume.consumer import Consumer, ConsumerConfig
+from outboxkit.consume.registry import HandlerRegistry
 from outboxkit.messages import Event, PublishRequest, Status
-from outboxkit.outbox import Publisher
-from outboxkit.registry import HandlerRegistry
-from outboxkit.relay import Relay
+from outboxkit.publish.publisher import Publisher
+from outboxkit.relay.relay import Relay
 from outboxkit.routing import Route, Routing
 from tests.engine_support import orders_routing, scratch_repository
 

@@ -19,16 +19,16 @@ from sqlalchemy.engine import Connection
 from outboxkit.backends import SqlRepository
 from outboxkit.broker import Broker
 from outboxkit.brokers.memory import MemoryBroker
-from outboxkit.causality import INFO_KEY, handling
-from outboxkit.codec import (
+from outboxkit.engine import Engine, EngineConfig
+from outboxkit.messages import Event, PublishRequest
+from outboxkit.publish.causality import INFO_KEY, handling
+from outboxkit.routing import Routing
+from outboxkit.wire.envelope import (
     HEADER_CAUSATION_ID,
     HEADER_CORRELATION_ID,
     decode_envelope,
     decode_shell,
 )
-from outboxkit.engine import Engine, EngineConfig
-from outboxkit.messages import Event, PublishRequest
-from outboxkit.routing import Routing
 from tests.engine_support import fast_config, unique_routing, wait_for
 from tests.tapped_broker import TappedBroker
 

@@ -13,8 +13,8 @@ import io
 
 import pytest
 
-from outboxkit.cli import main
-from outboxkit.demo_orchestrator import CHAIN, chain_is_linear, run_orchestrator_demo
+from outboxkit.cli.demo_orchestrator import CHAIN, chain_is_linear, run_orchestrator_demo
+from outboxkit.cli.main import main
 from outboxkit.testing import services
 
 

@@ -19,11 +19,11 @@ from sqlalchemy.engine import Connection
 
 from outboxkit.backends import SqlRepository
 from outboxkit.broker import Broker, BrokerMessage
-from outboxkit.codec import broker_headers, encode_envelope, envelope_from_row
 from outboxkit.engine import Engine, EngineConfig
 from outboxkit.errors import PermanentError
 from outboxkit.messages import Event, PublishRequest, Status
 from outboxkit.routing import Routing
+from outboxkit.wire.envelope import broker_headers, encode_envelope, envelope_from_row
 from tests.engine_support import (
     business_table,
     count_rows,

@@ -17,8 +17,7 @@ from sqlalchemy.engine import Connection
 from outboxkit.backends import SqlRepository
 from outboxkit.broker import BrokerMessage, Delivery
 from outboxkit.brokers.memory import MemoryBroker
-from outboxkit.codec import dumps
-from outboxkit.consumer import Consumer, Outcome
+from outboxkit.consume.consumer import Consumer, Outcome
 from outboxkit.engine import Engine
 from outboxkit.errors import (
     BrokerUnavailableError,
@@ -27,9 +26,10 @@ from outboxkit.errors import (
     UnknownEventTypeError,
 )
 from outboxkit.messages import Event, PublishRequest, Status
-from outboxkit.relay import Relay, RelayConfig
-from outboxkit.repository import Repository
+from outboxkit.relay.relay import Relay, RelayConfig
 from outboxkit.routing import Routing
+from outboxkit.store.repository import Repository
+from outboxkit.wire.envelope import dumps
 from tests.engine_support import business_table, count_rows, fast_config, unique_routing, wait_for
 
 

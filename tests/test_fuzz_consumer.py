@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 
 from outboxkit.backends import SqlRepository
 from outboxkit.broker import Delivery
-from outboxkit.consumer import Consumer
+from outboxkit.consume.consumer import Consumer
+from outboxkit.consume.registry import HandlerRegistry
 from outboxkit.messages import PublishRequest
-from outboxkit.outbox import Publisher
-from outboxkit.registry import HandlerRegistry
+from outboxkit.publish.publisher import Publisher
 from outboxkit.routing import Route
 from tests.engine_support import unique_routing
 

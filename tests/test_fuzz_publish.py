@@ -23,12 +23,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from outboxkit.backends import SqlRepository
-from outboxkit.codec import decode_shell
 from outboxkit.errors import OutboxError
 from outboxkit.messages import PublishRequest
-from outboxkit.outbox import Publisher
-from outboxkit.payloads import JsonPayloadCodec
+from outboxkit.publish.publisher import Publisher
 from outboxkit.routing import Route
+from outboxkit.wire.envelope import decode_shell
+from outboxkit.wire.payloads import JsonPayloadCodec
 from tests.engine_support import unique_routing
 
 pytestmark = pytest.mark.fuzz

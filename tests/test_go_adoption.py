@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from outboxkit.backends import SqlRepository
 from outboxkit.brokers.memory import MemoryBroker
-from outboxkit.cli import main
+from outboxkit.cli.main import main
 from outboxkit.engine import Engine
 from outboxkit.errors import SchemaError
 from outboxkit.messages import PublishRequest, Status

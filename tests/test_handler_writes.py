@@ -464,7 +464,7 @@ def test_inline_a_handler_that_commits_the_callers_transaction_commits_nothing(
 
 
 def test_a_session_parameter_is_recognised_by_its_annotation() -> None:
-    from outboxkit.handlers import takes_session
+    from outboxkit.consume.handler_shapes import takes_session
 
     def with_session(event: Event, session: Session) -> None: ...
 

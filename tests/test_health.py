@@ -20,9 +20,9 @@ from prometheus_client import CollectorRegistry
 from outboxkit.backends import SqlRepository
 from outboxkit.brokers.redis_streams import RedisStreamsBroker
 from outboxkit.engine import Engine
-from outboxkit.health import LIVENESS, READINESS
 from outboxkit.messages import PublishRequest
-from outboxkit.prometheus import PrometheusMetrics
+from outboxkit.observability.health import LIVENESS, READINESS
+from outboxkit.observability.prometheus import PrometheusMetrics
 from outboxkit.testing.services import free_port
 from tests import observed_app
 from tests.engine_support import fast_config, wait_for

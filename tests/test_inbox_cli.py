@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from outboxkit.cli import main
+from outboxkit.cli.main import main
 from tests.inbox_app import INBOX_TABLE
 
 

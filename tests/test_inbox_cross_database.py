@@ -23,8 +23,8 @@ from outboxkit.brokers.redis_streams import RedisStreamsBroker
 from outboxkit.engine import Engine
 from outboxkit.inbox import InboxStatus, SqlInbox
 from outboxkit.messages import Event, PublishRequest, Status
-from outboxkit.outbox import PublisherConfig
-from outboxkit.relay import RelayConfig
+from outboxkit.publish.publisher import PublisherConfig
+from outboxkit.relay.relay import RelayConfig
 from outboxkit.routing import Routing, ServiceCatalog
 from outboxkit.testing.redis_server import RedisServer
 from tests.engine_support import count_rows, fast_config, wait_for

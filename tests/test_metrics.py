@@ -23,9 +23,9 @@ from outboxkit.brokers.redis_streams import RedisStreamsBroker
 from outboxkit.engine import Engine
 from outboxkit.errors import PermanentError
 from outboxkit.messages import Event, PublishRequest, Status
-from outboxkit.observe import Observer, Observers
-from outboxkit.outbox import Publisher
-from outboxkit.prometheus import PrometheusMetrics
+from outboxkit.observability.observers import Observer, Observers
+from outboxkit.observability.prometheus import PrometheusMetrics
+from outboxkit.publish.publisher import Publisher
 from outboxkit.testing.services import free_port
 from tests import observed_app
 from tests.engine_support import fast_config, unique_routing, wait_for
@@ -167,7 +167,9 @@ def test_the_backlog_gauge_reports_down_while_the_table_cannot_be_read_and_logs_
         # Then the gauges come back, and the outage was logged once, its end once
         assert value(samples, "outboxkit_backlog_up") == 1
         assert value(samples, "outboxkit_pending_rows", service="orders") == 0
-        lines = [r.getMessage() for r in caplog.records if r.name == "outboxkit.prometheus"]
+        lines = [
+            r.getMessage() for r in caplog.records if r.name == "outboxkit.observability.prometheus"
+        ]
         assert len(lines) == 2, lines
         assert lines[0].startswith("metrics: cannot read the backlog")
         assert lines[1] == "metrics: the backlog can be read again"

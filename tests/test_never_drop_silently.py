@@ -14,13 +14,13 @@ import sqlalchemy as sa
 
 from outboxkit.backends import SqlRepository
 from outboxkit.brokers.memory import MemoryBroker
-from outboxkit.consumer import MISSING_STREAK_ALARM, Consumer, Outcome
+from outboxkit.consume.consumer import MISSING_STREAK_ALARM, Consumer, Outcome
+from outboxkit.consume.registry import HandlerRegistry
 from outboxkit.engine import Engine
 from outboxkit.errors import ConfigurationError
 from outboxkit.messages import Event, PublishRequest
-from outboxkit.outbox import Publisher
-from outboxkit.registry import HandlerRegistry
-from outboxkit.relay import Relay
+from outboxkit.publish.publisher import Publisher
+from outboxkit.relay.relay import Relay
 from tests.engine_support import fast_config, unique_routing
 
 pytestmark = [pytest.mark.postgres, pytest.mark.mysql]
@@ -57,7 +57,7 @@ def test_a_consumer_on_another_database_warns_per_event_and_raises_the_alarm(
         consumer = Consumer(consumer_repo, route, registry)
         subscription = broker.subscribe(route.topic, route.group, "billing-on-mariadb")
         # When: the MariaDB consumer receives them
-        with caplog.at_level(logging.WARNING, logger="outboxkit.consumer"):
+        with caplog.at_level(logging.WARNING, logger="outboxkit.consume.consumer"):
             deliveries = subscription.receive(timeout=1, max_messages=100)
             outcomes = consumer.handle_batch(deliveries)
         # Then: every event is named with the likely cause, and the streak raises an ERROR

@@ -247,7 +247,7 @@ def _record(
 def test_the_client_filter_re_levels_connection_lines_only() -> None:
     from kafka.errors import KafkaConnectionError
 
-    from outboxkit.cli_commands.logs import ClientLogFilter
+    from outboxkit.cli.logs import ClientLogFilter
 
     shown = ClientLogFilter(logging.WARNING)
     refused = KafkaConnectionError("111 ECONNREFUSED")

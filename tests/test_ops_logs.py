@@ -19,10 +19,10 @@ from outboxkit.backends import SqlRepository
 from outboxkit.brokers.redis_streams import RedisStreamsBroker
 from outboxkit.engine import Engine
 from outboxkit.errors import PermanentError, RepositoryError
-from outboxkit.logs import EVENT_ID, EVENT_TYPE, OUTBOX_ID, SERVICE, TOPIC, mask_url
 from outboxkit.messages import Event, PublishRequest, Status
-from outboxkit.outbox import Publisher
-from outboxkit.relay import Relay, RelayConfig
+from outboxkit.observability.logs import EVENT_ID, EVENT_TYPE, OUTBOX_ID, SERVICE, TOPIC, mask_url
+from outboxkit.publish.publisher import Publisher
+from outboxkit.relay.relay import Relay, RelayConfig
 from tests.engine_support import fast_config, unique_routing
 
 SECRET = "4111-1111-1111-1111"  # what must never reach a log or an error message

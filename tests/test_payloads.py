@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from outboxkit import InvalidEventError, JsonPayloadCodec, PayloadDecodeError
-from outboxkit.codec import dumps
+from outboxkit.wire.envelope import dumps
 
 
 class Colour(enum.Enum):

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from outboxkit.backends import SqlRepository
 from outboxkit.errors import DatabaseSetupError, InvalidEventError, RepositoryError
 from outboxkit.messages import PublishRequest, Status
-from outboxkit.outbox import Publisher, PublisherConfig
+from outboxkit.publish.publisher import Publisher, PublisherConfig
 from outboxkit.routing import Route, Routing
 from tests.engine_support import unique_routing
 
@@ -65,7 +65,7 @@ def test_payload_limit_is_inclusive(setup: tuple[Publisher, SqlRepository, Route
     )
     from datetime import datetime, timezone
 
-    from outboxkit.codec import encode_shell
+    from outboxkit.wire.envelope import encode_shell
 
     size = len(encode_shell(request, occurred_at=datetime.now(timezone.utc)).encode())
     exact = Publisher(repository, publisher.routing, config=PublisherConfig(max_payload_bytes=size))

@@ -20,8 +20,8 @@ from outboxkit.backends import SqlRepository
 from outboxkit.brokers.redis_streams import RedisStreamsBroker
 from outboxkit.errors import BrokerUnavailableError
 from outboxkit.messages import PublishRequest, Status
-from outboxkit.outbox import Publisher
-from outboxkit.relay import Relay, RelayConfig
+from outboxkit.publish.publisher import Publisher
+from outboxkit.relay.relay import Relay, RelayConfig
 from outboxkit.routing import Route, Routing
 from outboxkit.testing.redis_server import RedisServer
 from tests.engine_support import orders_routing, scratch_repository

@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from outboxkit.backends import SqlRepository
 from outboxkit.broker import Broker
 from outboxkit.messages import OutboxMessage, PublishRequest, Status
-from outboxkit.outbox import Publisher
-from outboxkit.relay import Relay
+from outboxkit.publish.publisher import Publisher
+from outboxkit.relay.relay import Relay
 from outboxkit.routing import Route, Routing
 from tests.engine_support import orders_routing
 

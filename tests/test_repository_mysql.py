@@ -12,9 +12,9 @@ from outboxkit.backends import SqlRepository
 from outboxkit.backends.mysql import check_version, is_mariadb
 from outboxkit.errors import UnsupportedDatabaseError
 from outboxkit.messages import PublishRequest, Status
-from outboxkit.outbox import Publisher
-from outboxkit.repository import NewMessage
+from outboxkit.publish.publisher import Publisher
 from outboxkit.routing import Route, Routing, ServiceCatalog
+from outboxkit.store.repository import NewMessage
 from outboxkit.testing.repository_contract import RepositoryContract
 
 pytestmark = pytest.mark.mysql

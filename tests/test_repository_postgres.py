@@ -13,7 +13,7 @@ from outboxkit.backends.postgres import POSTGRESQL
 from outboxkit.backends.schema import index_name
 from outboxkit.errors import UnsupportedDatabaseError
 from outboxkit.messages import PublishRequest, Status
-from outboxkit.outbox import Publisher
+from outboxkit.publish.publisher import Publisher
 from outboxkit.routing import Route
 from outboxkit.testing.repository_contract import RepositoryContract
 from tests.engine_support import unique_routing

@@ -12,7 +12,7 @@ from outboxkit.backends import SqlRepository, create_sqlite_engine
 from outboxkit.brokers.memory import MemoryBroker
 from outboxkit.engine import Engine, EngineConfig
 from outboxkit.messages import Event, PublishRequest, Status
-from outboxkit.outbox import PublisherConfig
+from outboxkit.publish.publisher import PublisherConfig
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Routing
 

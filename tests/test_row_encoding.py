@@ -1,4 +1,4 @@
-"""The relay's splice (``outboxkit.row_encoding``) against the general path it replaces.
+"""The relay's splice (``outboxkit.wire.row_encoding``) against the general path it replaces.
 
 For every shell ``encode_shell`` writes, the spliced message must be byte-for-byte the one
 ``envelope_from_row`` + ``encode_envelope`` build; every other shell must take the general
@@ -19,23 +19,23 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from outboxkit import row_encoding
 from outboxkit.backends import SqlRepository
 from outboxkit.broker import BrokerMessage
 from outboxkit.brokers.redis_streams import RedisStreamsBroker
-from outboxkit.codec import (
+from outboxkit.errors import DecodeError
+from outboxkit.messages import OutboxMessage, PublishRequest, Status
+from outboxkit.publish.publisher import Publisher
+from outboxkit.relay.relay import Relay, RelayConfig
+from outboxkit.routing import Routing
+from outboxkit.wire import row_encoding
+from outboxkit.wire.envelope import (
     broker_headers,
     decode_envelope,
     encode_envelope,
     encode_shell,
     envelope_from_row,
 )
-from outboxkit.errors import DecodeError
-from outboxkit.messages import OutboxMessage, PublishRequest, Status
-from outboxkit.outbox import Publisher
-from outboxkit.relay import Relay, RelayConfig
-from outboxkit.routing import Routing
-from outboxkit.row_encoding import encode_row
+from outboxkit.wire.row_encoding import encode_row
 from tests.engine_support import orders_routing, outbox_row, scratch_repository
 
 PUBLISHED = "2026-11-25T10:00:00.123456Z"

@@ -22,11 +22,11 @@ from sqlalchemy.engine import Connection
 
 from outboxkit.backends import SqlRepository
 from outboxkit.brokers.memory import MemoryBroker
-from outboxkit.codec import decode_shell
 from outboxkit.engine import Engine
 from outboxkit.messages import Event, PublishRequest, Status
-from outboxkit.otel import OpenTelemetryTracing
+from outboxkit.observability.otel import OpenTelemetryTracing
 from outboxkit.routing import Routing
+from outboxkit.wire.envelope import decode_shell
 from tests.engine_support import fast_config, unique_routing, wait_for
 from tests.tapped_broker import TappedBroker
 
@@ -236,8 +236,8 @@ def test_request_traceparent_given_by_the_caller_is_kept(
 
 def test_core_never_imports_opentelemetry() -> None:
     code = (
-        "import sys, outboxkit, outboxkit.engine, outboxkit.cli, outboxkit.backends, "
-        "outboxkit.brokers.memory, outboxkit.tracing\n"
+        "import sys, outboxkit, outboxkit.engine, outboxkit.cli.main, outboxkit.backends, "
+        "outboxkit.brokers.memory, outboxkit.observability.tracing\n"
         "loaded = sorted(m for m in sys.modules if m.startswith('opentelemetry'))\n"
         "assert not loaded, loaded\n"
     )

@@ -34,7 +34,7 @@ from outboxkit import (
 from outboxkit.backends import SqlRepository
 from outboxkit.broker import Broker
 from outboxkit.brokers.memory import MemoryBroker
-from outboxkit.codec import decode_shell
+from outboxkit.wire.envelope import decode_shell
 from tests.engine_support import fast_config, unique_routing
 
 

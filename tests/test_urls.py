@@ -7,15 +7,14 @@ import io
 import pytest
 import sqlalchemy as sa
 
-from outboxkit import urls
-from outboxkit.backends import SqlRepository
+from outboxkit.backends import SqlRepository, urls
 from outboxkit.brokers.memory import MemoryBroker
 from outboxkit.brokers.redis_streams import RedisStreamsBroker
-from outboxkit.cli import main
-from outboxkit.demo import run_demo
+from outboxkit.brokers.urls import broker_from_url
+from outboxkit.cli.demo import run_demo
+from outboxkit.cli.main import main
 from outboxkit.errors import ConfigurationError
 from outboxkit.routing import Route
-from outboxkit.urls import broker_from_url
 
 
 def _as_platforms_give_it(engine: sa.Engine) -> str:

@@ -11,11 +11,11 @@ import sqlalchemy as sa
 
 from outboxkit.backends import SqlRepository
 from outboxkit.brokers.memory import MemoryBroker
-from outboxkit.consumer import ConsumerConfig
+from outboxkit.consume.consumer import ConsumerConfig
 from outboxkit.engine import Engine, EngineConfig
 from outboxkit.messages import PublishRequest, Status
-from outboxkit.outbox import Publisher
-from outboxkit.relay import RelayConfig
+from outboxkit.publish.publisher import Publisher
+from outboxkit.relay.relay import RelayConfig
 from outboxkit.routing import Route, Routing
 from tests.engine_support import unique_routing, wait_for
 

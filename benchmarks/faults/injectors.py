@@ -20,7 +20,7 @@ from benchmarks.faults.brokers import OwnBroker
 from benchmarks.faults.database import RunDatabase
 from benchmarks.faults.processes import Child, ProcessGroup
 from benchmarks.faults.settings import EVENT_TYPE, SERVICE, RunSpec
-from outboxkit.codec import Envelope, encode_envelope
+from outboxkit.wire.envelope import Envelope, encode_envelope
 
 #: No injector runs longer than this, whatever the publisher does.
 MAX_INJECTOR_SECONDS = 900.0

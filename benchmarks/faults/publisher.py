@@ -24,7 +24,7 @@ from benchmarks.faults.tagging import tagged_engine
 from outboxkit.backends import SqlRepository
 from outboxkit.errors import OutboxError
 from outboxkit.messages import PublishRequest
-from outboxkit.outbox import Publisher
+from outboxkit.publish.publisher import Publisher
 
 logger = logging.getLogger("benchmarks.faults.publisher")
 

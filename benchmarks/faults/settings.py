@@ -12,9 +12,9 @@ from collections.abc import Mapping
 
 import attrs
 
-from outboxkit.consumer import ConsumerConfig
+from outboxkit.consume.consumer import ConsumerConfig
 from outboxkit.engine import EngineConfig
-from outboxkit.relay import RelayConfig
+from outboxkit.relay.relay import RelayConfig
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Routing, ServiceCatalog
 

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from outboxkit.admin.selection import DEFAULT_BATCH_SIZE, BulkResult, Selection
 from outboxkit.errors import ConfigurationError
 from outboxkit.messages import OutboxMessage, Status
-from outboxkit.repository import Repository
 from outboxkit.routing import Route
+from outboxkit.store.repository import Repository
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import attrs
 
 from outboxkit.admin.selection import DEFAULT_BATCH_SIZE
 from outboxkit.messages import Status
-from outboxkit.repository import Repository, RowFilter
 from outboxkit.routing import Route
+from outboxkit.store.repository import Repository, RowFilter
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The status report of a service's outbox: what is waiting, what is stuck, what died.
 
-Built only from :class:`~outboxkit.repository.Repository` reads, so it works from any
+Built only from :class:`~outboxkit.store.repository.Repository` reads, so it works from any
 process that can reach the database (an operator's shell, a health probe) without a broker.
 """
 
@@ -12,8 +12,8 @@ from typing import Any
 import attrs
 
 from outboxkit.messages import Status
-from outboxkit.repository import Repository
 from outboxkit.routing import Route
+from outboxkit.store.repository import Repository
 
 #: Upper bounds (inclusive) of the retry histogram's buckets; the last bucket is open.
 RETRY_BUCKETS = (0, 1, 2, 5, 10)

@@ -8,13 +8,13 @@ import socket
 import attrs
 
 from outboxkit.admin.retention import RetentionPolicy
-from outboxkit.consumer import ConsumerConfig
-from outboxkit.observe import Observer
-from outboxkit.outbox import PublisherConfig
-from outboxkit.payloads import PayloadCodecs
-from outboxkit.relay import RelayConfig
+from outboxkit.consume.consumer import ConsumerConfig
+from outboxkit.observability.observers import Observer
+from outboxkit.observability.tracing import NO_TRACING, Tracing
+from outboxkit.publish.publisher import PublisherConfig
+from outboxkit.relay.relay import RelayConfig
 from outboxkit.retry import RetryPolicy
-from outboxkit.tracing import NO_TRACING, Tracing
+from outboxkit.wire.payloads import PayloadCodecs
 
 
 def default_consumer_name() -> str:
@@ -44,10 +44,12 @@ class EngineConfig:
     #: ``False`` mirrors the Go ``kafka.enabled=false`` fallback: no threads, no broker,
     #: and :meth:`Engine.publish` runs the local handler at once in the caller's transaction.
     enabled: bool = True
-    #: Tracing hooks (:class:`outboxkit.otel.OpenTelemetryTracing` with the ``otel`` extra).
+    #: Tracing hooks (:class:`outboxkit.observability.otel.OpenTelemetryTracing` with the
+    #: ``otel`` extra).
     tracing: Tracing = NO_TRACING
-    #: Told what the relay and consumers did (e.g. :class:`outboxkit.prometheus.PrometheusMetrics`);
-    #: ``None`` observes nothing. More can be added with :meth:`Engine.add_observer`.
+    #: Told what the relay and consumers did (e.g.
+    #: :class:`outboxkit.observability.prometheus.PrometheusMetrics`); ``None`` observes
+    #: nothing. More can be added with :meth:`Engine.add_observer`.
     observer: Observer | None = attrs.field(default=None, eq=False)
     #: How payloads become JSON on publish and typed objects on consume; one codec for
     #: every event type unless ``PayloadCodecs(by_event_type=...)`` names others.

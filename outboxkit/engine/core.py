@@ -27,8 +27,15 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from outboxkit.broker import Broker, Subscription
-from outboxkit.causality import handled_event, handling, with_flow_ids
-from outboxkit.consumer import Consumer, Outcome
+from outboxkit.consume.consumer import Consumer, Outcome
+from outboxkit.consume.handler_scope import HandlerScope
+from outboxkit.consume.handler_shapes import call_with_session
+from outboxkit.consume.registry import (
+    HandlerRegistry,
+    HandlerSpec,
+    SideEffectHandlerT,
+    TransactionalHandlerT,
+)
 from outboxkit.engine.config import EngineConfig
 from outboxkit.engine.housekeeping import run_housekeeping
 from outboxkit.engine.loops import run_consumer, run_listener, run_relay
@@ -37,10 +44,6 @@ from outboxkit.engine.placement import check_consumers
 from outboxkit.engine.stats import EngineStats, StatsRecorder
 from outboxkit.engine.wakeups import Wakeups
 from outboxkit.errors import ConfigurationError, FatalError
-from outboxkit.handler_scope import HandlerScope
-from outboxkit.handlers import call_with_session
-from outboxkit.health import DEFAULT_TIMEOUT as HEALTH_TIMEOUT
-from outboxkit.health import HealthReport, check_health
 from outboxkit.inbox.base import Inbox, RedeliveryRequested
 from outboxkit.inbox.consumer import InboxConsumer
 from outboxkit.inbox.receipts import (
@@ -52,19 +55,16 @@ from outboxkit.inbox.receipts import (
 )
 from outboxkit.inbox.schema import inbox_table
 from outboxkit.messages import Event, PublishRequest
-from outboxkit.misuse import check_executor
-from outboxkit.observe import Observer, Observers, report_outcome
-from outboxkit.outbox import Publisher
-from outboxkit.payloads import decode_payload
-from outboxkit.registry import (
-    HandlerRegistry,
-    HandlerSpec,
-    SideEffectHandlerT,
-    TransactionalHandlerT,
-)
-from outboxkit.relay import Relay
-from outboxkit.repository import Repository
+from outboxkit.observability.health import DEFAULT_TIMEOUT as HEALTH_TIMEOUT
+from outboxkit.observability.health import HealthReport, check_health
+from outboxkit.observability.observers import Observer, Observers, report_outcome
+from outboxkit.publish.causality import handled_event, handling, with_flow_ids
+from outboxkit.publish.checks import check_executor
+from outboxkit.publish.publisher import Publisher
+from outboxkit.relay.relay import Relay
 from outboxkit.routing import Route, Routing
+from outboxkit.store.repository import Repository
+from outboxkit.wire.payloads import decode_payload
 
 logger = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ class Engine:
 
     def _run_inline(self, spec: HandlerSpec, event: Event, connection: Connection) -> None:
         """Run a transactional handler in the caller's transaction, checked as a consumer
-        checks it (:mod:`outboxkit.handler_scope`): a handler that committed or rolled back
+        checks it (:mod:`outboxkit.consume.handler_scope`): a handler that committed or rolled back
         that transaction, or dropped unflushed ORM changes, raises to the caller."""
         func = spec.func
         if spec.session:
@@ -592,8 +592,9 @@ class Engine:
         timeout: float | None = HEALTH_TIMEOUT,
         liveness_only: bool = False,
     ) -> HealthReport:
-        """Liveness and readiness with a reason per failing check (:mod:`outboxkit.health`);
-        ``liveness_only`` checks the threads alone (no database or broker call)."""
+        """Liveness and readiness with a reason per failing check
+        (:mod:`outboxkit.observability.health`); ``liveness_only`` checks the threads alone
+        (no database or broker call)."""
         return check_health(
             self, max_backlog_age=max_backlog_age, timeout=timeout, liveness_only=liveness_only
         )

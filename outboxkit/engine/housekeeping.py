@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 
 from outboxkit.admin.retention import PurgeResult, RetentionPolicy, apply_retention
 from outboxkit.errors import OutboxError
-from outboxkit.repository import Repository
 from outboxkit.routing import Route
+from outboxkit.store.repository import Repository
 
 logger = logging.getLogger(__name__)
 

@@ -17,15 +17,15 @@ import time
 from collections.abc import Callable, Mapping
 
 from outboxkit.broker import Broker, Subscription
-from outboxkit.consumer import Consumer
+from outboxkit.consume.consumer import Consumer
 from outboxkit.engine.outages import OutageLog
 from outboxkit.engine.stats import StatsRecorder
 from outboxkit.engine.wakeups import Wakeups
 from outboxkit.errors import BrokerUnavailableError, FatalError, RepositoryError
 from outboxkit.inbox.base import RedeliveryRequested
-from outboxkit.relay import Relay
-from outboxkit.repository import NewRowListener, Repository
+from outboxkit.relay.relay import Relay
 from outboxkit.routing import Route
+from outboxkit.store.repository import NewRowListener, Repository
 
 logger = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 
+from outboxkit.consume.registry import HandlerRegistry
 from outboxkit.errors import ConfigurationError, RepositoryError
 from outboxkit.inbox.base import Inbox
 from outboxkit.inbox.receipts import receipts_group, receipts_topic
-from outboxkit.registry import HandlerRegistry
-from outboxkit.repository import Repository
 from outboxkit.routing import Route
+from outboxkit.store.repository import Repository
 
 logger = logging.getLogger(__name__)
 

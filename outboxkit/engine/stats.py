@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import attrs
 
-from outboxkit.consumer import Outcome
+from outboxkit.consume.consumer import Outcome
 from outboxkit.messages import Event
 
 #: How many recent end-to-end latencies :class:`EngineStats` keeps for percentiles.

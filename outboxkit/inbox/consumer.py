@@ -1,6 +1,6 @@
 """The consumer of a service whose events are handled through an inbox on another database.
 
-It is a :class:`~outboxkit.consumer.Consumer` whose outcomes are recorded in the consumer's
+It is a :class:`~outboxkit.consume.consumer.Consumer` whose outcomes are recorded in the consumer's
 own database instead of the producer's outbox row (which it may not even be able to reach):
 
 * handler returned -> ``consumed`` in the inbox, in the same transaction as the handler's
@@ -30,18 +30,18 @@ from typing import Any
 import attrs
 
 from outboxkit.broker import Delivery, Subscription
-from outboxkit.causality import handling
-from outboxkit.consumer import Consumer, ConsumerConfig, Outcome
+from outboxkit.consume.consumer import Consumer, ConsumerConfig, Outcome
+from outboxkit.consume.registry import HandlerRegistry, HandlerSpec
 from outboxkit.errors import DecodeError, PermanentError
 from outboxkit.inbox.base import Inbox, InboxItem, InboxStatus, RedeliveryRequested
 from outboxkit.inbox.receipts import CONSUMED, DEAD, Receipt, ReceiptSender
 from outboxkit.messages import Event
-from outboxkit.payloads import PayloadCodecs
-from outboxkit.registry import HandlerRegistry, HandlerSpec
-from outboxkit.repository import ConsumeOutcome, ConsumeResult, Repository
+from outboxkit.observability.tracing import NO_TRACING, Tracing
+from outboxkit.publish.causality import handling
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Route
-from outboxkit.tracing import NO_TRACING, Tracing
+from outboxkit.store.repository import ConsumeOutcome, ConsumeResult, Repository
+from outboxkit.wire.payloads import PayloadCodecs
 
 logger = logging.getLogger(__name__)
 

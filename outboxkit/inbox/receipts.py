@@ -27,8 +27,8 @@ import attrs
 
 from outboxkit.broker import Broker, BrokerMessage, Subscription
 from outboxkit.errors import BrokerUnavailableError, FatalError, RepositoryError
-from outboxkit.repository import Repository
 from outboxkit.routing import Route, validate_group_name, validate_topic_name
+from outboxkit.store.repository import Repository
 
 if TYPE_CHECKING:
     from outboxkit.engine.outages import OutageLog

@@ -1,4 +1,4 @@
-"""The conformance suite of :class:`~outboxkit.repository.Repository`, on a real database.
+"""The conformance suite of :class:`~outboxkit.store.repository.Repository`, on a real database.
 
 Subclass :class:`RepositoryContract` in a test module (name the subclass ``Test...``) and
 provide an ``engine`` fixture; the default ``repository`` fixture wraps it in a
@@ -36,11 +36,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from outboxkit.codec import decode_shell, encode_shell, envelope_from_row
 from outboxkit.errors import InvalidEventError, UnknownEventTypeError
 from outboxkit.messages import PublishRequest, Status
-from outboxkit.outbox import Publisher, PublisherConfig
-from outboxkit.repository import (
+from outboxkit.publish.publisher import Publisher, PublisherConfig
+from outboxkit.routing import Route, Routing, ServiceCatalog
+from outboxkit.store.repository import (
     MAX_LAST_ERROR,
     ConsumeItem,
     ConsumeOutcome,
@@ -50,7 +50,7 @@ from outboxkit.repository import (
     RowFilter,
     truncate_error,
 )
-from outboxkit.routing import Route, Routing, ServiceCatalog
+from outboxkit.wire.envelope import decode_shell, encode_shell, envelope_from_row
 
 #: Event types the suite routes to the first and the second service.
 TYPE_A = "contract.a_happened"
@@ -101,7 +101,7 @@ def _outcome(thread: threading.Thread, box: dict[str, Any]) -> Any:
 
 
 class RepositoryContract:
-    """Behaviour every :class:`~outboxkit.repository.Repository` must show.
+    """Behaviour every :class:`~outboxkit.store.repository.Repository` must show.
 
     Needs an ``engine`` fixture (a SQLAlchemy engine on the database under test).
     """

@@ -13,7 +13,7 @@ delete, status figures, the housekeeping lock) and
 Whatever differs between PostgreSQL, MySQL/MariaDB and SQLite comes from the
 :class:`~outboxkit.backends.dialect.Dialect` value picked for the engine; the remaining
 capability questions SQLAlchemy already answers (``UPDATE ... RETURNING``) are asked of the
-engine's dialect. The contract is :class:`outboxkit.repository.Repository`; the notes below
+engine's dialect. The contract is :class:`outboxkit.store.repository.Repository`; the notes below
 are how it is met.
 
 * **Clock.** Every "now" is the dialect's SQL expression, evaluated by the server. When a

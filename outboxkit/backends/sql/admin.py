@@ -26,8 +26,8 @@ from outboxkit.backends.sql.store import (
 )
 from outboxkit.errors import RepositoryError
 from outboxkit.messages import OutboxMessage, Status
-from outboxkit.repository import HousekeepingLock, RowFilter
 from outboxkit.routing import Route
+from outboxkit.store.repository import HousekeepingLock, RowFilter
 
 logger = logging.getLogger(__name__)
 

@@ -45,15 +45,15 @@ from outboxkit.backends.sql.store import (
     SqlStore,
     row_message,
 )
-from outboxkit.codec import row_event_id
 from outboxkit.messages import OutboxMessage
-from outboxkit.repository import (
+from outboxkit.routing import Route
+from outboxkit.store.repository import (
     ConsumeItem,
     ConsumeOutcome,
     ConsumeResult,
     truncate_error,
 )
-from outboxkit.routing import Route
+from outboxkit.wire.envelope import row_event_id
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ same state in either pass, a transaction with no nested transaction. That matter
 code: a ``Session(bind=connection)`` joins a connection inside a ``begin_nested()`` by
 taking a savepoint of its own, which its ``close()`` rolls back, so a handler that only
 flushed lost its writes whenever a batch-mate failed, while its row was marked consumed.
-Around every run, :class:`~outboxkit.handler_scope.HandlerScope` checks what a handler must
+Around every run, :class:`~outboxkit.consume.handler_scope.HandlerScope` checks what a handler must
 not do to the transaction (commit it, roll it back, leave a savepoint open, drop ORM
 changes); doing so fails the attempt.
 """
@@ -25,8 +25,8 @@ from typing import Any
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from outboxkit.handler_scope import HandlerScope
-from outboxkit.repository import ConsumeOutcome, ConsumeResult
+from outboxkit.consume.handler_scope import HandlerScope
+from outboxkit.store.repository import ConsumeOutcome, ConsumeResult
 
 
 class HandlerFailedError(Exception):

@@ -16,11 +16,11 @@ from outboxkit.backends.sql.store import (
     SqlStore,
 )
 from outboxkit.errors import RepositoryError
-from outboxkit.repository import (
+from outboxkit.routing import Route
+from outboxkit.store.repository import (
     AddResult,
     NewMessage,
 )
-from outboxkit.routing import Route
 
 logger = logging.getLogger(__name__)
 

@@ -22,14 +22,14 @@ from outboxkit.backends.sql.store import (
     row_message,
 )
 from outboxkit.messages import Status
-from outboxkit.repository import (
+from outboxkit.routing import Route
+from outboxkit.store.repository import (
     RESCUE_DOUBLINGS,
     Claim,
     RetryOutcome,
     rescue_wait,
     truncate_error,
 )
-from outboxkit.routing import Route
 
 logger = logging.getLogger(__name__)
 

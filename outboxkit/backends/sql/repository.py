@@ -12,15 +12,15 @@ from outboxkit.backends.sql.operations import Operations
 from outboxkit.backends.sql.publishing import Publishing
 from outboxkit.backends.sql.relaying import RelaySide
 from outboxkit.backends.sql.schema_ops import SchemaOps
+from outboxkit.backends.urls import database_url
 from outboxkit.errors import ConfigurationError
-from outboxkit.repository import NewRowListener, Repository
-from outboxkit.urls import database_url
+from outboxkit.store.repository import NewRowListener, Repository
 
 
 class SqlRepository(
     Publishing, RelaySide, ConsumerSide, Operations, AdminOps, SchemaOps, Repository
 ):
-    """:class:`~outboxkit.repository.Repository` on PostgreSQL 9.5+, MySQL 8.0.1+ /
+    """:class:`~outboxkit.store.repository.Repository` on PostgreSQL 9.5+, MySQL 8.0.1+ /
     MariaDB 10.6+ or SQLite 3.35+ (one relay at a time), through a SQLAlchemy engine.
 
     Thread-safe: it holds the engine (a pool), never a connection. The server version is
@@ -33,7 +33,7 @@ class SqlRepository(
     def from_url(cls, url: str | sa.URL, **engine_kwargs: Any) -> SqlRepository:
         """A repository on a new engine for ``url``, disposed by :meth:`close`.
 
-        The URL is read by :func:`outboxkit.urls.database_url`: ``postgres://`` (the form
+        The URL is read by :func:`outboxkit.backends.database_url`: ``postgres://`` (the form
         platforms put in ``DATABASE_URL``) means PostgreSQL through psycopg2, and an unknown
         scheme or a missing driver is a one-line :class:`ConfigurationError` that does not
         show the password. SQLite URLs get

@@ -21,8 +21,8 @@ from sqlalchemy.sql.elements import ColumnElement
 from outboxkit.backends.dialect import Dialect, dialect_for
 from outboxkit.backends.schema import build_table
 from outboxkit.errors import DatabaseSetupError, RepositoryError, SchemaError
-from outboxkit.logs import hide_parameters
 from outboxkit.messages import OutboxMessage, Status
+from outboxkit.observability.logs import hide_parameters
 from outboxkit.routing import Route
 
 logger = logging.getLogger(__name__)
