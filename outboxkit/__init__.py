@@ -40,7 +40,7 @@ from outboxkit.publish.publisher import Publisher, PublisherConfig
 from outboxkit.relay.relay import RelayConfig
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Route, Routing, ServiceCatalog
-from outboxkit.store.repository import Repository
+from outboxkit.store import Repository
 from outboxkit.wire.envelope import Envelope
 from outboxkit.wire.payloads import (
     JsonPayloadCodec,

@@ -27,7 +27,7 @@ from outboxkit.errors import RepositoryError
 from outboxkit.messages import Event, PublishRequest, Status
 from outboxkit.publish.publisher import Publisher
 from outboxkit.routing import Route, Routing
-from outboxkit.store.repository import ConsumeItem, ConsumeOutcome
+from outboxkit.store import ConsumeItem, ConsumeOutcome
 from outboxkit.wire.envelope import dumps, encode_envelope, envelope_from_row
 from tests.engine_support import unique_routing
 

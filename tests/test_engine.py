@@ -28,7 +28,7 @@ from outboxkit.errors import (
 from outboxkit.messages import Event, PublishRequest, Status
 from outboxkit.relay.relay import Relay, RelayConfig
 from outboxkit.routing import Routing
-from outboxkit.store.repository import Repository
+from outboxkit.store import Repository
 from outboxkit.wire.envelope import dumps
 from tests.engine_support import business_table, count_rows, fast_config, unique_routing, wait_for
 

@@ -14,7 +14,7 @@ from outboxkit.errors import UnsupportedDatabaseError
 from outboxkit.messages import PublishRequest, Status
 from outboxkit.publish.publisher import Publisher
 from outboxkit.routing import Route, Routing, ServiceCatalog
-from outboxkit.store.repository import NewMessage
+from outboxkit.store import NewMessage
 from outboxkit.testing.repository_contract import RepositoryContract
 
 pytestmark = pytest.mark.mysql

@@ -1,7 +1,7 @@
 """Operating an outbox without SQL: status reports, the dead-letter queue, retention.
 
 The same operations the ``outboxkit status``, ``dlq`` and ``purge`` commands run, as a
-Python API on any :class:`~outboxkit.store.repository.Repository`::
+Python API on any :class:`~outboxkit.store.Repository`::
 
     from outboxkit.admin import DeadLetters, Selection, status_report
 

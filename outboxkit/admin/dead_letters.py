@@ -14,7 +14,7 @@ from outboxkit.admin.selection import DEFAULT_BATCH_SIZE, BulkResult, Selection
 from outboxkit.errors import ConfigurationError
 from outboxkit.messages import OutboxMessage, Status
 from outboxkit.routing import Route
-from outboxkit.store.repository import Repository
+from outboxkit.store import AdminStore
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 class DeadLetters:
     """Operator actions on the ``dead`` rows of ``route``'s table."""
 
-    def __init__(self, repository: Repository, route: Route) -> None:
+    def __init__(self, repository: AdminStore, route: Route) -> None:
         self.repository = repository
         self.route = route
 

@@ -18,7 +18,7 @@ import attrs
 from outboxkit.admin.selection import DEFAULT_BATCH_SIZE
 from outboxkit.messages import Status
 from outboxkit.routing import Route
-from outboxkit.store.repository import Repository, RowFilter
+from outboxkit.store import AdminStore, RowFilter
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class PurgeResult:
 
 
 def purge_route(
-    repository: Repository,
+    repository: AdminStore,
     route: Route,
     status: Status,
     *,
@@ -129,7 +129,7 @@ def purge_route(
 
 
 def apply_retention(
-    repository: Repository,
+    repository: AdminStore,
     routes: Iterable[Route],
     policy: RetentionPolicy,
     *,

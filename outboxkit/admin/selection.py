@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 
 from outboxkit.messages import Status
-from outboxkit.store.repository import RowFilter
+from outboxkit.store import RowFilter
 
 #: Rows changed per statement by bulk operations: small enough that each transaction holds
 #: its row locks briefly while workers run, large enough to be quick.

@@ -1,6 +1,6 @@
 """The status report of a service's outbox: what is waiting, what is stuck, what died.
 
-Built only from :class:`~outboxkit.store.repository.Repository` reads, so it works from any
+Built only from :class:`~outboxkit.store.Repository` reads, so it works from any
 process that can reach the database (an operator's shell, a health probe) without a broker.
 """
 
@@ -13,7 +13,7 @@ import attrs
 
 from outboxkit.messages import Status
 from outboxkit.routing import Route
-from outboxkit.store.repository import Repository
+from outboxkit.store import AdminStore
 
 #: Upper bounds (inclusive) of the retry histogram's buckets; the last bucket is open.
 RETRY_BUCKETS = (0, 1, 2, 5, 10)
@@ -76,7 +76,7 @@ class ServiceStatus:
 
 
 def service_status(
-    repository: Repository, route: Route, *, redelivery_after: float = DEFAULT_REDELIVERY_AFTER
+    repository: AdminStore, route: Route, *, redelivery_after: float = DEFAULT_REDELIVERY_AFTER
 ) -> ServiceStatus:
     """The :class:`ServiceStatus` of ``route``'s table."""
     return ServiceStatus(
@@ -91,7 +91,7 @@ def service_status(
 
 
 def status_report(
-    repository: Repository,
+    repository: AdminStore,
     routes: Iterable[Route],
     *,
     redelivery_after: float = DEFAULT_REDELIVERY_AFTER,

@@ -1,7 +1,7 @@
 """SQL storage of the outbox: one repository, three database dialects.
 
 * :class:`~outboxkit.backends.sql.SqlRepository`: the
-  :class:`~outboxkit.store.repository.Repository` for PostgreSQL, MySQL/MariaDB and SQLite.
+  :class:`~outboxkit.store.Repository` for PostgreSQL, MySQL/MariaDB and SQLite.
 * :func:`~outboxkit.backends.sqlite.create_sqlite_engine`: a SQLite engine set up so
   concurrent threads wait for the write lock instead of failing.
 * :func:`~outboxkit.backends.urls.database_url`: a database URL as platforms give it

@@ -6,7 +6,7 @@ import argparse
 
 from outboxkit.admin.selection import Selection
 from outboxkit.cli.durations import parse_moment, resolve_moment
-from outboxkit.store.repository import Repository
+from outboxkit.store import Repository
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:

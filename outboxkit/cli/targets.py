@@ -22,7 +22,7 @@ from outboxkit.cli.common import CommandFailedError, UsageError
 from outboxkit.errors import ConfigurationError, InvalidNameError
 from outboxkit.observability.logs import mask_url
 from outboxkit.routing import Route
-from outboxkit.store.repository import Repository
+from outboxkit.store import Repository
 
 if TYPE_CHECKING:
     from outboxkit.backends import SqlRepository

@@ -16,7 +16,7 @@ Every delivery ends in exactly one recorded outcome before it is acknowledged:
   else logged; either way acknowledged, so one bad message never stops the consumer.
 
 Transactional handlers of a received batch run in **one** database transaction
-(:meth:`~outboxkit.store.repository.Repository.consume_batch`: one lock statement, one mark, one
+(:meth:`~outboxkit.store.Repository.consume_batch`: one lock statement, one mark, one
 commit, a savepoint per handler only after a failure), and the batch is acknowledged with
 one :meth:`~outboxkit.broker.Subscription.ack_many`. Only a handler's own exception counts
 as a failed attempt: a database that is down or a connection killed under the batch
@@ -61,11 +61,11 @@ from outboxkit.observability.tracing import NO_TRACING, Tracing
 from outboxkit.publish.causality import handling
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Route
-from outboxkit.store.repository import (
+from outboxkit.store import (
     ConsumeItem,
     ConsumeOutcome,
     ConsumeResult,
-    Repository,
+    ConsumeStore,
     RetryOutcome,
 )
 from outboxkit.wire.envelope import Envelope, decode_envelope, row_event_id
@@ -118,7 +118,7 @@ class Consumer:
 
     def __init__(
         self,
-        repository: Repository,
+        repository: ConsumeStore,
         route: Route,
         registry: HandlerRegistry,
         *,

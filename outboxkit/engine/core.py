@@ -63,7 +63,7 @@ from outboxkit.publish.checks import check_executor
 from outboxkit.publish.publisher import Publisher
 from outboxkit.relay.relay import Relay
 from outboxkit.routing import Route, Routing
-from outboxkit.store.repository import Repository
+from outboxkit.store import Repository
 from outboxkit.wire.payloads import decode_payload
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from outboxkit.admin.retention import PurgeResult, RetentionPolicy, apply_retention
 from outboxkit.errors import OutboxError
 from outboxkit.routing import Route
-from outboxkit.store.repository import Repository
+from outboxkit.store import AdminStore
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def lock_name(routes: Sequence[Route]) -> str:
 
 
 def housekeeping_step(
-    repository: Repository,
+    repository: AdminStore,
     routes: Sequence[Route],
     policy: RetentionPolicy,
     *,
@@ -49,7 +49,7 @@ def housekeeping_step(
 
 
 def run_housekeeping(
-    repository: Repository,
+    repository: AdminStore,
     routes: Sequence[Route],
     policy: RetentionPolicy,
     *,

@@ -25,7 +25,7 @@ from outboxkit.errors import BrokerUnavailableError, FatalError, RepositoryError
 from outboxkit.inbox.base import RedeliveryRequested
 from outboxkit.relay.relay import Relay
 from outboxkit.routing import Route
-from outboxkit.store.repository import NewRowListener, Repository
+from outboxkit.store import NewRowListener, RelayStore
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def relay_steps(
 
 
 def run_listener(
-    repository: Repository,
+    repository: RelayStore,
     services_by_table: Mapping[str, str],
     *,
     stopping: threading.Event,

@@ -25,7 +25,7 @@ from outboxkit.errors import ConfigurationError, RepositoryError
 from outboxkit.inbox.base import Inbox
 from outboxkit.inbox.receipts import receipts_group, receipts_topic
 from outboxkit.routing import Route
-from outboxkit.store.repository import Repository
+from outboxkit.store import Repository
 
 logger = logging.getLogger(__name__)
 

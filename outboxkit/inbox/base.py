@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 from sqlalchemy.engine import Connection
 
-from outboxkit.store.repository import ConsumeResult
+from outboxkit.store import ConsumeResult
 
 #: Failed attempts after which an inbox event goes ``dead`` (and is acknowledged).
 DEFAULT_MAX_ATTEMPTS = 8

@@ -40,7 +40,7 @@ from outboxkit.observability.tracing import NO_TRACING, Tracing
 from outboxkit.publish.causality import handling
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Route
-from outboxkit.store.repository import ConsumeOutcome, ConsumeResult, Repository
+from outboxkit.store import ConsumeOutcome, ConsumeResult, Repository
 from outboxkit.wire.payloads import PayloadCodecs
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ import attrs
 from outboxkit.broker import Broker, BrokerMessage, Subscription
 from outboxkit.errors import BrokerUnavailableError, FatalError, RepositoryError
 from outboxkit.routing import Route, validate_group_name, validate_topic_name
-from outboxkit.store.repository import Repository
+from outboxkit.store import ConsumeStore
 
 if TYPE_CHECKING:
     from outboxkit.engine.outages import OutageLog
@@ -123,7 +123,7 @@ class ReceiptSender:
 class ReceiptApplier:
     """Marks the producer's rows from receipts. One instance per receipt thread."""
 
-    def __init__(self, repository: Repository, route: Route) -> None:
+    def __init__(self, repository: ConsumeStore, route: Route) -> None:
         self.repository = repository
         self.route = route
 

@@ -37,7 +37,7 @@ from outboxkit.inbox.base import (
     InboxStatus,
 )
 from outboxkit.inbox.schema import DEFAULT_INBOX_TABLE, inbox_table
-from outboxkit.store.repository import ConsumeOutcome, ConsumeResult, truncate_error
+from outboxkit.store import ConsumeOutcome, ConsumeResult, truncate_error
 
 logger = logging.getLogger(__name__)
 

@@ -201,8 +201,7 @@ def _check_database(
     engine: Engine, routes: list[Route], backlog: dict[str, float | None]
 ) -> _Verdict:
     if not routes:
-        with engine.repository.transaction() as conn:
-            conn.exec_driver_sql("SELECT 1")
+        engine.repository.now()  # one round trip: the database answers
         return True, "no served services: only the connection was checked", {}
     pending: dict[str, int] = {}
     for route in routes:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from outboxkit.errors import PayloadConflictError
 from outboxkit.routing import Route
-from outboxkit.store.repository import AddResult, NewMessage
+from outboxkit.store import AddResult, NewMessage
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from outboxkit.observability.tracing import NO_TRACING, Tracing
 from outboxkit.publish.causality import handled_event, with_flow_ids
 from outboxkit.publish.checks import check_executor, report_conflict, report_conflicts
 from outboxkit.routing import MAX_EVENT_TYPE, MAX_MESSAGE_KEY, Route, Routing
-from outboxkit.store.repository import NewMessage, Repository
+from outboxkit.store import NewMessage, OutboxWriter
 from outboxkit.wire.envelope import encode_shell
 from outboxkit.wire.payloads import JsonPayloadCodec, PayloadCodecs
 
@@ -86,7 +86,7 @@ class Publisher:
 
     def __init__(
         self,
-        repository: Repository,
+        repository: OutboxWriter,
         routing: Routing,
         *,
         config: PublisherConfig | None = None,

@@ -52,7 +52,7 @@ from outboxkit.observability.observers import Observer, seconds_between
 from outboxkit.observability.tracing import NO_TRACING, Tracing
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Route
-from outboxkit.store.repository import Claim, Repository, RetryOutcome
+from outboxkit.store import Claim, RelayStore, RetryOutcome
 from outboxkit.wire.envelope import utc_isoformat
 from outboxkit.wire.row_encoding import encode_row
 
@@ -107,7 +107,7 @@ class Relay:
 
     def __init__(
         self,
-        repository: Repository,
+        repository: RelayStore,
         broker: Broker,
         route: Route,
         *,

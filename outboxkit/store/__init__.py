@@ -1,10 +1,60 @@
-"""Stage 1 to 4's storage: the contract every read and state change of the outbox meets.
+"""Storage of the outbox: the roles each stage needs, the values they exchange, and the
+:class:`Repository` that is all of them.
 
-:class:`~outboxkit.store.repository.Repository` is the contract; ``outboxkit.backends``
-implements it on PostgreSQL, MySQL/MariaDB and SQLite, and
-``outboxkit.testing.repository_contract`` checks any implementation against it.
+``outboxkit.backends`` implements the repository on PostgreSQL, MySQL/MariaDB and SQLite;
+``outboxkit.testing.repository_contract`` checks any implementation against these docstrings.
 """
 
 from outboxkit.store.repository import Repository
+from outboxkit.store.roles import (
+    AdminStore,
+    ConsumeStore,
+    FailureMarks,
+    NewRowListener,
+    OutboxWriter,
+    RelayStore,
+    RowReads,
+    SchemaStore,
+)
+from outboxkit.store.values import (
+    MAX_LAST_ERROR,
+    RESCUE_DOUBLINGS,
+    AddResult,
+    Claim,
+    ConsumeItem,
+    ConsumeOutcome,
+    ConsumeResult,
+    HousekeepingLock,
+    NewMessage,
+    RetryOutcome,
+    RowFilter,
+    rescue_wait,
+    truncate_error,
+)
 
-__all__ = ["Repository"]
+__all__ = [
+    # the roles and the whole
+    "Repository",
+    "OutboxWriter",
+    "RelayStore",
+    "ConsumeStore",
+    "FailureMarks",
+    "RowReads",
+    "AdminStore",
+    "SchemaStore",
+    "NewRowListener",
+    # values
+    "AddResult",
+    "Claim",
+    "ConsumeItem",
+    "ConsumeOutcome",
+    "ConsumeResult",
+    "HousekeepingLock",
+    "NewMessage",
+    "RetryOutcome",
+    "RowFilter",
+    "MAX_LAST_ERROR",
+    "RESCUE_DOUBLINGS",
+    "rescue_wait",
+    "truncate_error",
+]

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection
 
 from outboxkit.errors import ConfigurationError
 from outboxkit.inbox import Inbox, InboxItem, InboxStatus, SqlInbox, inbox_table
-from outboxkit.store.repository import ConsumeOutcome
+from outboxkit.store import ConsumeOutcome
 
 #: How long a thread may take before the suite calls it stuck.
 JOIN_TIMEOUT = 20.0

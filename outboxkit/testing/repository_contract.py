@@ -1,4 +1,4 @@
-"""The conformance suite of :class:`~outboxkit.store.repository.Repository`, on a real database.
+"""The conformance suite of :class:`~outboxkit.store.Repository`, on a real database.
 
 Subclass :class:`RepositoryContract` in a test module (name the subclass ``Test...``) and
 provide an ``engine`` fixture; the default ``repository`` fixture wraps it in a
@@ -40,7 +40,7 @@ from outboxkit.errors import InvalidEventError, UnknownEventTypeError
 from outboxkit.messages import PublishRequest, Status
 from outboxkit.publish.publisher import Publisher, PublisherConfig
 from outboxkit.routing import Route, Routing, ServiceCatalog
-from outboxkit.store.repository import (
+from outboxkit.store import (
     MAX_LAST_ERROR,
     ConsumeItem,
     ConsumeOutcome,
@@ -101,7 +101,7 @@ def _outcome(thread: threading.Thread, box: dict[str, Any]) -> Any:
 
 
 class RepositoryContract:
-    """Behaviour every :class:`~outboxkit.store.repository.Repository` must show.
+    """Behaviour every :class:`~outboxkit.store.Repository` must show.
 
     Needs an ``engine`` fixture (a SQLAlchemy engine on the database under test).
     """

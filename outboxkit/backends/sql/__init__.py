@@ -1,19 +1,19 @@
 """The SQL repository: every statement written once with SQLAlchemy Core.
 
-One module per concern: :mod:`~outboxkit.backends.sql.store` (engine, dialect, tables, clock,
-guarded updates), :mod:`~outboxkit.backends.sql.schema_ops` (create/upgrade tables),
-:mod:`~outboxkit.backends.sql.publishing` (inserts in the caller's transaction),
-:mod:`~outboxkit.backends.sql.relaying` (claims and marks), :mod:`~outboxkit.backends.sql.consuming`
-(consume and final marks), :mod:`~outboxkit.backends.sql.operations` (listing, requeue,
-counts), :mod:`~outboxkit.backends.sql.admin` (filtered finds, guarded bulk requeue and
-delete, status figures, the housekeeping lock) and
-:mod:`~outboxkit.backends.sql.repository` (:class:`SqlRepository`, all of them).
-
+One module per role of :mod:`outboxkit.store`: :mod:`~outboxkit.backends.sql.writer`
+(inserts in the caller's transaction), :mod:`~outboxkit.backends.sql.relay_store` (claims and
+marks), :mod:`~outboxkit.backends.sql.consume_store` (consume and final marks, with
+:mod:`~outboxkit.backends.sql.handler_passes` running a batch's handlers),
+:mod:`~outboxkit.backends.sql.admin_store` (listings, counts, guarded bulk requeue and delete,
+status figures, the housekeeping lock) and :mod:`~outboxkit.backends.sql.schema_store`
+(create, check and upgrade tables); :mod:`~outboxkit.backends.sql.store` holds what they share
+(engine, dialect, tables, clock, guarded updates) and
+:mod:`~outboxkit.backends.sql.repository` combines them into :class:`SqlRepository`.
 
 Whatever differs between PostgreSQL, MySQL/MariaDB and SQLite comes from the
 :class:`~outboxkit.backends.dialect.Dialect` value picked for the engine; the remaining
 capability questions SQLAlchemy already answers (``UPDATE ... RETURNING``) are asked of the
-engine's dialect. The contract is :class:`outboxkit.store.repository.Repository`; the notes below
+engine's dialect. The contract is :class:`outboxkit.store.Repository`; the notes below
 are how it is met.
 
 * **Clock.** Every "now" is the dialect's SQL expression, evaluated by the server. When a

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from outboxkit.consume.handler_scope import HandlerScope
-from outboxkit.store.repository import ConsumeOutcome, ConsumeResult
+from outboxkit.store import ConsumeOutcome, ConsumeResult
 
 
 class HandlerFailedError(Exception):

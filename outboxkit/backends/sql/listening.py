@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from outboxkit.backends.postgres import NOTIFY_CHANNEL
 from outboxkit.errors import RepositoryError
-from outboxkit.store.repository import NewRowListener
+from outboxkit.store import NewRowListener
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The SQL repository: the concern modules of this package combined into one Repository."""
+"""The SQL repository: the role modules of this package combined into one Repository."""
 
 from __future__ import annotations
 
@@ -6,21 +6,20 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from outboxkit.backends.sql.admin import AdminOps
-from outboxkit.backends.sql.consuming import ConsumerSide
-from outboxkit.backends.sql.operations import Operations
-from outboxkit.backends.sql.publishing import Publishing
-from outboxkit.backends.sql.relaying import RelaySide
-from outboxkit.backends.sql.schema_ops import SchemaOps
+from outboxkit.backends.sql.admin_store import SqlAdminStore
+from outboxkit.backends.sql.consume_store import SqlConsumeStore
+from outboxkit.backends.sql.relay_store import SqlRelayStore
+from outboxkit.backends.sql.schema_store import SqlSchemaStore
+from outboxkit.backends.sql.writer import SqlOutboxWriter
 from outboxkit.backends.urls import database_url
 from outboxkit.errors import ConfigurationError
-from outboxkit.store.repository import NewRowListener, Repository
+from outboxkit.store import Repository
 
 
 class SqlRepository(
-    Publishing, RelaySide, ConsumerSide, Operations, AdminOps, SchemaOps, Repository
+    SqlOutboxWriter, SqlRelayStore, SqlConsumeStore, SqlAdminStore, SqlSchemaStore, Repository
 ):
-    """:class:`~outboxkit.store.repository.Repository` on PostgreSQL 9.5+, MySQL 8.0.1+ /
+    """:class:`~outboxkit.store.Repository` on PostgreSQL 9.5+, MySQL 8.0.1+ /
     MariaDB 10.6+ or SQLite 3.35+ (one relay at a time), through a SQLAlchemy engine.
 
     Thread-safe: it holds the engine (a pool), never a connection. The server version is
@@ -58,19 +57,6 @@ class SqlRepository(
                 "is installed (postgresql+psycopg2://, mysql+pymysql://)"
             ) from exc
         return cls(engine, owns_engine=True)
-
-    @property
-    def notifies_new_rows(self) -> bool:
-        return self.dialect.notify is not None
-
-    def new_row_listener(self) -> NewRowListener | None:
-        """A ``LISTEN`` connection on PostgreSQL (see :mod:`.listening`); ``None`` elsewhere."""
-        if self.dialect.notify is None:
-            return None
-        self._check_server()
-        from outboxkit.backends.sql.listening import PostgresListener
-
-        return PostgresListener(self.engine)
 
     def describe(self) -> dict[str, Any]:
         facts = super().describe()

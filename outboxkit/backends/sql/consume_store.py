@@ -6,7 +6,7 @@ topic), so a row is acted on only when it *is* the message's event: same event i
 row without ``event_id``, the shell's event id, else the row id) and same type. Anything else
 is ``MISMATCH`` and the row is left untouched.
 
-**Batches.** :meth:`ConsumerSide.consume_batch` locks the batch's rows in one statement, in id
+**Batches.** :meth:`SqlConsumeStore.consume_batch` locks the batch's rows in one statement, in id
 order (the order a relay's mark locks them in, so the two never deadlock), runs each handler,
 marks every successful row in one statement and commits once. The first pass runs the
 handlers without savepoints (two round trips saved per event); if one raises, that pass is
@@ -47,10 +47,11 @@ from outboxkit.backends.sql.store import (
 )
 from outboxkit.messages import OutboxMessage
 from outboxkit.routing import Route
-from outboxkit.store.repository import (
+from outboxkit.store import (
     ConsumeItem,
     ConsumeOutcome,
     ConsumeResult,
+    ConsumeStore,
     truncate_error,
 )
 from outboxkit.wire.envelope import row_event_id
@@ -70,7 +71,7 @@ def is_same_event(row: Any, event_id: str | None, event_type: str | None) -> boo
     return row_event_id(int(row[0]), row[2], row[4]) == event_id
 
 
-#: The columns a consume mark changes (ConsumerSide._consumed_values): what the mark-first
+#: The columns a consume mark changes (SqlConsumeStore._consumed_values): what the mark-first
 #: pass puts back on a row it marked but no handler consumed.
 _MARK_CHANGES = (
     "status",
@@ -82,7 +83,7 @@ _MARK_CHANGES = (
 )
 
 
-class ConsumerSide(SqlStore):
+class SqlConsumeStore(SqlStore, ConsumeStore):
     """The consumer's statements: consume a batch in one transaction, reads, final marks."""
 
     def _lock_rows(self, conn: Connection, table: sa.Table, ids: Sequence[int]) -> dict[int, Any]:

@@ -1,4 +1,5 @@
-"""Creating and upgrading the outbox tables, and printing their DDL."""
+"""Creating, checking and upgrading the outbox tables, and printing their DDL (the
+:class:`~outboxkit.store.SchemaStore` role)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from outboxkit.backends.schema import build_table, table_ddl
 from outboxkit.backends.sql.store import (
     SqlStore,
 )
-from outboxkit.errors import ConfigurationError, SchemaError
+from outboxkit.errors import ConfigurationError, RepositoryError, SchemaError
 from outboxkit.routing import Route
+from outboxkit.store import SchemaStore
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +28,15 @@ T = TypeVar("T")
 Statement = CreateTable | CreateIndex | TextClause
 
 
-class SchemaOps(SqlStore):
-    """Creating and upgrading the outbox tables, and printing their DDL."""
+class SqlSchemaStore(SqlStore, SchemaStore):
+    """Creating, checking and upgrading the outbox tables, and printing their DDL."""
+
+    def has_table(self, route: Route) -> bool:
+        self._check_server()
+        try:
+            return sa.inspect(self.engine).has_table(route.table)
+        except SQLAlchemyError as exc:
+            raise RepositoryError(f"looking for table {route.table!r} failed: {exc}") from exc
 
     def create_schema(self, routes: Iterable[Route]) -> None:
         """Create missing tables; on an existing table (e.g. one the Go system created) add

@@ -17,9 +17,10 @@ from outboxkit.backends.sql.store import (
 )
 from outboxkit.errors import RepositoryError
 from outboxkit.routing import Route
-from outboxkit.store.repository import (
+from outboxkit.store import (
     AddResult,
     NewMessage,
+    OutboxWriter,
 )
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Publishing(SqlStore):
+class SqlOutboxWriter(SqlStore, OutboxWriter):
     """Writing rows: the caller's transaction, idempotent inserts by event id."""
 
     @contextlib.contextmanager

@@ -1,5 +1,6 @@
-"""What operators run against a table while workers keep going: filtered listing, guarded
-bulk requeue and delete, the figures of a status report, and the housekeeping lock.
+"""What operators run against a table while workers keep going: listings and counts, filtered
+finds, guarded bulk requeue and delete, the figures of a status report, and the
+housekeeping lock (the :class:`~outboxkit.store.AdminStore` role).
 
 Every bulk change names ids *and* the status it expects, so it composes with the workers'
 own guarded transitions: a row a worker moved meanwhile is simply not changed.
@@ -27,7 +28,7 @@ from outboxkit.backends.sql.store import (
 from outboxkit.errors import RepositoryError
 from outboxkit.messages import OutboxMessage, Status
 from outboxkit.routing import Route
-from outboxkit.store.repository import HousekeepingLock, RowFilter
+from outboxkit.store import AdminStore, HousekeepingLock, RowFilter
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,8 @@ def _like_literal(text: str) -> str:
     return f"%{escaped}%"
 
 
-class AdminOps(SqlStore):
-    """Operator queries and guarded bulk changes (see the Repository docstrings)."""
+class SqlAdminStore(SqlStore, AdminStore):
+    """Operator queries and guarded bulk changes (see :class:`~outboxkit.store.AdminStore`)."""
 
     def _where(self, table: sa.Table, row_filter: RowFilter) -> ColumnElement[bool]:
         clauses: list[ColumnElement[bool]] = [table.c.status == row_filter.status.value]
@@ -59,12 +60,64 @@ class AdminOps(SqlStore):
             clauses.append(table.c.updated_at < row_filter.changed_before)
         return sa.and_(*clauses)
 
-    def has_table(self, route: Route) -> bool:
-        self._check_server()
-        try:
-            return sa.inspect(self.engine).has_table(route.table)
-        except SQLAlchemyError as exc:
-            raise RepositoryError(f"looking for table {route.table!r} failed: {exc}") from exc
+    def list_by_status(
+        self, route: Route, status: Status, *, limit: int = 100, after_id: int = 0
+    ) -> list[OutboxMessage]:
+        table = self.table(route)
+        query = (
+            sa.select(table)
+            .where(table.c.status == Status(status).value, table.c.id > after_id)
+            .order_by(table.c.id)
+            .limit(max(limit, 0))
+        )
+        with self._begin("listing rows", route) as conn:
+            return [row_message(row) for row in conn.execute(query).mappings()]
+
+    def requeue_dead(self, route: Route, ids: Sequence[int] | None = None) -> int:
+        if ids is not None and not ids:
+            return 0
+        table = self.table(route)
+        condition = table.c.status == DEAD
+        if ids is not None:
+            condition = sa.and_(condition, table.c.id.in_(list(ids)))
+        with self._begin("requeueing dead rows", route) as conn:
+            now = self.dialect.now()
+            result = conn.execute(
+                sa.update(table)
+                .where(condition)
+                .values(
+                    status=PENDING,
+                    retry_count=0,
+                    next_retry_at=now,
+                    lease_token=None,
+                    updated_at=now,
+                )
+            )
+            return int(result.rowcount)
+
+    def count_by_status(self, route: Route) -> dict[Status, int]:
+        table = self.table(route)
+        counts = dict.fromkeys(Status, 0)
+        with self._begin("counting rows", route) as conn:
+            for status, count in conn.execute(
+                sa.select(table.c.status, sa.func.count()).group_by(table.c.status)
+            ):
+                with contextlib.suppress(ValueError):
+                    counts[Status(status)] = int(count)
+        return counts
+
+    def oldest_pending_age(self, route: Route) -> float | None:
+        table = self.table(route)
+        with self._begin("measuring the pending backlog", route) as conn:
+            oldest, now = conn.execute(
+                sa.select(sa.func.min(table.c.created_at), self.dialect.now()).where(
+                    table.c.status == PENDING
+                )
+            ).one()
+        if oldest is None:
+            return None
+        age: timedelta = now - oldest
+        return max(0.0, age.total_seconds())
 
     def find_rows(
         self, route: Route, row_filter: RowFilter, *, limit: int = 100, after_id: int = 0

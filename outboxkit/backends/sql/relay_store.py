@@ -23,9 +23,11 @@ from outboxkit.backends.sql.store import (
 )
 from outboxkit.messages import Status
 from outboxkit.routing import Route
-from outboxkit.store.repository import (
+from outboxkit.store import (
     RESCUE_DOUBLINGS,
     Claim,
+    NewRowListener,
+    RelayStore,
     RetryOutcome,
     rescue_wait,
     truncate_error,
@@ -36,7 +38,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class RelaySide(SqlStore):
+class SqlRelayStore(SqlStore, RelayStore):
     """The relay's statements: fenced claims, guarded marks, retries, the stale rescue."""
 
     def claim_due(self, route: Route, *, limit: int, lease_seconds: float) -> Claim:
@@ -269,3 +271,16 @@ class RelaySide(SqlStore):
                 extra={"outbox_ids": [row_id for row_id, _ in rescued]},
             )
         return count
+
+    @property
+    def notifies_new_rows(self) -> bool:
+        return self.dialect.notify is not None
+
+    def new_row_listener(self) -> NewRowListener | None:
+        """A ``LISTEN`` connection on PostgreSQL (see :mod:`.listening`); ``None`` elsewhere."""
+        if self.dialect.notify is None:
+            return None
+        self._check_server()
+        from outboxkit.backends.sql.listening import PostgresListener
+
+        return PostgresListener(self.engine)
