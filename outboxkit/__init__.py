@@ -33,7 +33,7 @@ from outboxkit.errors import (
     RoutingError,
     UnknownEventTypeError,
 )
-from outboxkit.messages import Event, OutboxMessage, PublishRequest, Status
+from outboxkit.messages import Event, OutboxMessage, Outcome, PublishRequest, Status
 from outboxkit.observability.health import HealthCheck, HealthReport
 from outboxkit.observability.observers import Observer
 from outboxkit.publish.publisher import Publisher, PublisherConfig
@@ -72,6 +72,7 @@ __all__ = [
     "PublisherConfig",
     "PublishRequest",
     "Status",
+    "Outcome",
     "OutboxMessage",
     "Envelope",
     # routing

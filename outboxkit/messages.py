@@ -47,6 +47,31 @@ def _strip_headers(value: Mapping[str, str] | None) -> Mapping[str, str]:
     return dict(value or {})
 
 
+class Outcome(str, enum.Enum):
+    """What happened to one event at one step: one type from a store's answer to what a
+    consumer records and its observers count.
+
+    A consumer records one of ``CONSUMED``, ``RETRY``, ``DEAD``, ``DUPLICATE`` (the event was
+    final already: nothing ran) or ``SKIPPED`` (not this consumer's event: acknowledged,
+    nothing touched) for each delivery, and tells observers that. On the way, a store
+    answers each item of a consume batch with ``CONSUMED``, ``DUPLICATE``, ``MISSING`` (no
+    such row), ``MISMATCH`` (the row holds another event), ``FAILED`` (the handler raised; its
+    writes rolled back, the row unchanged) or ``NOT_RUN`` (a stop was asked first), and a
+    scheduled retry with ``RETRY``, ``DEAD`` (its attempts are used up) or ``SKIPPED`` (the
+    row was final, missing or not in the expected state).
+    """
+
+    CONSUMED = "consumed"
+    RETRY = "retry"
+    DEAD = "dead"
+    DUPLICATE = "duplicate"
+    SKIPPED = "skipped"
+    MISSING = "missing"
+    MISMATCH = "mismatch"
+    FAILED = "failed"
+    NOT_RUN = "not_run"
+
+
 @attrs.frozen(kw_only=True)
 class PublishRequest:
     """One event to publish, with the fields of the Go ``PublishRequest``.

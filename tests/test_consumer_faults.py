@@ -21,13 +21,13 @@ from sqlalchemy.engine import Connection
 
 from outboxkit.backends import SqlRepository
 from outboxkit.broker import Delivery
-from outboxkit.consume.consumer import Consumer, Outcome
+from outboxkit.consume.consumer import Consumer
 from outboxkit.consume.registry import HandlerRegistry
 from outboxkit.errors import RepositoryError
-from outboxkit.messages import Event, PublishRequest, Status
+from outboxkit.messages import Event, Outcome, PublishRequest, Status
 from outboxkit.publish.publisher import Publisher
 from outboxkit.routing import Route, Routing
-from outboxkit.store import ConsumeItem, ConsumeOutcome
+from outboxkit.store import ConsumeItem
 from outboxkit.wire.envelope import dumps, encode_envelope, envelope_from_row
 from tests.engine_support import unique_routing
 
@@ -201,7 +201,7 @@ def test_a_deadlock_inside_a_batch_is_retried_at_once_and_never_counted(
             thread.start()
         for thread in threads:
             thread.join(30)
-        assert results == {first: ConsumeOutcome.CONSUMED, second: ConsumeOutcome.CONSUMED}
+        assert results == {first: Outcome.CONSUMED, second: Outcome.CONSUMED}
         assert sorted(calls.values()) == [1, 2]  # the deadlock victim ran once more
         with db.connect() as conn:
             total = conn.execute(sa.text(f"SELECT SUM(n) FROM {locks}")).scalar_one()

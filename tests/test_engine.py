@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 from outboxkit.backends import SqlRepository
 from outboxkit.broker import BrokerMessage, Delivery
 from outboxkit.brokers.memory import MemoryBroker
-from outboxkit.consume.consumer import Consumer, Outcome
+from outboxkit.consume.consumer import Consumer
 from outboxkit.engine import Engine
 from outboxkit.errors import (
     BrokerUnavailableError,
@@ -25,7 +25,7 @@ from outboxkit.errors import (
     DuplicateHandlerError,
     UnknownEventTypeError,
 )
-from outboxkit.messages import Event, PublishRequest, Status
+from outboxkit.messages import Event, Outcome, PublishRequest, Status
 from outboxkit.relay.relay import Relay, RelayConfig
 from outboxkit.routing import Routing
 from outboxkit.store import Repository

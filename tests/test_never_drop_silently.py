@@ -14,11 +14,11 @@ import sqlalchemy as sa
 
 from outboxkit.backends import SqlRepository
 from outboxkit.brokers.memory import MemoryBroker
-from outboxkit.consume.consumer import MISSING_STREAK_ALARM, Consumer, Outcome
+from outboxkit.consume.consumer import MISSING_STREAK_ALARM, Consumer
 from outboxkit.consume.registry import HandlerRegistry
 from outboxkit.engine import Engine
 from outboxkit.errors import ConfigurationError
-from outboxkit.messages import Event, PublishRequest
+from outboxkit.messages import Event, Outcome, PublishRequest
 from outboxkit.publish.publisher import Publisher
 from outboxkit.relay.relay import Relay
 from tests.engine_support import fast_config, unique_routing

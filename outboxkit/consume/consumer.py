@@ -39,7 +39,6 @@ a crash.
 
 from __future__ import annotations
 
-import enum
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -55,19 +54,13 @@ from outboxkit.consume.handler_shapes import SessionFactory, call_with_session
 from outboxkit.consume.registry import HandlerRegistry, HandlerSpec
 from outboxkit.errors import DecodeError, PermanentError
 from outboxkit.helper_thread import HelperThread
-from outboxkit.messages import Event
+from outboxkit.messages import Event, Outcome
 from outboxkit.observability.logs import event_fields, hide_parameters
 from outboxkit.observability.tracing import NO_TRACING, Tracing
 from outboxkit.publish.causality import handling
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Route
-from outboxkit.store import (
-    ConsumeItem,
-    ConsumeOutcome,
-    ConsumeResult,
-    ConsumeStore,
-    RetryOutcome,
-)
+from outboxkit.store import ConsumeItem, ConsumeResult, ConsumeStore
 from outboxkit.wire.envelope import Envelope, decode_envelope, row_event_id
 from outboxkit.wire.payloads import PayloadCodecs, decode_payload
 
@@ -101,16 +94,6 @@ class ConsumerConfig:
 #: so a backlog that just ran out delays one acknowledgement by at most this; an empty
 #: receive ahead is followed by an ordinary one.
 _AHEAD_WAIT = 0.05
-
-
-class Outcome(str, enum.Enum):
-    """What happened to one delivery."""
-
-    CONSUMED = "consumed"
-    RETRY = "retry"
-    DEAD = "dead"
-    DUPLICATE = "duplicate"
-    SKIPPED = "skipped"
 
 
 class Consumer:
@@ -312,7 +295,7 @@ class Consumer:
         results = self.repository.consume_batch(self.route, items, should_stop=should_stop)
         outcomes: list[Outcome] = []
         for (event, _spec), result in zip(segment, results, strict=True):
-            if result.outcome is ConsumeOutcome.NOT_RUN:
+            if result.outcome is Outcome.NOT_RUN:
                 break
             outcomes.append(self._report(event, self._settle(event, result)))
         return outcomes
@@ -320,19 +303,19 @@ class Consumer:
     def _settle(self, event: Event, result: ConsumeResult[Any]) -> Outcome:
         """Turn one :meth:`Repository.consume_batch` result into a recorded outcome."""
         outcome = result.outcome
-        if outcome is ConsumeOutcome.MISSING:
+        if outcome is Outcome.MISSING:
             return self._missing(event)
         self._missing_streak = 0
-        if outcome is ConsumeOutcome.CONSUMED:
+        if outcome is Outcome.CONSUMED:
             self._log(logging.DEBUG, event, "consumed")
             return Outcome.CONSUMED
-        if outcome is ConsumeOutcome.FAILED:
+        if outcome is Outcome.FAILED:
             error = result.error
             assert error is not None
             if isinstance(error, PermanentError):
                 return self._dead(event, f"permanent failure: {error}", exc=error)
             return self._retry(event, error)
-        if outcome is ConsumeOutcome.MISMATCH:
+        if outcome is Outcome.MISMATCH:
             logger.warning(
                 "event %s (%s) names outbox row %s of %s, which holds another event; "
                 "acknowledged without handling, the row untouched (a forged or stray "
@@ -382,22 +365,22 @@ class Consumer:
         """
         row = self.repository.get(self.route, event.outbox_id)
         if row is None:
-            return self._settle(event, ConsumeResult(ConsumeOutcome.MISSING))
+            return self._settle(event, ConsumeResult(Outcome.MISSING))
         same = row.event_type == event.event_type and (
             row_event_id(row.id, row.event_id, row.payload) == event.event_id
         )
         if not same:
-            return self._settle(event, ConsumeResult(ConsumeOutcome.MISMATCH))
+            return self._settle(event, ConsumeResult(Outcome.MISMATCH))
         if row.status.value in ("consumed", "dead"):
-            return self._settle(event, ConsumeResult(ConsumeOutcome.DUPLICATE))
+            return self._settle(event, ConsumeResult(Outcome.DUPLICATE))
         try:
             with handling(event), self.tracing.processing(self.route, event):
                 spec.func(event)
         except Exception as exc:
-            return self._settle(event, ConsumeResult(ConsumeOutcome.FAILED, error=exc))
+            return self._settle(event, ConsumeResult(Outcome.FAILED, error=exc))
         if self.repository.mark_consumed(self.route, event.outbox_id, event_id=event.event_id):
-            return self._settle(event, ConsumeResult(ConsumeOutcome.CONSUMED))
-        return self._settle(event, ConsumeResult(ConsumeOutcome.DUPLICATE))
+            return self._settle(event, ConsumeResult(Outcome.CONSUMED))
+        return self._settle(event, ConsumeResult(Outcome.DUPLICATE))
 
     def _retry(self, event: Event, exc: BaseException) -> Outcome:
         hide_parameters(exc)  # a handler's SQL error must not put its parameters in logs
@@ -405,10 +388,10 @@ class Consumer:
         outcome = self.repository.schedule_retry(
             self.route, event.outbox_id, reason=reason, backoff=self.retry_policy.delay
         )
-        if outcome is RetryOutcome.DEAD:
+        if outcome is Outcome.DEAD:
             self._log(logging.ERROR, event, f"dead after {event.attempt} attempts: {reason}", exc)
             return Outcome.DEAD
-        if outcome is RetryOutcome.SCHEDULED:
+        if outcome is Outcome.RETRY:
             what = f"attempt {event.attempt} failed, retry scheduled: {reason}"
             self._log(logging.WARNING, event, what, exc)
             return Outcome.RETRY

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from outboxkit.broker import Broker, Subscription
-from outboxkit.consume.consumer import Consumer, Outcome
+from outboxkit.consume.consumer import Consumer
 from outboxkit.consume.handler_scope import HandlerScope
 from outboxkit.consume.handler_shapes import call_with_session
 from outboxkit.consume.registry import (
@@ -54,7 +54,7 @@ from outboxkit.inbox.receipts import (
     run_receipts,
 )
 from outboxkit.inbox.schema import inbox_table
-from outboxkit.messages import Event, PublishRequest
+from outboxkit.messages import Event, Outcome, PublishRequest
 from outboxkit.observability.health import DEFAULT_TIMEOUT as HEALTH_TIMEOUT
 from outboxkit.observability.health import HealthReport, check_health
 from outboxkit.observability.observers import Observer, Observers, report_outcome

@@ -8,8 +8,7 @@ from datetime import datetime, timezone
 
 import attrs
 
-from outboxkit.consume.consumer import Outcome
-from outboxkit.messages import Event
+from outboxkit.messages import Event, Outcome
 
 #: How many recent end-to-end latencies :class:`EngineStats` keeps for percentiles.
 LATENCY_SAMPLES = 100_000

@@ -30,17 +30,17 @@ from typing import Any
 import attrs
 
 from outboxkit.broker import Delivery, Subscription
-from outboxkit.consume.consumer import Consumer, ConsumerConfig, Outcome
+from outboxkit.consume.consumer import Consumer, ConsumerConfig
 from outboxkit.consume.registry import HandlerRegistry, HandlerSpec
 from outboxkit.errors import DecodeError, PermanentError
 from outboxkit.inbox.base import Inbox, InboxItem, InboxStatus, RedeliveryRequested
 from outboxkit.inbox.receipts import CONSUMED, DEAD, Receipt, ReceiptSender
-from outboxkit.messages import Event
+from outboxkit.messages import Event, Outcome
 from outboxkit.observability.tracing import NO_TRACING, Tracing
 from outboxkit.publish.causality import handling
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Route
-from outboxkit.store import ConsumeOutcome, ConsumeResult, Repository
+from outboxkit.store import ConsumeResult, Repository
 from outboxkit.wire.payloads import PayloadCodecs
 
 logger = logging.getLogger(__name__)
@@ -161,13 +161,13 @@ class InboxConsumer(Consumer):
         results = self.inbox.consume_batch(self.route.group, items, should_stop=should_stop)
         outcomes: list[Outcome] = []
         for (event, _spec), result in zip(segment, results, strict=True):
-            if result.outcome is ConsumeOutcome.NOT_RUN:
+            if result.outcome is Outcome.NOT_RUN:
                 break
             outcomes.append(self._report(event, self._settle(event, result)))
         return outcomes
 
     def _settle(self, event: Event, result: ConsumeResult[Any]) -> Outcome:
-        if result.outcome is ConsumeOutcome.CONSUMED:
+        if result.outcome is Outcome.CONSUMED:
             logger.debug(
                 "event %s (%s) consumed into inbox %s",
                 event.event_id,
@@ -175,7 +175,7 @@ class InboxConsumer(Consumer):
                 self.inbox.table_name,
             )
             return Outcome.CONSUMED
-        if result.outcome is ConsumeOutcome.FAILED:
+        if result.outcome is Outcome.FAILED:
             error = result.error
             assert error is not None
             if isinstance(error, PermanentError):
@@ -188,15 +188,15 @@ class InboxConsumer(Consumer):
         """Run a non-transactional handler, then record it consumed (at-least-once)."""
         record = self.inbox.get(self.route.group, event.event_id)
         if record is not None and record.status in (InboxStatus.CONSUMED, InboxStatus.DEAD):
-            return self._settle(event, ConsumeResult(ConsumeOutcome.DUPLICATE))
+            return self._settle(event, ConsumeResult(Outcome.DUPLICATE))
         try:
             with handling(event), self.tracing.processing(self.route, event):
                 spec.func(event)
         except Exception as exc:
-            return self._settle(event, ConsumeResult(ConsumeOutcome.FAILED, error=exc))
+            return self._settle(event, ConsumeResult(Outcome.FAILED, error=exc))
         if self.inbox.mark_consumed(self.route.group, self._item(event)):
-            return self._settle(event, ConsumeResult(ConsumeOutcome.CONSUMED))
-        return self._settle(event, ConsumeResult(ConsumeOutcome.DUPLICATE))
+            return self._settle(event, ConsumeResult(Outcome.CONSUMED))
+        return self._settle(event, ConsumeResult(Outcome.DUPLICATE))
 
     def _retry(self, event: Event, exc: BaseException) -> Outcome:
         reason = f"consume handling failed: {type(exc).__name__}: {exc}"

@@ -37,7 +37,8 @@ from outboxkit.inbox.base import (
     InboxStatus,
 )
 from outboxkit.inbox.schema import DEFAULT_INBOX_TABLE, inbox_table
-from outboxkit.store import ConsumeOutcome, ConsumeResult, truncate_error
+from outboxkit.messages import Outcome
+from outboxkit.store import ConsumeResult, truncate_error
 
 logger = logging.getLogger(__name__)
 
@@ -193,11 +194,11 @@ class SqlInbox(SqlStore, Inbox):
                 if not stopped and should_stop is not None and should_stop():
                     stopped = True
                 if stopped:
-                    results.append(ConsumeResult(ConsumeOutcome.NOT_RUN))
+                    results.append(ConsumeResult(Outcome.NOT_RUN))
                 elif (row is not None and row[1] in FINAL) or item.event_id in consumed:
-                    results.append(ConsumeResult(ConsumeOutcome.DUPLICATE))
+                    results.append(ConsumeResult(Outcome.DUPLICATE))
                 elif index in failed:
-                    results.append(ConsumeResult(ConsumeOutcome.FAILED, error=failed[index]))
+                    results.append(ConsumeResult(Outcome.FAILED, error=failed[index]))
                 else:
                     results.append(
                         run_handler(
@@ -208,7 +209,7 @@ class SqlInbox(SqlStore, Inbox):
                             is_transient=self._is_transient,
                         )
                     )
-                    if results[-1].outcome is ConsumeOutcome.CONSUMED:
+                    if results[-1].outcome is Outcome.CONSUMED:
                         consumed[item.event_id] = item
             now = self.dialect.now()
             retried = [e for e in consumed if e in existing]

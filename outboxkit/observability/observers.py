@@ -22,8 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from outboxkit.consume.consumer import Outcome
-from outboxkit.messages import Event
+from outboxkit.messages import Event, Outcome
 
 logger = logging.getLogger(__name__)
 

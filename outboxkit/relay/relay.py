@@ -46,13 +46,13 @@ from outboxkit.errors import (
     PermanentRejectionError,
 )
 from outboxkit.helper_thread import HelperThread
-from outboxkit.messages import OutboxMessage
+from outboxkit.messages import OutboxMessage, Outcome
 from outboxkit.observability.logs import event_fields
 from outboxkit.observability.observers import Observer, seconds_between
 from outboxkit.observability.tracing import NO_TRACING, Tracing
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Route
-from outboxkit.store import Claim, RelayStore, RetryOutcome
+from outboxkit.store import Claim, RelayStore
 from outboxkit.wire.envelope import utc_isoformat
 from outboxkit.wire.row_encoding import encode_row
 
@@ -326,10 +326,10 @@ class Relay:
                 token=claim.token,
             )
             self._observe_retry(outcome, claim.messages, row_id)
-            if outcome is RetryOutcome.DEAD:
+            if outcome is Outcome.DEAD:
                 dead += 1
                 self._log_event(logging.ERROR, rows[row_id], f"dead: {error}")
-            elif outcome is RetryOutcome.SCHEDULED:
+            elif outcome is Outcome.RETRY:
                 retried += 1
                 self._log_event(
                     logging.WARNING,
@@ -393,13 +393,11 @@ class Relay:
                     self.route.service, row.event_type, commit_to_publish=latency
                 )
 
-    def _observe_retry(
-        self, outcome: RetryOutcome, rows: Sequence[OutboxMessage], row_id: int
-    ) -> None:
+    def _observe_retry(self, outcome: Outcome, rows: Sequence[OutboxMessage], row_id: int) -> None:
         event_type = next(r.event_type for r in rows if r.id == row_id)
-        if outcome is RetryOutcome.DEAD:
+        if outcome is Outcome.DEAD:
             self.observer.dead(self.route.service, event_type)
-        elif outcome is RetryOutcome.SCHEDULED:
+        elif outcome is Outcome.RETRY:
             self.observer.retried(self.route.service, event_type)
 
     def republish_stale(self) -> int:

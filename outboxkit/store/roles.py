@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from outboxkit.messages import OutboxMessage, Status
+from outboxkit.messages import OutboxMessage, Outcome, Status
 from outboxkit.routing import Route
 from outboxkit.store.values import (
     AddResult,
@@ -46,7 +46,6 @@ from outboxkit.store.values import (
     ConsumeResult,
     HousekeepingLock,
     NewMessage,
-    RetryOutcome,
     RowFilter,
 )
 
@@ -110,7 +109,7 @@ class FailureMarks(abc.ABC):
         reason: str,
         backoff: Callable[[int], float],
         token: str | None = None,
-    ) -> RetryOutcome:
+    ) -> Outcome:
         """Count one failed attempt and schedule the next, or give up.
 
         With ``token`` (a relay failing a claimed row) the row must be ``pending`` under

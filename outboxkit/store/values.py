@@ -7,7 +7,6 @@ They cross stages (the publisher builds :class:`NewMessage`, the relay holds a
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -15,7 +14,7 @@ from typing import Any, Generic, TypeVar
 import attrs
 from sqlalchemy.engine import Connection
 
-from outboxkit.messages import DEFAULT_MAX_RETRY, OutboxMessage, Status
+from outboxkit.messages import DEFAULT_MAX_RETRY, OutboxMessage, Outcome, Status
 
 T = TypeVar("T")
 
@@ -67,34 +66,12 @@ class Claim:
     messages: list[OutboxMessage]
 
 
-class RetryOutcome(str, enum.Enum):
-    """What :meth:`Repository.schedule_retry` did."""
-
-    SCHEDULED = "scheduled"  # back to pending with a later next_retry_at
-    DEAD = "dead"  # retry_count reached max_retry
-    SKIPPED = "skipped"  # row missing, final, or not in the expected state
-
-
-class ConsumeOutcome(str, enum.Enum):
-    """What :meth:`Repository.consume` / :meth:`Repository.consume_batch` did with one event."""
-
-    CONSUMED = "consumed"  # fn ran and its writes committed with status=consumed
-    DUPLICATE = "duplicate"  # row already consumed or dead: fn was not called
-    MISSING = "missing"  # no such row: fn was not called
-    #: The row exists but is another event (its event id or type differ from the message's:
-    #: a forged or stray message, or a topic that outlived its table): fn was not called
-    #: and the row was left untouched.
-    MISMATCH = "mismatch"
-    #: fn raised (batch only): its writes were rolled back, ``error`` holds the exception,
-    #: the row is unchanged; the caller decides between a retry and ``dead``.
-    FAILED = "failed"
-    #: Not attempted because the caller asked to stop (batch only): the row is unchanged.
-    NOT_RUN = "not_run"
-
-
 @attrs.frozen
 class ConsumeResult(Generic[T]):
-    outcome: ConsumeOutcome
+    """A store's answer for one item of a consume batch (see :class:`~outboxkit.messages.Outcome`),
+    with the handler's return value or, for ``FAILED``, its exception."""
+
+    outcome: Outcome
     value: T | None = None
     error: BaseException | None = None
 

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection
 
 from outboxkit.errors import ConfigurationError
 from outboxkit.inbox import Inbox, InboxItem, InboxStatus, SqlInbox, inbox_table
-from outboxkit.store import ConsumeOutcome
+from outboxkit.messages import Outcome
 
 #: How long a thread may take before the suite calls it stuck.
 JOIN_TIMEOUT = 20.0
@@ -117,7 +117,7 @@ class InboxContract:
     ) -> None:
         item = self.item(effects, outbox_id=42)
         [result] = inbox.consume_batch(GROUP, [item])
-        assert result.outcome is ConsumeOutcome.CONSUMED
+        assert result.outcome is Outcome.CONSUMED
         assert result.value == item.event_id
         assert self.applied(engine, effects) == [item.event_id]
         record = inbox.get(GROUP, item.event_id)
@@ -134,7 +134,7 @@ class InboxContract:
         calls: list[str] = []
         again = self.item(effects, item.event_id, run=lambda conn: calls.append("ran"))
         [result] = inbox.consume_batch(GROUP, [again])
-        assert result.outcome is ConsumeOutcome.DUPLICATE
+        assert result.outcome is Outcome.DUPLICATE
         assert calls == []
         assert self.applied(engine, effects) == [item.event_id]
 
@@ -144,8 +144,8 @@ class InboxContract:
         item = self.item(effects)
         results = inbox.consume_batch(GROUP, [item, item])
         assert [r.outcome for r in results] == [
-            ConsumeOutcome.CONSUMED,
-            ConsumeOutcome.DUPLICATE,
+            Outcome.CONSUMED,
+            Outcome.DUPLICATE,
         ]
         assert self.applied(engine, effects) == [item.event_id]
 
@@ -155,7 +155,7 @@ class InboxContract:
         item = self.item(effects)
         inbox.consume_batch(GROUP, [item])
         [other] = inbox.consume_batch("another-group", [item])
-        assert other.outcome is ConsumeOutcome.CONSUMED
+        assert other.outcome is Outcome.CONSUMED
         assert self.applied(engine, effects) == [item.event_id, item.event_id]
 
     def test_a_failing_handler_rolls_back_only_its_own_writes(
@@ -171,9 +171,9 @@ class InboxContract:
         second = self.item(effects, run=fail)
         results = inbox.consume_batch(GROUP, [first, second, third])
         assert [r.outcome for r in results] == [
-            ConsumeOutcome.CONSUMED,
-            ConsumeOutcome.FAILED,
-            ConsumeOutcome.CONSUMED,
+            Outcome.CONSUMED,
+            Outcome.FAILED,
+            Outcome.CONSUMED,
         ]
         assert results[1].error is boom
         assert self.applied(engine, effects) == sorted([first.event_id, third.event_id])
@@ -186,9 +186,9 @@ class InboxContract:
         calls = iter([False, True, True])
         results = inbox.consume_batch(GROUP, items, should_stop=lambda: next(calls))
         assert [r.outcome for r in results] == [
-            ConsumeOutcome.CONSUMED,
-            ConsumeOutcome.NOT_RUN,
-            ConsumeOutcome.NOT_RUN,
+            Outcome.CONSUMED,
+            Outcome.NOT_RUN,
+            Outcome.NOT_RUN,
         ]
         assert self.applied(engine, effects) == [items[0].event_id]
 
@@ -205,7 +205,7 @@ class InboxContract:
             with contextlib.suppress(threading.BrokenBarrierError):
                 both_ran.wait()
 
-        outcomes: list[ConsumeOutcome] = []
+        outcomes: list[Outcome] = []
         errors: list[BaseException] = []
 
         def consume() -> None:
@@ -222,7 +222,7 @@ class InboxContract:
             thread.join(JOIN_TIMEOUT)
         assert not any(t.is_alive() for t in threads), "a consumer is stuck"
         assert errors == []
-        assert sorted(outcomes) == sorted([ConsumeOutcome.CONSUMED, ConsumeOutcome.DUPLICATE])
+        assert sorted(outcomes) == sorted([Outcome.CONSUMED, Outcome.DUPLICATE])
         assert self.applied(engine, effects) == [event_id]
 
     # ------------------------------------------------------------------ failures
@@ -247,7 +247,7 @@ class InboxContract:
         item = self.item(effects)
         inbox.record_failure(GROUP, item, reason="flaky")
         [result] = inbox.consume_batch(GROUP, [item])
-        assert result.outcome is ConsumeOutcome.CONSUMED
+        assert result.outcome is Outcome.CONSUMED
         record = inbox.get(GROUP, item.event_id)
         assert record is not None
         assert (record.status, record.attempts) == (InboxStatus.CONSUMED, 1)
@@ -259,7 +259,7 @@ class InboxContract:
         assert not inbox.mark_dead(GROUP, item, reason="again")
         assert not inbox.mark_consumed(GROUP, item)
         [result] = inbox.consume_batch(GROUP, [item])
-        assert result.outcome is ConsumeOutcome.DUPLICATE
+        assert result.outcome is Outcome.DUPLICATE
         record = inbox.get(GROUP, item.event_id)
         assert record is not None
         assert (record.status, record.last_error) == (InboxStatus.DEAD, "no handler")

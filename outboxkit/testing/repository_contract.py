@@ -37,16 +37,14 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from outboxkit.errors import InvalidEventError, UnknownEventTypeError
-from outboxkit.messages import PublishRequest, Status
+from outboxkit.messages import Outcome, PublishRequest, Status
 from outboxkit.publish.publisher import Publisher, PublisherConfig
 from outboxkit.routing import Route, Routing, ServiceCatalog
 from outboxkit.store import (
     MAX_LAST_ERROR,
     ConsumeItem,
-    ConsumeOutcome,
     NewMessage,
     Repository,
-    RetryOutcome,
     RowFilter,
     truncate_error,
 )
@@ -583,7 +581,7 @@ class RepositoryContract:
         ids = self.add(repository, route, 4)
         assert (
             repository.schedule_retry(route, ids[0], reason="boom", backoff=lambda n: 0.0)
-            is RetryOutcome.SCHEDULED
+            is Outcome.RETRY
         )
         claim = repository.claim_due(route, limit=10, lease_seconds=60)
         assert [m.id for m in claim.messages] == [*ids[1:], ids[0]]
@@ -684,7 +682,7 @@ class RepositoryContract:
             outcome = repository.schedule_retry(
                 route, outbox_id, reason="handler failed", backoff=lambda _n: 30.0
             )
-            assert outcome is RetryOutcome.SCHEDULED
+            assert outcome is Outcome.RETRY
         before = repository.get(route, outbox_id)
         assert repository.mark_published(route, [outbox_id], token=claim.token) == set()
         assert repository.get(route, outbox_id) == before
@@ -704,7 +702,7 @@ class RepositoryContract:
             )
             time.sleep(0.3)
 
-        assert repository.consume(route, outbox_id, handler).outcome is ConsumeOutcome.CONSUMED
+        assert repository.consume(route, outbox_id, handler).outcome is Outcome.CONSUMED
         assert _outcome(*runs[0]) == set()
         assert self.status(repository, route, outbox_id) is Status.CONSUMED
 
@@ -721,7 +719,7 @@ class RepositoryContract:
             outcome = repository.schedule_retry(
                 route, outbox_id, reason="late", backoff=lambda _n: 1.0
             )
-            assert outcome is RetryOutcome.SKIPPED
+            assert outcome is Outcome.SKIPPED
         row_c, row_d = repository.get(route, consumed), repository.get(route, dead)
         assert row_c is not None and row_d is not None
         assert row_c.status is Status.CONSUMED
@@ -757,14 +755,14 @@ class RepositoryContract:
         wrong = repository.schedule_retry(
             route, ids[0], reason="x", backoff=backoff, token=str(uuid.uuid4())
         )
-        assert wrong is RetryOutcome.SKIPPED
+        assert wrong is Outcome.SKIPPED
         outcome = repository.schedule_retry(
             route, ids[0], reason="broker said no", backoff=backoff, token=claim.token
         )
-        assert outcome is RetryOutcome.SCHEDULED
+        assert outcome is Outcome.RETRY
         # a consumer's retry works on a published row, without a token
         outcome = repository.schedule_retry(route, ids[1], reason="handler", backoff=backoff)
-        assert outcome is RetryOutcome.SCHEDULED
+        assert outcome is Outcome.RETRY
         assert seen == [1, 1]
         now = repository.now()
         for outbox_id, reason in ((ids[0], "broker said no"), (ids[1], "handler")):
@@ -780,7 +778,7 @@ class RepositoryContract:
         assert self.claim_all(repository, route).messages == []
         assert (
             repository.schedule_retry(route, 987654321, reason="x", backoff=backoff)
-            is RetryOutcome.SKIPPED
+            is Outcome.SKIPPED
         )
 
     def test_schedule_retry_goes_dead_at_max_retry(
@@ -792,10 +790,10 @@ class RepositoryContract:
             for i in range(4)
         ]
         assert outcomes == [
-            RetryOutcome.SCHEDULED,
-            RetryOutcome.SCHEDULED,
-            RetryOutcome.DEAD,
-            RetryOutcome.SKIPPED,
+            Outcome.RETRY,
+            Outcome.RETRY,
+            Outcome.DEAD,
+            Outcome.SKIPPED,
         ]
         row = repository.get(route, outbox_id)
         assert row is not None
@@ -915,7 +913,7 @@ class RepositoryContract:
         for row_id, attempts in ((once[0], 1), (many[0], 12)):
             assert (
                 repository.schedule_retry(route, row_id, reason="boom", backoff=lambda n: 0.0)
-                is RetryOutcome.SCHEDULED
+                is Outcome.RETRY
             )
             with engine.begin() as conn:
                 conn.execute(
@@ -953,7 +951,7 @@ class RepositoryContract:
             return "done"
 
         result = repository.consume(route, outbox_id, handler)
-        assert result.outcome is ConsumeOutcome.CONSUMED
+        assert result.outcome is Outcome.CONSUMED
         assert result.value == "done"
         row = repository.get(route, outbox_id)
         assert row is not None
@@ -1005,7 +1003,7 @@ class RepositoryContract:
 
         batch = list(reversed(ids))  # the order given, not id order, is the order run
         results = repository.consume_batch(route, [self._item(i, handler(i)) for i in batch])
-        assert [r.outcome for r in results] == [ConsumeOutcome.CONSUMED] * 4
+        assert [r.outcome for r in results] == [Outcome.CONSUMED] * 4
         assert [r.value for r in results] == batch
         assert order == batch
         assert {self.status(repository, route, i) for i in ids} == {Status.CONSUMED}
@@ -1032,9 +1030,9 @@ class RepositoryContract:
             route, [self._item(i, handler(i)) for i in (first, middle, last)]
         )
         assert [r.outcome for r in results] == [
-            ConsumeOutcome.CONSUMED,
-            ConsumeOutcome.FAILED,
-            ConsumeOutcome.CONSUMED,
+            Outcome.CONSUMED,
+            Outcome.FAILED,
+            Outcome.CONSUMED,
         ]
         assert results[1].error is error
         assert calls.count(middle) == 1  # a failed handler is not run again in the replay
@@ -1061,9 +1059,9 @@ class RepositoryContract:
             ],
         )
         assert [r.outcome for r in results] == [
-            ConsumeOutcome.MISMATCH,
-            ConsumeOutcome.MISMATCH,
-            ConsumeOutcome.MISSING,
+            Outcome.MISMATCH,
+            Outcome.MISMATCH,
+            Outcome.MISSING,
         ]
         assert calls == []
         assert repository.get(route, outbox_id) == row  # untouched, every column
@@ -1093,10 +1091,10 @@ class RepositoryContract:
             should_stop=lambda: len(calls) >= 2,
         )
         assert [r.outcome for r in results] == [
-            ConsumeOutcome.CONSUMED,
-            ConsumeOutcome.DUPLICATE,
-            ConsumeOutcome.CONSUMED,
-            ConsumeOutcome.NOT_RUN,
+            Outcome.CONSUMED,
+            Outcome.DUPLICATE,
+            Outcome.CONSUMED,
+            Outcome.NOT_RUN,
         ]
         assert calls == [first, second]
         assert repository.get(route, third) == before  # not run: untouched, every column
@@ -1121,8 +1119,8 @@ class RepositoryContract:
             ],
         )
         assert [r.outcome for r in results] == [
-            ConsumeOutcome.DUPLICATE,
-            ConsumeOutcome.CONSUMED,
+            Outcome.DUPLICATE,
+            Outcome.CONSUMED,
         ]
         assert calls == [fine]
         with engine.connect() as conn:
@@ -1138,9 +1136,9 @@ class RepositoryContract:
         repository.mark_dead(route, dead, reason="x")
         calls: list[Connection] = []
         for outbox_id, outcome in (
-            (consumed, ConsumeOutcome.DUPLICATE),
-            (dead, ConsumeOutcome.DUPLICATE),
-            (987654321, ConsumeOutcome.MISSING),
+            (consumed, Outcome.DUPLICATE),
+            (dead, Outcome.DUPLICATE),
+            (987654321, Outcome.MISSING),
         ):
             result = repository.consume(route, outbox_id, calls.append)
             assert result.outcome is outcome
@@ -1174,9 +1172,9 @@ class RepositoryContract:
             holder.rollback()
         outcomes = [r.outcome for r in _outcome(*run)]
         assert outcomes == [
-            ConsumeOutcome.CONSUMED,
-            ConsumeOutcome.DUPLICATE,
-            ConsumeOutcome.CONSUMED,
+            Outcome.CONSUMED,
+            Outcome.DUPLICATE,
+            Outcome.CONSUMED,
         ]
 
     def test_two_threads_consuming_one_row_run_the_handler_once(
@@ -1192,7 +1190,7 @@ class RepositoryContract:
                 calls.append(1)
             time.sleep(0.2)
 
-        def consume() -> ConsumeOutcome:
+        def consume() -> Outcome:
             barrier.wait(JOIN_TIMEOUT)
             return repository.consume(route, outbox_id, handler).outcome
 

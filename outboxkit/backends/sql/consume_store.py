@@ -45,15 +45,9 @@ from outboxkit.backends.sql.store import (
     SqlStore,
     row_message,
 )
-from outboxkit.messages import OutboxMessage
+from outboxkit.messages import OutboxMessage, Outcome
 from outboxkit.routing import Route
-from outboxkit.store import (
-    ConsumeItem,
-    ConsumeOutcome,
-    ConsumeResult,
-    ConsumeStore,
-    truncate_error,
-)
+from outboxkit.store import ConsumeItem, ConsumeResult, ConsumeStore, truncate_error
 from outboxkit.wire.envelope import row_event_id
 
 logger = logging.getLogger(__name__)
@@ -136,15 +130,15 @@ class SqlConsumeStore(SqlStore, ConsumeStore):
                 if not stopped and should_stop is not None and should_stop():
                     stopped = True
                 if stopped:
-                    results.append(ConsumeResult(ConsumeOutcome.NOT_RUN))
+                    results.append(ConsumeResult(Outcome.NOT_RUN))
                 elif row is None:
-                    results.append(ConsumeResult(ConsumeOutcome.MISSING))
+                    results.append(ConsumeResult(Outcome.MISSING))
                 elif not is_same_event(row, item.event_id, item.event_type):
-                    results.append(ConsumeResult(ConsumeOutcome.MISMATCH))
+                    results.append(ConsumeResult(Outcome.MISMATCH))
                 elif row[1] not in OPEN_STATUSES or item.outbox_id in consumed:
-                    results.append(ConsumeResult(ConsumeOutcome.DUPLICATE))
+                    results.append(ConsumeResult(Outcome.DUPLICATE))
                 elif index in failed:
-                    results.append(ConsumeResult(ConsumeOutcome.FAILED, error=failed[index]))
+                    results.append(ConsumeResult(Outcome.FAILED, error=failed[index]))
                 else:
                     results.append(
                         run_handler(
@@ -155,7 +149,7 @@ class SqlConsumeStore(SqlStore, ConsumeStore):
                             is_transient=self._is_transient,
                         )
                     )
-                    if results[-1].outcome is ConsumeOutcome.CONSUMED:
+                    if results[-1].outcome is Outcome.CONSUMED:
                         consumed.append(item.outbox_id)
             if consumed:
                 conn.execute(
@@ -248,19 +242,19 @@ class SqlConsumeStore(SqlStore, ConsumeStore):
         handled: set[int] = set()
         for index, item in enumerate(items):
             if should_stop is not None and should_stop():
-                results.extend(ConsumeResult(ConsumeOutcome.NOT_RUN) for _ in items[index:])
+                results.extend(ConsumeResult(Outcome.NOT_RUN) for _ in items[index:])
                 break
             row = marked.get(item.outbox_id) or others.get(item.outbox_id)
             if row is None:
-                results.append(ConsumeResult(ConsumeOutcome.MISSING))
+                results.append(ConsumeResult(Outcome.MISSING))
             elif not is_same_event(row, item.event_id, item.event_type):
-                results.append(ConsumeResult(ConsumeOutcome.MISMATCH))
+                results.append(ConsumeResult(Outcome.MISMATCH))
             elif (
                 item.outbox_id not in marked
                 or item.outbox_id in handled
                 or item.outbox_id in not_open
             ):
-                results.append(ConsumeResult(ConsumeOutcome.DUPLICATE))
+                results.append(ConsumeResult(Outcome.DUPLICATE))
             else:
                 results.append(
                     run_handler(
@@ -295,7 +289,7 @@ class SqlConsumeStore(SqlStore, ConsumeStore):
     ) -> ConsumeResult[T]:
         item = ConsumeItem(outbox_id=outbox_id, event_id=event_id, event_type=event_type, run=fn)
         result = self.consume_batch(route, [item])[0]
-        if result.outcome is ConsumeOutcome.FAILED:
+        if result.outcome is Outcome.FAILED:
             assert result.error is not None
             raise result.error
         return ConsumeResult(result.outcome, result.value)

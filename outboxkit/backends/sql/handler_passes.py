@@ -26,7 +26,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from outboxkit.consume.handler_scope import HandlerScope
-from outboxkit.store import ConsumeOutcome, ConsumeResult
+from outboxkit.messages import Outcome
+from outboxkit.store import ConsumeResult
 
 
 class HandlerFailedError(Exception):
@@ -72,12 +73,12 @@ def run_handler(
     if error is None:
         if savepoints:
             conn.exec_driver_sql(f"RELEASE SAVEPOINT {savepoint}")
-        return ConsumeResult(ConsumeOutcome.CONSUMED, value)
+        return ConsumeResult(Outcome.CONSUMED, value)
     if scope.ended or not savepoints:
         raise HandlerFailedError(index, error) from error
     conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {savepoint}")
     conn.exec_driver_sql(f"RELEASE SAVEPOINT {savepoint}")
-    return ConsumeResult(ConsumeOutcome.FAILED, error=error)
+    return ConsumeResult(Outcome.FAILED, error=error)
 
 
 def run_in_passes(
@@ -97,5 +98,5 @@ def run_in_passes(
         except HandlerFailedError as failure:
             failed[failure.index] = failure.error
             if count == 1:
-                return [ConsumeResult(ConsumeOutcome.FAILED, error=failure.error)]
+                return [ConsumeResult(Outcome.FAILED, error=failure.error)]
             savepoints = True

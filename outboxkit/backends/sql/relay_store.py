@@ -21,14 +21,13 @@ from outboxkit.backends.sql.store import (
     as_delay,
     row_message,
 )
-from outboxkit.messages import Status
+from outboxkit.messages import Outcome, Status
 from outboxkit.routing import Route
 from outboxkit.store import (
     RESCUE_DOUBLINGS,
     Claim,
     NewRowListener,
     RelayStore,
-    RetryOutcome,
     rescue_wait,
     truncate_error,
 )
@@ -154,10 +153,10 @@ class SqlRelayStore(SqlStore, RelayStore):
         reason: str,
         backoff: Callable[[int], float],
         token: str | None = None,
-    ) -> RetryOutcome:
+    ) -> Outcome:
         table = self.table(route)
 
-        def retry(conn: Connection) -> tuple[RetryOutcome, int]:
+        def retry(conn: Connection) -> tuple[Outcome, int]:
             now = self.dialect.now()
             row = conn.execute(
                 self._lock(
@@ -171,14 +170,14 @@ class SqlRelayStore(SqlStore, RelayStore):
                 )
             ).first()
             if row is None:
-                return RetryOutcome.SKIPPED, 0
+                return Outcome.SKIPPED, 0
             status, retry_count, max_retry, lease, db_now = row
             if token is not None:
                 expected = status == PENDING and lease == token
             else:
                 expected = status in OPEN_STATUSES
             if not expected:
-                return RetryOutcome.SKIPPED, 0
+                return Outcome.SKIPPED, 0
             attempt = int(retry_count) + 1
             dead = attempt >= int(max_retry)
             values: dict[str, Any] = {
@@ -190,10 +189,10 @@ class SqlRelayStore(SqlStore, RelayStore):
                 "updated_at": db_now,
             }
             conn.execute(sa.update(table).where(table.c.id == outbox_id).values(**values))
-            return (RetryOutcome.DEAD if dead else RetryOutcome.SCHEDULED), attempt
+            return (Outcome.DEAD if dead else Outcome.RETRY), attempt
 
         outcome, attempt = self._transact("scheduling a retry", route, retry)
-        if outcome is not RetryOutcome.SKIPPED:
+        if outcome is not Outcome.SKIPPED:
             logger.debug("row %s of %s: retry %d -> %s", outbox_id, route.table, attempt, outcome)
         return outcome
 
