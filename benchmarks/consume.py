@@ -21,7 +21,9 @@ from benchmarks.env import Env
 from benchmarks.figures import Figure, throughput
 from benchmarks.relay import drain, kafka_broker, redis_broker
 from outboxkit.broker import Broker, Subscription
-from outboxkit.consume.consumer import Consumer, ConsumerConfig
+from outboxkit.consume.config import ConsumerConfig
+from outboxkit.consume.consumer import Consumer
+from outboxkit.consume.outbox_ledger import OutboxLedger
 from outboxkit.consume.registry import HandlerRegistry
 from outboxkit.messages import Event, Status
 from outboxkit.relay.relay import Relay
@@ -37,7 +39,9 @@ def noop(event: Event, connection: Any) -> None:
 def consumer_for(ours: Scratch) -> Consumer:
     registry = HandlerRegistry(ours.routing)
     registry.register(EVENT_TYPE, noop)
-    return Consumer(ours.repository, ours.route, registry, config=ConsumerConfig(batch_size=BATCH))
+    return Consumer(
+        OutboxLedger(ours.repository, ours.route), registry, config=ConsumerConfig(batch_size=BATCH)
+    )
 
 
 def consume_all(

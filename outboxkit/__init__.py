@@ -6,7 +6,7 @@ effect.
 """
 
 from outboxkit.broker import Broker, BrokerMessage, Delivery, SendResult, Subscription
-from outboxkit.consume.consumer import ConsumerConfig
+from outboxkit.consume.config import ConsumerConfig
 from outboxkit.consume.registry import (
     HandlerRegistry,
     SessionHandler,

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from outboxkit.backends import SqlRepository
-from outboxkit.consume.consumer import ConsumerConfig
+from outboxkit.consume.config import ConsumerConfig
 from outboxkit.engine import Engine, EngineConfig
 from outboxkit.messages import OutboxMessage, Status
 from outboxkit.publish.publisher import PublisherConfig

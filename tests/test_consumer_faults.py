@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 from outboxkit.backends import SqlRepository
 from outboxkit.broker import Delivery
 from outboxkit.consume.consumer import Consumer
+from outboxkit.consume.outbox_ledger import OutboxLedger
 from outboxkit.consume.registry import HandlerRegistry
 from outboxkit.errors import RepositoryError
 from outboxkit.messages import Event, Outcome, PublishRequest, Status
@@ -88,7 +89,7 @@ def _consumer(
     registry = HandlerRegistry(routing)
     registry.register("order.placed", lambda event, _conn: seen.append(event))
     registry.register("order.cancelled", lambda event, _conn: seen.append(event))
-    return Consumer(repository, route, registry)
+    return Consumer(OutboxLedger(repository, route), registry)
 
 
 # --------------------------------------------------------------------------- defect 2
@@ -321,7 +322,7 @@ def test_a_connection_killed_under_a_consume_is_retried_without_counting(
 
     registry = HandlerRegistry(routing)
     registry.register("order.placed", handler)
-    consumer = Consumer(repository, route, registry)
+    consumer = Consumer(OutboxLedger(repository, route), registry)
 
     assert consumer.handle(_real_delivery(repository, route, outbox_id)) is Outcome.CONSUMED
     assert len(attempts) == 2
@@ -340,7 +341,7 @@ def test_a_database_that_stays_unreachable_leaves_the_delivery_unacknowledged_an
 
     registry = HandlerRegistry(routing)
     registry.register("order.placed", handler)
-    consumer = Consumer(repository, route, registry)
+    consumer = Consumer(OutboxLedger(repository, route), registry)
 
     with pytest.raises(RepositoryError):
         consumer.handle(_real_delivery(repository, route, outbox_id))

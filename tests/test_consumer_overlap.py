@@ -19,7 +19,9 @@ import sqlalchemy as sa
 from outboxkit.backends import SqlRepository
 from outboxkit.broker import Subscription
 from outboxkit.brokers.redis_streams import RedisStreamsBroker, RedisStreamsConfig
-from outboxkit.consume.consumer import Consumer, ConsumerConfig
+from outboxkit.consume.config import ConsumerConfig
+from outboxkit.consume.consumer import Consumer
+from outboxkit.consume.outbox_ledger import OutboxLedger
 from outboxkit.consume.registry import HandlerRegistry
 from outboxkit.messages import Event, PublishRequest, Status
 from outboxkit.publish.publisher import Publisher
@@ -93,7 +95,9 @@ def consumer(
 ) -> Consumer:
     registry = HandlerRegistry(routing)
     registry.register("order.placed", handler)
-    return Consumer(repository, route, registry, config=ConsumerConfig(batch_size=BATCH))
+    return Consumer(
+        OutboxLedger(repository, route), registry, config=ConsumerConfig(batch_size=BATCH)
+    )
 
 
 def pending_count(client: redis.Redis, route: Route) -> int:
@@ -166,7 +170,9 @@ def test_without_prefetch_nothing_is_received_ahead(
     registry = HandlerRegistry(routing)
     registry.register("order.placed", Recorder())
     worker = Consumer(
-        repository, route, registry, config=ConsumerConfig(batch_size=BATCH, prefetch=False)
+        OutboxLedger(repository, route),
+        registry,
+        config=ConsumerConfig(batch_size=BATCH, prefetch=False),
     )
     broker = RedisStreamsBroker.from_url(redis_url)
     subscription = broker.subscribe(route.topic, route.group, "overlap-off")

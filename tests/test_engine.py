@@ -18,6 +18,7 @@ from outboxkit.backends import SqlRepository
 from outboxkit.broker import BrokerMessage, Delivery
 from outboxkit.brokers.memory import MemoryBroker
 from outboxkit.consume.consumer import Consumer
+from outboxkit.consume.outbox_ledger import OutboxLedger
 from outboxkit.engine import Engine
 from outboxkit.errors import (
     BrokerUnavailableError,
@@ -148,7 +149,7 @@ def test_an_undecodable_message_naming_its_row_and_event_marks_that_row_dead(
     route = routing.route_of("order.placed")
     row = engine.repository.get_by_event_id(route, request.event_id)
     assert row is not None
-    consumer = Consumer(engine.repository, route, engine.registry)
+    consumer = Consumer(OutboxLedger(engine.repository, route), engine.registry)
     garbled = dumps(  # no type
         {
             "outbox_id": row.id,
@@ -188,7 +189,9 @@ def test_a_foreign_service_event_on_our_topic_is_skipped_untouched(
     engine: Engine, routing: Routing
 ) -> None:
     engine.register_handler("order.placed", lambda event, conn: None)
-    consumer = Consumer(engine.repository, routing.route_of("order.placed"), engine.registry)
+    consumer = Consumer(
+        OutboxLedger(engine.repository, routing.route_of("order.placed")), engine.registry
+    )
     foreign = dumps(
         {"outbox_id": 1, "event_type": "order.placed", "service_name": "billing", "payload": {}}
     )

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from outboxkit.backends import SqlRepository
 from outboxkit.broker import Delivery
 from outboxkit.consume.consumer import Consumer
+from outboxkit.consume.outbox_ledger import OutboxLedger
 from outboxkit.consume.registry import HandlerRegistry
 from outboxkit.messages import PublishRequest
 from outboxkit.publish.publisher import Publisher
@@ -70,7 +71,7 @@ def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
     calls: list[str] = []
     registry = HandlerRegistry(routing)
     registry.register(EVENT_TYPE, lambda event, _conn: calls.append(event.event_id))
-    yield Rig(Consumer(repository, route, registry), repository, route, ids, calls)
+    yield Rig(Consumer(OutboxLedger(repository, route), registry), repository, route, ids, calls)
     with db.begin() as conn:
         conn.execute(sa.text(f"DROP TABLE {route.table}"))
 

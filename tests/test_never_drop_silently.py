@@ -14,7 +14,8 @@ import sqlalchemy as sa
 
 from outboxkit.backends import SqlRepository
 from outboxkit.brokers.memory import MemoryBroker
-from outboxkit.consume.consumer import MISSING_STREAK_ALARM, Consumer
+from outboxkit.consume.consumer import Consumer
+from outboxkit.consume.outbox_ledger import MISSING_STREAK_ALARM, OutboxLedger
 from outboxkit.consume.registry import HandlerRegistry
 from outboxkit.engine import Engine
 from outboxkit.errors import ConfigurationError
@@ -54,16 +55,16 @@ def test_a_consumer_on_another_database_warns_per_event_and_raises_the_alarm(
     ]
     try:
         Relay(producer_repo, broker, route).run_once()
-        consumer = Consumer(consumer_repo, route, registry)
+        consumer = Consumer(OutboxLedger(consumer_repo, route), registry)
         subscription = broker.subscribe(route.topic, route.group, "billing-on-mariadb")
         # When: the MariaDB consumer receives them
-        with caplog.at_level(logging.WARNING, logger="outboxkit.consume.consumer"):
+        with caplog.at_level(logging.WARNING, logger="outboxkit.consume"):
             deliveries = subscription.receive(timeout=1, max_messages=100)
             outcomes = consumer.handle_batch(deliveries)
         # Then: every event is named with the likely cause, and the streak raises an ERROR
         assert outcomes == [Outcome.SKIPPED] * MISSING_STREAK_ALARM
         assert handled == []
-        assert consumer.missing_rows == MISSING_STREAK_ALARM
+        assert consumer.ledger.missing_rows == MISSING_STREAK_ALARM
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         for event_id in ids:
             [line] = [w for w in warnings if event_id in w]

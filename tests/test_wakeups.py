@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from outboxkit.backends import SqlRepository
 from outboxkit.brokers.memory import MemoryBroker
-from outboxkit.consume.consumer import ConsumerConfig
+from outboxkit.consume.config import ConsumerConfig
 from outboxkit.engine import Engine, EngineConfig
 from outboxkit.messages import PublishRequest, Status
 from outboxkit.publish.publisher import Publisher

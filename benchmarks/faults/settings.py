@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from outboxkit.consume.consumer import ConsumerConfig
+from outboxkit.consume.config import ConsumerConfig
 from outboxkit.engine import EngineConfig
 from outboxkit.relay.relay import RelayConfig
 from outboxkit.retry import RetryPolicy

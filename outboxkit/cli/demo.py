@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection
 
 from outboxkit.backends import SqlRepository
 from outboxkit.brokers.urls import broker_from_url
-from outboxkit.consume.consumer import ConsumerConfig
+from outboxkit.consume.config import ConsumerConfig
 from outboxkit.engine import Engine, EngineConfig
 from outboxkit.errors import PermanentError
 from outboxkit.messages import Event, PublishRequest

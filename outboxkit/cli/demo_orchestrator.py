@@ -41,7 +41,7 @@ from outboxkit.backends import SqlRepository
 from outboxkit.broker import Broker
 from outboxkit.brokers.memory import MemoryBroker
 from outboxkit.brokers.urls import broker_from_url
-from outboxkit.consume.consumer import ConsumerConfig
+from outboxkit.consume.config import ConsumerConfig
 from outboxkit.engine import Engine, EngineConfig
 from outboxkit.inbox import InboxStatus, SqlInbox
 from outboxkit.messages import Event, PublishRequest

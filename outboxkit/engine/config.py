@@ -8,7 +8,7 @@ import socket
 import attrs
 
 from outboxkit.admin.retention import RetentionPolicy
-from outboxkit.consume.consumer import ConsumerConfig
+from outboxkit.consume.config import ConsumerConfig
 from outboxkit.observability.observers import Observer
 from outboxkit.observability.tracing import NO_TRACING, Tracing
 from outboxkit.publish.publisher import PublisherConfig

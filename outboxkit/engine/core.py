@@ -30,6 +30,8 @@ from outboxkit.broker import Broker, Subscription
 from outboxkit.consume.consumer import Consumer
 from outboxkit.consume.handler_scope import HandlerScope
 from outboxkit.consume.handler_shapes import call_with_session
+from outboxkit.consume.ledger import Ledger
+from outboxkit.consume.outbox_ledger import OutboxLedger
 from outboxkit.consume.registry import (
     HandlerRegistry,
     HandlerSpec,
@@ -45,7 +47,7 @@ from outboxkit.engine.stats import EngineStats, StatsRecorder
 from outboxkit.engine.wakeups import Wakeups
 from outboxkit.errors import ConfigurationError, FatalError
 from outboxkit.inbox.base import Inbox, RedeliveryRequested
-from outboxkit.inbox.consumer import InboxConsumer
+from outboxkit.inbox.ledger import InboxLedger
 from outboxkit.inbox.receipts import (
     ReceiptApplier,
     ReceiptSender,
@@ -628,26 +630,17 @@ class Engine:
             self._stats.record_outcome(event, outcome)
             report_outcome(self._observers, route.service, event, outcome)
 
+        ledger: Ledger
         inbox = self.inboxes.get(route.service)
         if inbox is not None:
-            return InboxConsumer(
-                self.repository,
-                route,
-                self.registry,
-                inbox,
-                config=config,
-                retry_policy=self.config.retry,
-                on_outcome=on_outcome,
-                tracing=self.config.tracing,
-                codecs=self.config.codecs,
-                receipts=None if self.broker is None else ReceiptSender(self.broker, route),
-            )
+            receipts = None if self.broker is None else ReceiptSender(self.broker, route)
+            ledger = InboxLedger(inbox, route, self.config.retry, receipts=receipts)
+        else:
+            ledger = OutboxLedger(self.repository, route, self.config.retry)
         return Consumer(
-            self.repository,
-            route,
+            ledger,
             self.registry,
             config=config,
-            retry_policy=self.config.retry,
             on_outcome=on_outcome,
             tracing=self.config.tracing,
             codecs=self.config.codecs,

@@ -2,8 +2,9 @@
 
 * :class:`Inbox` (the contract) and :class:`SqlInbox` (PostgreSQL, MySQL/MariaDB, SQLite);
 * :func:`inbox_table` to put the table on your own ``MetaData`` (Alembic);
-* :class:`InboxConsumer`, the consumer an :class:`~outboxkit.Engine` runs for a service
-  configured with ``inbox=True`` (see ``docs/inbox.md``).
+* :class:`~outboxkit.inbox.ledger.InboxLedger`, where the consumer an
+  :class:`~outboxkit.Engine` runs for a service configured with ``inbox=True`` records
+  outcomes (see ``docs/inbox.md``).
 """
 
 from outboxkit.inbox.base import (
