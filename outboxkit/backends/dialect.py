@@ -5,7 +5,8 @@ Core; whatever differs between PostgreSQL, MySQL/MariaDB and SQLite (the clock, 
 duplicate ``event_id`` without aborting the caller's transaction, row locking, extra
 indexes, the minimum server version) is a field of a :class:`Dialect`. The three values live
 in :mod:`~outboxkit.backends.postgres`, :mod:`~outboxkit.backends.mysql` and
-:mod:`~outboxkit.backends.sqlite`; :func:`dialect_for` picks one from an engine.
+:mod:`~outboxkit.backends.sqlite`; the table in :mod:`~outboxkit.backends.dialects` picks one
+for an engine.
 """
 
 from __future__ import annotations
@@ -162,23 +163,3 @@ def require_version(
             f"{product} >= {_format(minimum)} ({why})"
         )
     return version
-
-
-def dialect_for(engine: sa.Engine) -> Dialect:
-    """The :class:`Dialect` for ``engine``, chosen by SQLAlchemy's dialect name."""
-    name = engine.dialect.name
-    if name == "postgresql":
-        from outboxkit.backends.postgres import POSTGRESQL
-
-        return POSTGRESQL
-    if name in ("mysql", "mariadb"):
-        from outboxkit.backends.mysql import MYSQL
-
-        return MYSQL
-    if name == "sqlite":
-        from outboxkit.backends.sqlite import SQLITE
-
-        return SQLITE
-    raise UnsupportedDatabaseError(
-        f"database {name!r} is not supported: use PostgreSQL, MySQL/MariaDB or SQLite"
-    )

@@ -23,13 +23,13 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+import outboxkit.cli.dev_kafka as dev_kafka_command
+import outboxkit.cli.dlq as dlq_command
+import outboxkit.cli.purge as purge_command
+import outboxkit.cli.rows as rows_command
+import outboxkit.cli.status as status_command
 from outboxkit import __version__
-from outboxkit.cli import app_loading, logs
-from outboxkit.cli import dev_kafka as dev_kafka_command
-from outboxkit.cli import dlq as dlq_command
-from outboxkit.cli import purge as purge_command
-from outboxkit.cli import rows as rows_command
-from outboxkit.cli import status as status_command
+from outboxkit.cli.app_loading import load_engine as _load_engine
 from outboxkit.cli.common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -38,9 +38,10 @@ from outboxkit.cli.common import (
     CommandFailedError,
     UsageError,
 )
+from outboxkit.cli.health import add_health_command
+from outboxkit.cli.logs import add_logging_arguments, configure_logging, logging_options
 from outboxkit.engine import Engine
 from outboxkit.errors import ConfigurationError, OutboxError
-from outboxkit.observability.health import add_health_command
 from outboxkit.observability.http import MetricsServer
 
 logger = logging.getLogger("outboxkit.cli.main")
@@ -83,7 +84,7 @@ WORKER_POLL_SECONDS = 0.2
 def load_engine(spec: str) -> Engine:
     """Import ``module:attribute``: an Engine or a no-argument factory of one (see
     :mod:`outboxkit.cli.app_loading` for what else is recognised and refused)."""
-    return app_loading.load_engine(spec)
+    return _load_engine(spec)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -213,11 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="outboxkit",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[logs.logging_options()],
+        parents=[logging_options()],
     )
     parser.add_argument("--version", action="version", version=f"outboxkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    common = [logs.logging_options()]
+    common = [logging_options()]
 
     demo = sub.add_parser(
         "demo",
@@ -306,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     rows_command.add_parser(sub, common)
     purge_command.add_parser(sub, common)
     add_health_command(sub, load_engine)
-    logs.add_logging_arguments(sub.choices["health"])
+    add_logging_arguments(sub.choices["health"])
     dev_kafka_command.add_parser(sub, common)
     return parser
 
@@ -329,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     level = getattr(args, "log_level", None) or _LOUD_COMMANDS.get(args.command, _QUIET_LEVEL)
-    logs.configure_logging(level, getattr(args, "client_log_level", None))
+    configure_logging(level, getattr(args, "client_log_level", None))
     try:
         return int(args.func(args))
     except (UsageError, ConfigurationError) as exc:

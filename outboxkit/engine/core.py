@@ -374,6 +374,16 @@ class Engine:
         return self._started and not self._stopped
 
     @property
+    def enabled(self) -> bool:
+        """Whether this engine runs threads and a broker (``EngineConfig.enabled``)."""
+        return self.config.enabled
+
+    def served_routes(self) -> list[Route]:
+        """The routes this process relays or consumes, one per service, by service name."""
+        by_service = {r.service: r for r in (*self.relay_routes(), *self.consumer_routes())}
+        return [by_service[s] for s in sorted(by_service)]
+
+    @property
     def fatal_error(self) -> FatalError | None:
         """The error that stopped the threads by itself (``None`` while none did).
 

@@ -14,28 +14,24 @@
 An unreachable database or broker makes a worker *not ready* but still *live*: restarting it
 would not bring the database back, and the engine resumes by itself when it returns.
 
-The ``outboxkit health APP`` command prints the report (``--json`` for machines) and exits
-``0`` when the probe passes, ``1`` when it fails, ``2`` on a usage error or an app that
-cannot be loaded.
+The checks read an engine through :class:`HealthSource`, what any engine-like object must
+offer, so this module never reaches into the engine's insides. The ``outboxkit health APP``
+command (:mod:`outboxkit.cli.health`) prints the report.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import attrs
 
-from outboxkit.errors import ConfigurationError
+from outboxkit.broker import Broker
 from outboxkit.messages import Status
 from outboxkit.routing import Route
-
-if TYPE_CHECKING:
-    from outboxkit.engine import Engine
+from outboxkit.store import AdminStore
 
 #: The probe kinds a check can count for.
 LIVENESS = "liveness"
@@ -44,9 +40,46 @@ READINESS = "readiness"
 #: Seconds the database and broker checks may take together before they count as failed.
 DEFAULT_TIMEOUT = 5.0
 
-#: Exit codes of ``outboxkit health``.
-EXIT_HEALTHY = 0
-EXIT_UNHEALTHY = 1
+
+class HealthSource(Protocol):
+    """What the checks read of an engine (:class:`~outboxkit.Engine` is one)."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the engine runs threads and a broker at all."""
+        ...
+
+    @property
+    def running(self) -> bool:
+        """Started and not stopped."""
+        ...
+
+    @property
+    def repository(self) -> AdminStore: ...
+
+    @property
+    def broker(self) -> Broker | None: ...
+
+    def thread_states(self) -> dict[str, bool]:
+        """Name -> alive, for every thread the engine started in this process."""
+        ...
+
+    def served_routes(self) -> list[Route]:
+        """The routes this process relays or consumes, one per service, by service name."""
+        ...
+
+
+class Checkable(Protocol):
+    """Anything that reports its health (:meth:`outboxkit.Engine.health`): what the HTTP
+    endpoint serves on ``/livez`` and ``/readyz``."""
+
+    def health(
+        self,
+        *,
+        max_backlog_age: float | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        liveness_only: bool = False,
+    ) -> HealthReport: ...
 
 
 @attrs.frozen(kw_only=True)
@@ -95,13 +128,13 @@ class HealthReport:
 
 
 def check_health(
-    engine: Engine,
+    source: HealthSource,
     *,
     max_backlog_age: float | None = None,
     timeout: float | None = DEFAULT_TIMEOUT,
     liveness_only: bool = False,
 ) -> HealthReport:
-    """Run every check against ``engine`` (see the module docstring). Never raises.
+    """Run every check against ``source`` (see the module docstring). Never raises.
 
     ``liveness_only`` runs only the thread check: a liveness probe that queried a hung
     database would pile abandoned checks up, each holding a pooled connection.
@@ -112,15 +145,15 @@ def check_health(
     answers. An abandoned check goes on in a daemon thread until its driver gives up.
     """
     if liveness_only:
-        return HealthReport(checks=(_timed("threads", LIVENESS, lambda: _check_threads(engine)),))
-    routes = _served_routes(engine)
+        return HealthReport(checks=(_timed("threads", LIVENESS, lambda: _check_threads(source)),))
+    routes = source.served_routes()
     backlog: dict[str, float | None] = {}
     checks = [
-        _timed("threads", LIVENESS, lambda: _check_threads(engine)),
+        _timed("threads", LIVENESS, lambda: _check_threads(source)),
         *_bounded(
             [
-                ("database", lambda: _check_database(engine, routes, backlog)),
-                ("broker", lambda: _check_broker(engine)),
+                ("database", lambda: _check_database(source, routes, backlog)),
+                ("broker", lambda: _check_broker(source)),
             ],
             timeout,
         ),
@@ -183,13 +216,13 @@ def _bounded(
     ]
 
 
-def _check_threads(engine: Engine) -> _Verdict:
-    threads = engine.thread_states()
-    if not engine.config.enabled:
+def _check_threads(source: HealthSource) -> _Verdict:
+    threads = source.thread_states()
+    if not source.enabled:
         return True, "engine disabled: no threads", {}
     if not threads:
         return True, "engine not started in this process: no threads to check", {}
-    if not engine.running:
+    if not source.running:
         return False, "engine stopped", {"threads": threads}
     dead = sorted(name for name, alive in threads.items() if not alive)
     if dead:
@@ -198,16 +231,16 @@ def _check_threads(engine: Engine) -> _Verdict:
 
 
 def _check_database(
-    engine: Engine, routes: list[Route], backlog: dict[str, float | None]
+    source: HealthSource, routes: list[Route], backlog: dict[str, float | None]
 ) -> _Verdict:
     if not routes:
-        engine.repository.now()  # one round trip: the database answers
+        source.repository.now()  # one round trip: the database answers
         return True, "no served services: only the connection was checked", {}
     pending: dict[str, int] = {}
     for route in routes:
         try:
-            pending[route.service] = engine.repository.count_by_status(route).get(Status.PENDING, 0)
-            backlog[route.service] = engine.repository.oldest_pending_age(route)
+            pending[route.service] = source.repository.count_by_status(route).get(Status.PENDING, 0)
+            backlog[route.service] = source.repository.oldest_pending_age(route)
         except Exception as exc:
             return (
                 False,
@@ -217,13 +250,13 @@ def _check_database(
     return True, None, {"pending": pending, "oldest_pending_age": dict(backlog)}
 
 
-def _check_broker(engine: Engine) -> _Verdict:
-    if engine.broker is None:
+def _check_broker(source: HealthSource) -> _Verdict:
+    if source.broker is None:
         return True, "engine disabled: no broker", {}
     try:
-        engine.broker.ping()
+        source.broker.ping()
     except NotImplementedError:
-        return True, f"{type(engine.broker).__name__} cannot be checked: not judged", {}
+        return True, f"{type(source.broker).__name__} cannot be checked: not judged", {}
     return True, None, {}
 
 
@@ -241,74 +274,7 @@ def _check_backlog(backlog: dict[str, float | None], max_age: float, database_ok
     return True, None, {"max_backlog_age": max_age}
 
 
-def _served_routes(engine: Engine) -> list[Route]:
-    by_service = {r.service: r for r in (*engine.relay_routes(), *engine.consumer_routes())}
-    return [by_service[s] for s in sorted(by_service)]
-
-
 def _describe(exc: BaseException) -> str:
     """One line naming the error: driver messages can span lines and carry SQL."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
-
-
-# ---------------------------------------------------------------------- the command
-
-
-def add_health_command(sub: Any, load_app: Callable[[str], Engine]) -> None:
-    """Add ``outboxkit health`` to the CLI's subparsers (``sub``)."""
-    parser = sub.add_parser(
-        "health",
-        help="check an application's database, broker and backlog (exit 0 ok, 1 failing)",
-        description="Exit codes: 0 the probe passes, 1 it fails, 2 usage error or app not "
-        "loadable. Liveness fails only on dead worker threads; readiness also on an "
-        "unreachable database or broker and, with --max-backlog-age, on a stale backlog.",
-    )
-    parser.add_argument("app", help="module:attribute of an Engine (or a factory of one)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument(
-        "--max-backlog-age",
-        type=float,
-        metavar="S",
-        help="not ready when a pending row is older than S seconds",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT,
-        metavar="S",
-        help=f"a database or broker check silent for S seconds fails (default {DEFAULT_TIMEOUT:g})",
-    )
-    parser.add_argument(
-        "--probe",
-        choices=[LIVENESS, READINESS],
-        default=READINESS,
-        help="which verdict decides the exit code (default: readiness, which includes liveness)",
-    )
-    parser.set_defaults(func=lambda args: run_health_command(args, load_app))
-
-
-def run_health_command(args: argparse.Namespace, load_app: Callable[[str], Engine]) -> int:
-    """Print the report; the exit code is the verdict of ``--probe``."""
-    try:
-        engine = load_app(args.app)
-    except (ImportError, AttributeError) as exc:
-        # A probe must tell "the worker is unhealthy" (1) from "the probe is misconfigured".
-        raise ConfigurationError(f"cannot load {args.app}: {exc}") from exc
-    try:
-        report = engine.health(max_backlog_age=args.max_backlog_age, timeout=args.timeout)
-    finally:
-        engine.stop(timeout=1.0)
-    if args.json:
-        print(json.dumps(report.to_dict(), default=str, sort_keys=True))
-    else:
-        print(f"live: {_yes(report.live)}  ready: {_yes(report.ready)}")
-        for check in report.checks:
-            verdict = "ok" if check.ok else "FAIL"
-            line = f"{check.name:<9} {verdict:<4} ({check.probe})"
-            print(f"{line}  {check.reason}" if check.reason else line)
-    return EXIT_HEALTHY if report.passes(args.probe) else EXIT_UNHEALTHY
-
-
-def _yes(value: bool) -> str:
-    return "yes" if value else "no"

@@ -20,12 +20,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from outboxkit.observability.health import DEFAULT_TIMEOUT, LIVENESS, READINESS
+from outboxkit.observability.health import DEFAULT_TIMEOUT, LIVENESS, READINESS, Checkable
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
-
-    from outboxkit.engine import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +65,7 @@ def serve_metrics(
     port: int,
     *,
     host: str = "0.0.0.0",
-    engine: Engine | None = None,
+    engine: Checkable | None = None,
 ) -> MetricsServer:
     """Serve ``registry`` (and ``engine``'s health) on ``host:port`` from a daemon thread."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

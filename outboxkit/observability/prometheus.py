@@ -27,19 +27,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from outboxkit.observability.health import Checkable
 from outboxkit.observability.http import MetricsServer, serve_metrics
 from outboxkit.observability.observers import BacklogSource, Observer
 
-if TYPE_CHECKING:
-    from outboxkit.engine import Engine
-
 logger = logging.getLogger(__name__)
+
+
+class MetricsHost(Checkable, Protocol):
+    """What :func:`worker_metrics` uses of an engine (:class:`~outboxkit.Engine` is one)."""
+
+    @property
+    def observers(self) -> tuple[Observer, ...]: ...
+
+    def add_observer(self, observer: Observer) -> None: ...
+
 
 #: Latency buckets in seconds: an outbox hop takes milliseconds when healthy and minutes
 #: when backed up, so the buckets span 5 ms to 10 min.
@@ -124,14 +132,14 @@ class PrometheusMetrics(Observer):
         self._backlog.source = source
 
     def serve(
-        self, port: int, *, host: str = "0.0.0.0", engine: Engine | None = None
+        self, port: int, *, host: str = "0.0.0.0", engine: Checkable | None = None
     ) -> MetricsServer:
         """Serve this registry over HTTP (see
         :func:`~outboxkit.observability.http.serve_metrics`)."""
         return serve_metrics(self.registry, port, host=host, engine=engine)
 
 
-def worker_metrics(engine: Engine, port: int, *, host: str = "0.0.0.0") -> MetricsServer:
+def worker_metrics(engine: MetricsHost, port: int, *, host: str = "0.0.0.0") -> MetricsServer:
     """Serve ``engine``'s metrics and health on ``port`` (``outboxkit worker --metrics-port``).
 
     Uses the engine's own :class:`PrometheusMetrics` when it was given one, else adds a new

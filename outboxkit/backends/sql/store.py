@@ -18,7 +18,8 @@ from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
-from outboxkit.backends.dialect import Dialect, dialect_for
+from outboxkit.backends.dialect import Dialect
+from outboxkit.backends.dialects import dialect_for
 from outboxkit.backends.schema import build_table
 from outboxkit.errors import DatabaseSetupError, RepositoryError, SchemaError
 from outboxkit.messages import OutboxMessage, Status

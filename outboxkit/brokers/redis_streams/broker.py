@@ -48,7 +48,8 @@ class RedisStreamsBroker(Broker):
         )
         self._lock = threading.Lock()
         self._closed = False
-        self._subscriptions: list[RedisStreamsSubscription] = []
+        #: Open subscriptions -> their heartbeat token.
+        self._subscriptions: dict[RedisStreamsSubscription, int] = {}
 
     @classmethod
     def from_url(cls, url: str, **settings: Any) -> RedisStreamsBroker:
@@ -82,12 +83,14 @@ class RedisStreamsBroker(Broker):
             token = self._heartbeat.add(Member(topic, group, consumer_name))
         except redis.exceptions.RedisError as exc:
             raise unavailable(exc, f"marking {consumer_name} alive on {topic}") from exc
-        subscription = RedisStreamsSubscription(self, topic, group, consumer_name, token)
+        subscription = RedisStreamsSubscription(
+            self, topic, group, consumer_name, on_close=self._forget
+        )
         with self._lock:
+            self._subscriptions[subscription] = token
             if self._closed:
                 subscription.close()
                 raise BrokerClosedError("Redis Streams broker is closed")
-            self._subscriptions.append(subscription)
         return subscription
 
     def ensure_topic(self, topic: str, group: str | None = None) -> None:
@@ -138,7 +141,8 @@ class RedisStreamsBroker(Broker):
             if self._closed:
                 return
             self._closed = True
-            subscriptions, self._subscriptions = self._subscriptions, []
+            subscriptions = list(self._subscriptions)
+            self._subscriptions.clear()  # the heartbeat's stop ends every member at once
         for subscription in subscriptions:
             subscription.close()
         # Bounded: with Redis unreachable the keys expire on their own.
@@ -152,12 +156,12 @@ class RedisStreamsBroker(Broker):
     def closed(self) -> bool:
         return self._closed
 
-    def _forget(self, subscription: RedisStreamsSubscription, token: int) -> None:
+    def _forget(self, subscription: RedisStreamsSubscription) -> None:
         """Called by a closing subscription: stop keeping it alive (never blocks)."""
         with self._lock:
-            if subscription in self._subscriptions:
-                self._subscriptions.remove(subscription)
-        self._heartbeat.remove(token)
+            token = self._subscriptions.pop(subscription, None)
+        if token is not None:
+            self._heartbeat.remove(token)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -5,24 +5,40 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import attrs
 import redis
 
 from outboxkit.broker import Delivery, Subscription
+from outboxkit.brokers.redis_streams.config import RedisStreamsConfig
 from outboxkit.brokers.redis_streams.errors import unavailable
 from outboxkit.brokers.redis_streams.takeover import take_over_dead_members
 from outboxkit.brokers.redis_streams.wire import decode_entry
 from outboxkit.errors import BrokerClosedError, BrokerError
 
-if TYPE_CHECKING:
-    from outboxkit.brokers.redis_streams.broker import RedisStreamsBroker
-
-__all__ = ["RedisStreamsSubscription"]
+__all__ = ["RedisStreamsSubscription", "StreamHost"]
 
 logger = logging.getLogger(__name__)
+
+
+class StreamHost(Protocol):
+    """What a subscription uses of the broker that made it (the broker is one)."""
+
+    @property
+    def client(self) -> redis.Redis: ...
+
+    @property
+    def config(self) -> RedisStreamsConfig: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def takeover_script(self) -> Any: ...
+
+    def ensure_topic(self, topic: str, group: str | None = None) -> None: ...
 
 
 class RedisStreamsSubscription(Subscription):
@@ -30,14 +46,16 @@ class RedisStreamsSubscription(Subscription):
 
     def __init__(
         self,
-        broker: RedisStreamsBroker,
+        broker: StreamHost,
         topic: str,
         group: str,
         consumer_name: str,
-        heartbeat_token: int,
+        *,
+        on_close: Callable[[RedisStreamsSubscription], None],
     ) -> None:
         self._broker = broker
-        self._heartbeat_token = heartbeat_token
+        #: Tells the broker this member stopped (it stops keeping it alive); never blocks.
+        self._on_close = on_close
         self._config = broker.config
         self.topic = topic
         self.group = group
@@ -105,7 +123,7 @@ class RedisStreamsSubscription(Subscription):
         if self._closed:
             return
         self._closed = True
-        self._broker._forget(self, self._heartbeat_token)
+        self._on_close(self)
         # A blocked receive notices the flag within one block slice and drops the
         # connection itself; otherwise release it now.
         if self._io.acquire(blocking=False):
