@@ -156,7 +156,7 @@ def latency(env: Env, label: str, kind: str, sizes: Any, *, same_process: bool) 
     engine = Engine(repository, broker, routing, config=EngineConfig(consumer_name=f"bench-{run}"))
     started: dict[str, float] = {}
 
-    @engine.handler(EVENT_TYPE)
+    @engine.register_handler(EVENT_TYPE)
     def mark_start(event: Event, connection: Any) -> None:
         started.setdefault(event.event_id, time.time())
 

@@ -27,6 +27,7 @@ from outboxkit.errors import (
     MessageRejectedError,
     OutboxError,
     PayloadConflictError,
+    PayloadDecodeError,
     PermanentError,
     PermanentRejectionError,
     RepositoryError,
@@ -42,12 +43,7 @@ from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Route, Routing, ServiceCatalog
 from outboxkit.store import Repository
 from outboxkit.wire.envelope import Envelope
-from outboxkit.wire.payloads import (
-    JsonPayloadCodec,
-    PayloadCodec,
-    PayloadCodecs,
-    PayloadDecodeError,
-)
+from outboxkit.wire.payloads import JsonPayloadCodec, PayloadCodec, PayloadCodecs
 
 __version__ = "0.1.0"
 

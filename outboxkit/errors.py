@@ -2,7 +2,10 @@
 
 Every error the library raises is an :class:`OutboxError`. Driver errors (SQLAlchemy,
 kafka-python, redis-py) are translated at the boundary and chained with ``from exc`` so the
-cause is never lost, while callers only need to catch our types.
+cause is never lost, while callers only need to catch our types. Every exception a caller
+can meet is defined here; what stays elsewhere is private to one module (a replay signal of
+the SQL consume pass, an inbox write conflict, the CLI's exit-code signals) or belongs to the
+test kit (``outboxkit.testing``: a service that cannot be started or reached).
 """
 
 from __future__ import annotations
@@ -87,6 +90,14 @@ class BrokerUnavailableError(BrokerError):
     """
 
 
+class ConnectInterruptedError(BrokerUnavailableError):
+    """Connecting was given up because the broker was interrupted or closed."""
+
+
+class BootstrapRefusedError(BrokerUnavailableError):
+    """No bootstrap server accepts TCP connections (each refused or did not resolve)."""
+
+
 class BrokerSetupError(BrokerError, FatalError):
     """The broker refused our setup: credentials, permissions, or a missing topic.
 
@@ -142,6 +153,19 @@ class DecodeError(OutboxError):
         self.service_name = service_name
 
 
+class PayloadDecodeError(DecodeError):
+    """A payload could not be decoded into the payload type its event type declares.
+
+    Decoding is deterministic, so the consumer marks such an event ``dead`` at once with
+    this message as the reason (no retries). ``path`` names the offending field
+    (``payload.items[0].price``).
+    """
+
+    def __init__(self, reason: str, *, path: str = "payload") -> None:
+        super().__init__(f"{path}: {reason}" if path else reason)
+        self.path = path
+
+
 class HandlerError(OutboxError):
     """Base class for errors a handler raises to steer the engine."""
 
@@ -175,3 +199,19 @@ class PayloadConflictError(InvalidEventError):
     Raised only with ``PublisherConfig(on_payload_conflict="error")``; the stored payload is
     the one that counts, so the second publish would otherwise be silently lost.
     """
+
+
+class RedeliveryRequested(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by an inbox consumer step: leave the rest unacknowledged, resubscribe later.
+
+    An inbox consumer cannot schedule a retry on the producer's row (it is in another
+    database), so a failed attempt is retried by the broker: the step acknowledges what came
+    before the failure, and the consumer loop drops the subscription, waits ``delay``
+    seconds and subscribes again, which delivers the unacknowledged events again. Not an
+    :class:`~outboxkit.errors.OutboxError`: it never reaches application code.
+    """
+
+    def __init__(self, delay: float, reason: str) -> None:
+        super().__init__(reason)
+        self.delay = delay
+        self.reason = reason

@@ -33,7 +33,7 @@ def engine() -> Engine:
         inboxes={"billing": SqlInbox(repository.engine, table=INBOX_TABLE)},
     )
 
-    @app.handler("invoice.requested")
+    @app.register_handler("invoice.requested")
     def bill(event: Event, connection: sa.Connection) -> None:
         del event, connection
 

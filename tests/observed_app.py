@@ -38,7 +38,7 @@ def build() -> Engine:
         config=fast_config(),
     )
 
-    @engine.handler(EVENT_TYPE)
+    @engine.register_handler(EVENT_TYPE)
     def place(event: Event, connection: Connection) -> None:
         """Nothing to do: the tests count outcomes, not effects."""
 

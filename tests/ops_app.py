@@ -56,18 +56,18 @@ def build() -> Engine:
     repository = SqlRepository(sa.create_engine(os.environ["OPS_APP_DATABASE_URL"]))
     engine = Engine(repository, MemoryBroker(), routing, config=config)
 
-    @engine.handler(PLACED)
+    @engine.register_handler(PLACED)
     def place(event: Event, connection: Connection) -> None:
         if event.payload.get("poison"):
             raise PermanentError(f"poison pill {event.payload['n']}")
         if event.payload.get("flaky"):
             raise RuntimeError("flaky downstream")
 
-    @engine.handler(CANCELLED)
+    @engine.register_handler(CANCELLED)
     def cancel(event: Event, connection: Connection) -> None:
         raise PermanentError("timeout talking to the bank")
 
-    @engine.handler(INVOICED)
+    @engine.register_handler(INVOICED)
     def invoice(event: Event, connection: Connection) -> None:
         pass
 

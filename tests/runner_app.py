@@ -53,7 +53,7 @@ def build() -> Engine:
         routing,
     )
 
-    @engine.handler(EVENT_TYPE)
+    @engine.register_handler(EVENT_TYPE)
     def check(event: Event, connection: Connection) -> None:
         pass
 

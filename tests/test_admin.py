@@ -61,7 +61,7 @@ def route(db: sa.Engine, routing: Routing) -> Iterator[Route]:
 def _engine(db: sa.Engine, routing: Routing, **config: object) -> Engine:
     engine = Engine(SqlRepository(db), MemoryBroker(), routing, config=fast_config(**config))
 
-    @engine.handler(EVENT)
+    @engine.register_handler(EVENT)
     def handle(event: Event, connection: Connection) -> None:
         if event.payload.get("poison"):
             from outboxkit.errors import PermanentError
@@ -127,7 +127,7 @@ def test_a_worker_with_retention_deletes_consumed_rows_in_its_housekeeping_threa
     engine.create_schema()
     try:
         engine.start()
-        assert "outboxkit-housekeeping" in [t.name for t in engine._threads]
+        assert "outboxkit-housekeeping" in engine.thread_states()
         _publish(engine, 5)
         _publish(engine, 1, poison=True)
         wait_for(

@@ -95,7 +95,7 @@ def test_a_handler_for_an_unrouted_event_type_is_an_error_at_registration(
 
 
 def test_register_handler_works_as_a_decorator(engine: Engine) -> None:
-    @engine.handler("order.placed")
+    @engine.register_handler("order.placed")
     def handle(event: Event, connection: Connection) -> None:
         return None
 
@@ -278,7 +278,7 @@ def test_stop_is_idempotent_and_start_twice_is_an_error(engine: Engine) -> None:
 
     assert engine.stop(timeout=5) is True
     assert engine.stop(timeout=5) is True
-    assert not any(t.is_alive() for t in engine._threads)
+    assert not any(engine.thread_states().values())
 
 
 def test_disabled_engine_runs_the_local_handler_in_the_callers_transaction(
@@ -296,7 +296,7 @@ def test_disabled_engine_runs_the_local_handler_in_the_callers_transaction(
         engine.publish(rolled_back, connection=conn)
         tx.rollback()
 
-    assert engine._threads == []
+    assert engine.thread_states() == {}
     assert count_rows(sqlite_engine, table) == 1  # handler ran inline; rollback undid one
     route = routing.route_of("order.placed")
     assert repository.get_by_event_id(route, committed.event_id) is None  # no outbox row
@@ -314,7 +314,7 @@ def test_threads_are_named_after_role_and_service(engine: Engine) -> None:
     engine.register_handler("order.placed", lambda event, conn: None)
     engine.start()
 
-    names = sorted(t.name for t in engine._threads)
+    names = sorted(engine.thread_states())
 
     assert names == ["outboxkit-consumer-orders-0", "outboxkit-relay-orders-0"]
 

@@ -256,7 +256,7 @@ def test_the_reported_reproduction_keeps_the_writes_of_the_events_beside_a_failu
     try:
         mark = stack.mark
 
-        @stack.producer.handler("thing.happened")
+        @stack.producer.register_handler("thing.happened")
         def handle(event: Event, connection: Connection) -> None:
             if event.payload["n"] == 2:
                 raise RuntimeError("boom")
@@ -288,7 +288,7 @@ def test_a_handler_sees_the_same_transaction_in_every_pass(db: sa.Engine) -> Non
     seen: list[tuple[int, bool, bool]] = []
     try:
 
-        @stack.producer.handler("thing.happened")
+        @stack.producer.register_handler("thing.happened")
         def look(event: Event, connection: Connection) -> None:
             seen.append(
                 (
@@ -393,7 +393,7 @@ def test_inline_a_session_handler_sees_the_callers_session_writes_and_commits_wi
     seen: list[list[int]] = []
     try:
 
-        @engine.handler("thing.happened")
+        @engine.register_handler("thing.happened")
         def handle(event: Event, session: Session) -> None:
             seen.append(sorted(session.scalars(sa.select(mark.n))))
             session.add(mark(n=event.payload["n"] * 10))
@@ -446,7 +446,7 @@ def test_inline_a_handler_that_commits_the_callers_transaction_commits_nothing(
     engine = _inline_engine(db, unique)
     try:
 
-        @engine.handler("thing.happened")
+        @engine.register_handler("thing.happened")
         def handle(event: Event, connection: Connection) -> None:
             connection.commit()
 
@@ -501,7 +501,7 @@ def test_a_session_handler_gets_its_session_from_the_configured_factory(
     engine.create_schema()
     seen: list[object] = []
 
-    @engine.handler("thing.happened")
+    @engine.register_handler("thing.happened")
     def handle(event: Event, session: Session) -> None:
         seen.append(session.info.get("made_by"))
         session.add(mark(n=event.payload["n"]))

@@ -101,7 +101,7 @@ def test_handler_on_another_database_takes_effect_once_through_restart_and_redel
     lock = threading.Lock()
     held, release = threading.Event(), threading.Event()
 
-    @consumer.handler("invoice.requested")
+    @consumer.register_handler("invoice.requested")
     def record_invoice(event: Event, connection: sa.Connection) -> None:
         connection.execute(sa.insert(invoices).values(event_id=event.event_id))
         n = event.payload["n"]

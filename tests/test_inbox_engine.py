@@ -92,7 +92,7 @@ def pair(databases: tuple[sa.Engine, sa.Engine]) -> Iterator[Pair]:
 def test_a_failed_attempt_is_redelivered_until_it_succeeds(pair: Pair) -> None:
     calls: list[int] = []
 
-    @pair.consumer.handler("invoice.requested")
+    @pair.consumer.register_handler("invoice.requested")
     def flaky(event: Event, connection: sa.Connection) -> None:
         calls.append(event.payload["n"])
         if len(calls) < 3:
@@ -114,7 +114,7 @@ def test_an_event_failing_every_attempt_goes_dead_in_the_inbox_and_is_acknowledg
 ) -> None:
     calls: list[str] = []
 
-    @pair.consumer.handler("invoice.requested")
+    @pair.consumer.register_handler("invoice.requested")
     def broken(event: Event, connection: sa.Connection) -> None:
         calls.append(event.event_id)
         raise RuntimeError("always")
@@ -136,7 +136,7 @@ def test_an_event_failing_every_attempt_goes_dead_in_the_inbox_and_is_acknowledg
 
 
 def test_a_lost_receipt_is_sent_again_after_the_rescue_republishes(pair: Pair) -> None:
-    @pair.consumer.handler("invoice.requested")
+    @pair.consumer.register_handler("invoice.requested")
     def bill(event: Event, connection: sa.Connection) -> None:
         pass
 
@@ -185,7 +185,7 @@ def test_a_side_effect_handler_runs_once_and_its_event_is_then_a_duplicate(pair:
 
 
 def test_a_permanent_error_and_a_missing_handler_go_dead_at_once(pair: Pair) -> None:
-    @pair.consumer.handler("invoice.requested")
+    @pair.consumer.register_handler("invoice.requested")
     def refuse(event: Event, connection: sa.Connection) -> None:
         raise PermanentError("bad invoice")
 

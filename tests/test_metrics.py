@@ -66,12 +66,12 @@ def observed(
         config=fast_config(observer=metrics),
     )
 
-    @engine.handler(PLACED)
+    @engine.register_handler(PLACED)
     def place(event: Event, connection: Connection) -> None:
         if event.payload.get("flaky") and event.attempt == 1:
             raise RuntimeError("first attempt fails")
 
-    @engine.handler(AUDITED)
+    @engine.register_handler(AUDITED)
     def audit(event: Event, connection: Connection) -> None:
         raise PermanentError("audit rejected")
 

@@ -94,7 +94,7 @@ def test_a_consumer_whose_database_lacks_the_table_fails_at_start(
         config=fast_config(relay_services=()),
     )
 
-    @consumer.handler("invoice.requested")
+    @consumer.register_handler("invoice.requested")
     def bill(event: Event, connection: sa.Connection) -> None:
         raise AssertionError("never runs")
 

@@ -127,8 +127,7 @@ def test_a_fatal_error_stops_every_thread_and_is_kept_on_the_engine(
     engine.start()
     try:
         wait_for(lambda: engine.fatal_error is not None, timeout=5, what="a fatal error")
-        threads = list(engine._threads)
-        wait_for(lambda: not any(t.is_alive() for t in threads), timeout=5, what="threads end")
+        wait_for(lambda: not any(engine.thread_states().values()), timeout=5, what="threads end")
     finally:
         assert engine.stop(timeout=5)
 

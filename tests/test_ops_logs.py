@@ -90,13 +90,13 @@ def test_handler_tracebacks_are_warnings_on_retry_and_errors_when_dead(
     outbox, _table = engine
     calls: list[str] = []
 
-    @outbox.handler("invoice.flaky")
+    @outbox.register_handler("invoice.flaky")
     def flaky(event: Event, connection: sa.Connection) -> None:
         calls.append(event.event_id)
         if len(calls) == 1:
             raise RuntimeError("first try fails")
 
-    @outbox.handler("invoice.bad")
+    @outbox.register_handler("invoice.bad")
     def bad(event: Event, connection: sa.Connection) -> None:
         raise PermanentError("never valid")
 
@@ -120,7 +120,7 @@ def test_a_handler_sql_error_is_logged_and_recorded_without_its_parameters(
 ) -> None:
     outbox, _table = engine
 
-    @outbox.handler("invoice.sent")
+    @outbox.register_handler("invoice.sent")
     def store_card(event: Event, connection: sa.Connection) -> None:
         connection.execute(
             sa.text("INSERT INTO no_such_cards_table_for_outboxkit (card) VALUES (:card)"),

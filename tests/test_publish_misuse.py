@@ -168,7 +168,7 @@ def test_a_disabled_engine_checks_the_connection_and_decodes_like_the_relay(
     )
     received: list[OrderPlaced] = []
 
-    @engine.handler(EVENT)
+    @engine.register_handler(EVENT)
     def ship(event: Event[OrderPlaced], connection: Connection) -> None:
         received.append(event.payload)
 

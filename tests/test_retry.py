@@ -67,7 +67,7 @@ def test_max_retry_counts_attempts_in_all_so_three_means_three_handler_runs(
     engine = Engine(SqlRepository(db), MemoryBroker(), routing, config=config)
     attempts: list[int] = []
 
-    @engine.handler("job.requested")
+    @engine.register_handler("job.requested")
     def fail(event: Event, connection: Connection) -> None:
         attempts.append(event.attempt)
         raise RuntimeError("downstream is gone")

@@ -129,7 +129,7 @@ def test_a_dataclass_payload_reaches_its_handler_as_the_dataclass(stack: Stack) 
     engine = stack.engine()
     received: list[OrderPlaced] = []
 
-    @engine.handler("order.placed")
+    @engine.register_handler("order.placed")
     def ship(event: Event[OrderPlaced], connection: Connection) -> None:
         received.append(event.payload)
 
@@ -172,7 +172,7 @@ def test_a_payload_that_does_not_decode_goes_dead_at_once_with_the_reason(stack:
     engine = stack.engine()
     calls: list[Event[OrderPlaced]] = []
 
-    @engine.handler("order.placed")
+    @engine.register_handler("order.placed")
     def ship(event: Event[OrderPlaced], connection: Connection) -> None:
         calls.append(event)
 

@@ -48,7 +48,7 @@ def check(engine: Engine, db: sa.Engine) -> None:
 SNIPPETS: dict[str, tuple[str, str]] = {
     "wrong_parameter_types": (
         """
-        @engine.handler("a")
+        @engine.register_handler("a")
         def handler(event: int, connection: str) -> None: ...
         """,
         'Value of type variable "TransactionalHandlerT" of function cannot be '
@@ -56,7 +56,7 @@ SNIPPETS: dict[str, tuple[str, str]] = {
     ),
     "transactional_without_connection": (
         """
-        @engine.handler("a")
+        @engine.register_handler("a")
         def handler(event: Event[Any]) -> None: ...
         """,
         'Value of type variable "TransactionalHandlerT" of function cannot be '
@@ -64,7 +64,7 @@ SNIPPETS: dict[str, tuple[str, str]] = {
     ),
     "side_effect_with_connection": (
         """
-        @engine.handler("a", transactional=False)
+        @engine.register_handler("a", transactional=False)
         def handler(event: Event[Any], connection: Connection) -> None: ...
         """,
         'Value of type variable "SideEffectHandlerT" of function cannot be '
@@ -75,12 +75,12 @@ SNIPPETS: dict[str, tuple[str, str]] = {
         def handler(event: Event[Any], connection: Connection, extra: int) -> None: ...
         engine.register_handler("a", handler)
         """,
-        'No overload variant of "register_handler" of "Engine" matches argument types '
+        "No overload variant matches argument types "
         '"str", "Callable[[Event[Any], Connection, int], None]"',
     ),
     "payload_attribute_that_does_not_exist": (
         """
-        @engine.handler("a")
+        @engine.register_handler("a")
         def handler(event: Event[OrderPlaced], connection: Connection) -> None:
             print(event.payload.no_such_field)
         """,
@@ -95,7 +95,7 @@ SNIPPETS: dict[str, tuple[str, str]] = {
     ),
     "decorated_function_keeps_its_type": (
         """
-        @engine.handler("a")
+        @engine.register_handler("a")
         def handler(event: Event[OrderPlaced], connection: Connection) -> None:
             assert_type(event.payload, OrderPlaced)
         reveal_type(handler)
@@ -104,7 +104,7 @@ SNIPPETS: dict[str, tuple[str, str]] = {
     ),
     "session_handler_is_accepted_and_keeps_its_type": (
         """
-        @engine.handler("a")
+        @engine.register_handler("a")
         def handler(event: Event[OrderPlaced], session: Session) -> None:
             assert_type(event.payload, OrderPlaced)
         def direct(event: Event[OrderPlaced], session: Session) -> None: ...
@@ -116,7 +116,7 @@ SNIPPETS: dict[str, tuple[str, str]] = {
     ),
     "side_effect_with_session": (
         """
-        @engine.handler("a", transactional=False)
+        @engine.register_handler("a", transactional=False)
         def handler(event: Event[Any], session: Session) -> None: ...
         """,
         'Value of type variable "SideEffectHandlerT" of function cannot be '

@@ -36,7 +36,7 @@ def build() -> Engine:
         SqlRepository(create_sqlite_engine(f"sqlite:///{database}")), MemoryBroker(), routing()
     )
 
-    @engine.handler(EVENT_TYPE)
+    @engine.register_handler(EVENT_TYPE)
     def run_job(event: Event, connection: Connection) -> None:
         (markers / f"{event.event_id}.started").touch()
         time.sleep(float(event.payload.get("seconds", 0)))

@@ -104,7 +104,7 @@ def build() -> Engine:
     effects = effects_table(spec.effects_table)
     log = InvocationLog(spec.workdir)
 
-    @engine.handler(EVENT_TYPE)
+    @engine.register_handler(EVENT_TYPE)
     def apply(event: Event, connection: Connection) -> None:
         log.record(event)
         payload = event.payload if isinstance(event.payload, dict) else {}

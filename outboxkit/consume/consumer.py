@@ -47,9 +47,8 @@ from outboxkit.consume.config import ConsumerConfig
 from outboxkit.consume.handler_shapes import call_with_session
 from outboxkit.consume.ledger import Ledger, Run
 from outboxkit.consume.registry import HandlerRegistry, HandlerSpec
-from outboxkit.errors import DecodeError
+from outboxkit.errors import DecodeError, RedeliveryRequested
 from outboxkit.helper_thread import HelperThread
-from outboxkit.inbox.base import RedeliveryRequested
 from outboxkit.messages import Event, Outcome
 from outboxkit.observability.tracing import NO_TRACING, Tracing
 from outboxkit.publish.causality import handling

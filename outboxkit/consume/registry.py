@@ -7,6 +7,7 @@ registration, not at the first delivery.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, TypeVar, overload
@@ -19,6 +20,8 @@ from outboxkit.consume.handler_shapes import check_handler, takes_session
 from outboxkit.errors import DuplicateHandlerError
 from outboxkit.messages import Event
 from outboxkit.routing import Routing
+
+logger = logging.getLogger(__name__)
 
 P_contra = TypeVar("P_contra", contravariant=True)
 
@@ -99,6 +102,12 @@ class HandlerRegistry:
         self.check_payload_type = check_payload_type
         self._handlers: dict[str, HandlerSpec] = {}
         self._lock = threading.Lock()
+        self._started = False
+
+    def mark_started(self) -> None:
+        """The engine started its consumers: a handler registered later may not be served
+        (its service is consumed only if it already was), which :meth:`register` says."""
+        self._started = True
 
     @overload
     def register(
@@ -167,6 +176,12 @@ class HandlerRegistry:
             if declared is not None and self.check_payload_type is not None:
                 self.check_payload_type(event_type, declared)
             service = self.routing.service_of(event_type)
+            if self._started:
+                logger.warning(
+                    "handler for %s registered after start(): its service is served only if "
+                    "it already was",
+                    event_type,
+                )
             with self._lock:
                 existing = self._handlers.get(event_type)
                 if existing is not None:

@@ -21,8 +21,12 @@ from outboxkit.consume.consumer import Consumer
 from outboxkit.engine.outages import OutageLog
 from outboxkit.engine.stats import StatsRecorder
 from outboxkit.engine.wakeups import Wakeups
-from outboxkit.errors import BrokerUnavailableError, FatalError, RepositoryError
-from outboxkit.inbox.base import RedeliveryRequested
+from outboxkit.errors import (
+    BrokerUnavailableError,
+    FatalError,
+    RedeliveryRequested,
+    RepositoryError,
+)
 from outboxkit.relay.relay import Relay
 from outboxkit.routing import Route
 from outboxkit.store import NewRowListener, RelayStore

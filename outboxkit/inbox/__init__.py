@@ -7,14 +7,8 @@
   outcomes (see ``docs/inbox.md``).
 """
 
-from outboxkit.inbox.base import (
-    DEFAULT_MAX_ATTEMPTS,
-    Inbox,
-    InboxItem,
-    InboxRecord,
-    InboxStatus,
-    RedeliveryRequested,
-)
+from outboxkit.errors import RedeliveryRequested
+from outboxkit.inbox.base import DEFAULT_MAX_ATTEMPTS, Inbox, InboxItem, InboxRecord, InboxStatus
 from outboxkit.inbox.schema import DEFAULT_INBOX_TABLE, inbox_table
 from outboxkit.inbox.sql import SqlInbox
 

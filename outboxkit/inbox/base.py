@@ -76,22 +76,6 @@ class InboxRecord:
     consumed_at: datetime | None
 
 
-class RedeliveryRequested(Exception):  # noqa: N818 - a signal, not an error
-    """Raised by an inbox consumer step: leave the rest unacknowledged, resubscribe later.
-
-    An inbox consumer cannot schedule a retry on the producer's row (it is in another
-    database), so a failed attempt is retried by the broker: the step acknowledges what came
-    before the failure, and the consumer loop drops the subscription, waits ``delay``
-    seconds and subscribes again, which delivers the unacknowledged events again. Not an
-    :class:`~outboxkit.errors.OutboxError`: it never reaches application code.
-    """
-
-    def __init__(self, delay: float, reason: str) -> None:
-        super().__init__(reason)
-        self.delay = delay
-        self.reason = reason
-
-
 class Inbox(abc.ABC):
     """Records which events each consumer group has handled, on the consumer's database."""
 

@@ -41,7 +41,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import attrs
 
-from outboxkit.errors import ConfigurationError, DecodeError, InvalidEventError
+from outboxkit.errors import ConfigurationError, InvalidEventError, PayloadDecodeError
 from outboxkit.messages import Event
 
 T = TypeVar("T")
@@ -62,19 +62,6 @@ _SCALARS: tuple[type, ...] = (
 )
 #: Exact types written as they are (subclasses such as enums take the slow path).
 _JSON_SCALARS: frozenset[type] = frozenset({str, int, float, bool, type(None)})
-
-
-class PayloadDecodeError(DecodeError):
-    """A payload could not be decoded into the payload type its event type declares.
-
-    Decoding is deterministic, so the consumer marks such an event ``dead`` at once with
-    this message as the reason (no retries). ``path`` names the offending field
-    (``payload.items[0].price``).
-    """
-
-    def __init__(self, reason: str, *, path: str = "payload") -> None:
-        super().__init__(f"{path}: {reason}" if path else reason)
-        self.path = path
 
 
 class PayloadCodec(abc.ABC):

@@ -1,12 +1,13 @@
 """The relay's hot path: one claimed row -> one broker message, splicing the stored shell.
 
 The general path (:func:`~outboxkit.wire.envelope.envelope_from_row` then
-:func:`~outboxkit.wire.envelope.encode_envelope`) parses the whole ``payload`` column, builds two
-attrs objects, and serialises the business payload a second time. For a shell this library
-wrote, that work is redundant: the payload is already compact, deterministic JSON, written by
-the same encoder with the same settings. :func:`encode_row` therefore copies the payload's
-bytes from the stored shell into the envelope and serialises only the small fields around
-it, which measured ~2.5 x cheaper per row on the benchmark's 300-byte payload.
+:func:`~outboxkit.wire.envelope.encode_envelope`) parses the whole ``payload`` column, builds
+two attrs objects, and serialises the business payload a second time. For a shell this
+library wrote, that work is redundant: the payload is already compact, deterministic JSON,
+written by the same encoder with the same settings. :func:`encode_row` therefore copies the
+payload's bytes from the stored shell into the envelope and serialises only the small fields
+around it, so its cost per row no longer grows with the payload's structure (the measured
+gain is in ``docs/performance.md``).
 
 The splice is taken only for a shell whose head is exactly what
 :func:`~outboxkit.wire.envelope.encode_shell` writes (no escapes or padding in its strings), whose

@@ -83,7 +83,7 @@ def build(db: sa.Engine, namespace: str) -> Engine:
         config=EngineConfig(publisher=PublisherConfig(require_connection=True)),
     )
 
-    @engine.handler("order.placed")
+    @engine.register_handler("order.placed")
     def ship(event: Event[OrderPlaced], connection: Connection) -> None:
         order = event.payload  # an OrderPlaced: the annotation declares the payload type
         total = sum((line.price * line.quantity for line in order.lines), Decimal(0))

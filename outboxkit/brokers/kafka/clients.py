@@ -27,6 +27,7 @@ from outboxkit.errors import (
     BrokerSetupError,
     BrokerUnavailableError,
     ConfigurationError,
+    ConnectInterruptedError,
 )
 
 logger = logging.getLogger(__name__)
@@ -37,10 +38,6 @@ T = TypeVar("T")
 _INTERRUPT_POLL_SECONDS = 0.05
 #: How long closing a client that arrived after its caller gave up may take.
 _ABANDONED_CLOSE_SECONDS = 1.0
-
-
-class ConnectInterruptedError(BrokerUnavailableError):
-    """Connecting was given up because the broker was interrupted or closed."""
 
 
 def build_interruptibly(

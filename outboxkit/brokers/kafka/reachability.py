@@ -19,7 +19,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from outboxkit.errors import BrokerUnavailableError
+from outboxkit.errors import BootstrapRefusedError
 
 __all__ = ["PROBE_TIMEOUT_SECONDS", "BootstrapRefusedError", "check_bootstrap", "parse_servers"]
 
@@ -29,10 +29,6 @@ PROBE_TIMEOUT_SECONDS = 1.0
 DEFAULT_PORT = 9092
 #: Client settings that route connections elsewhere: a direct connect proves nothing.
 _PROXY_SETTINGS = ("proxy_url", "socks5_proxy")
-
-
-class BootstrapRefusedError(BrokerUnavailableError):
-    """No bootstrap server accepts TCP connections (each refused or did not resolve)."""
 
 
 def parse_servers(servers: str) -> list[tuple[str, int]]:
