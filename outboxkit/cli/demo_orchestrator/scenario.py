@@ -1,36 +1,8 @@
-"""``outboxkit demo --scenario orchestrator``: a command flow across two services and databases.
-
-The orchestrator flow of the InfiniteScribe seed, in our words. An API writes a command and
-its ``Command.Received`` event in one transaction; then, each step a handler that commits
-its writes together with the events it publishes:
-
-1. the orchestrator maps the command to the domain fact ``Character.Requested``;
-2. on that fact it opens a task record (``RUNNING``) and dispatches the capability task
-   ``Character.Generation.Requested`` to the ``writer`` service;
-3. the writer, on **its own database** (through an inbox), writes the character and
-   publishes its result ``Character.Generated``;
-4. the orchestrator, through an inbox on its database, marks the task ``COMPLETED`` and
-   records the fact ``Character.Proposed``, which a projection adds to the timeline.
-
-Every step is idempotent: commands, tasks and facts are keyed by the flow's correlation id,
-deliveries are deduplicated by the outbox or the inbox, the writer fails its first attempt
-once (the broker redelivers it) and one command is published twice. Correlation and
-causation ids are never passed by hand: what a handler publishes joins the handled event's
-flow. Each handler also records the event it handled in a ``flow`` table of its database,
-in its own transaction, which is what the printed chain is read from.
-
-Embedded default: two SQLite files (the orchestrator's and the writer's) and the in-process
-broker. ``--database-url``, ``--capability-database-url`` and ``--broker-url`` point it at
-PostgreSQL/MariaDB and Redis/Kafka.
-"""
+"""The orchestrator demo's two engines, their handlers and their tables, run once."""
 
 from __future__ import annotations
 
-import itertools
-import sys
-import tempfile
 import time
-import uuid
 from typing import Any, TextIO
 
 import attrs
@@ -41,6 +13,18 @@ from outboxkit.backends import SqlRepository
 from outboxkit.broker import Broker
 from outboxkit.brokers.memory import MemoryBroker
 from outboxkit.brokers.urls import broker_from_url
+from outboxkit.cli.demo_orchestrator.flow import (
+    COMMAND,
+    PROPOSED,
+    REQUESTED,
+    RESULT,
+    TASK,
+    TASK_TYPE,
+    FlowStep,
+    OrchestratorSummary,
+    flow_table,
+    print_summary,
+)
 from outboxkit.consume.config import ConsumerConfig
 from outboxkit.engine import Engine, EngineConfig
 from outboxkit.inbox import InboxStatus, SqlInbox
@@ -48,93 +32,6 @@ from outboxkit.messages import Event, PublishRequest
 from outboxkit.relay.relay import RelayConfig
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Routing, ServiceCatalog
-
-COMMAND = "Command.Received"
-REQUESTED = "Character.Requested"
-TASK = "Character.Generation.Requested"
-RESULT = "Character.Generated"
-PROPOSED = "Character.Proposed"
-#: The event types of one complete flow, in causal order.
-CHAIN = (COMMAND, REQUESTED, TASK, RESULT, PROPOSED)
-TASK_TYPE = "Character.Generation"
-
-
-@attrs.frozen(kw_only=True)
-class FlowStep:
-    """One handled event of a flow, as recorded by its handler."""
-
-    event_type: str
-    event_id: str
-    correlation_id: str
-    causation_id: str
-    service: str
-    handled_on: str
-
-
-@attrs.frozen(kw_only=True)
-class OrchestratorSummary:
-    """What the scenario checked; ``ok`` when every flow completed exactly once."""
-
-    commands: int
-    completed_flows: int
-    tasks_completed: int
-    characters: int
-    writer_retries: int
-    inbox_consumed: dict[str, int]
-    #: Outbox rows (of both databases) not ``consumed``: receipts close inbox routes' rows.
-    unfinished_rows: int
-    chains: dict[str, list[FlowStep]]
-    elapsed: float
-
-    @property
-    def ok(self) -> bool:
-        return (
-            self.completed_flows == self.commands
-            and self.tasks_completed == self.commands
-            and self.characters == self.commands
-            and all(v == self.commands for v in self.inbox_consumed.values())
-            and self.unfinished_rows == 0
-            and all(chain_is_linear(c) for c in self.chains.values())
-        )
-
-
-def chain_is_linear(steps: list[FlowStep]) -> bool:
-    """Whether ``steps`` are the five events of :data:`CHAIN`, each caused by the previous,
-    all of one correlation id (the first event's own id)."""
-    if [s.event_type for s in steps] != list(CHAIN):
-        return False
-    first = steps[0]
-    if first.causation_id or first.correlation_id != first.event_id:
-        return False
-    return all(
-        step.correlation_id == first.correlation_id and step.causation_id == before.event_id
-        for before, step in itertools.pairwise(steps)
-    )
-
-
-def run_orchestrator_demo(
-    *,
-    database_url: str | None = None,
-    capability_database_url: str | None = None,
-    broker_url: str = "memory://",
-    commands: int = 3,
-    timeout: float = 60.0,
-    keep: bool = False,
-    out: TextIO | None = None,
-) -> OrchestratorSummary:
-    """Run the scenario, print the chain of one correlation id and a summary to ``out``."""
-    with tempfile.TemporaryDirectory(prefix="outboxkit-orchestrator-") as folder:
-        scenario = _Scenario(
-            run_id=uuid.uuid4().hex[:8],
-            orchestrator_url=database_url or f"sqlite:///{folder}/orchestrator.db",
-            writer_url=capability_database_url or database_url or f"sqlite:///{folder}/writer.db",
-            broker_url=broker_url,
-            commands=commands,
-            timeout=timeout,
-            keep=keep,
-            out=out or sys.stdout,
-        )
-        return scenario.run()
 
 
 def _brokers(url: str) -> tuple[Broker, Broker]:
@@ -145,7 +42,9 @@ def _brokers(url: str) -> tuple[Broker, Broker]:
     return first, broker_from_url(url)
 
 
-class _Scenario:
+class Scenario:
+    """Two engines (orchestrator and writer), their databases and their handlers."""
+
     def __init__(
         self,
         *,
@@ -214,8 +113,8 @@ class _Scenario:
             sa.Column("task_id", sa.String(80), primary_key=True),
             sa.Column("name", sa.String(200), nullable=False),
         )
-        self.orch_flow = _flow_table(f"{prefix}_flow", self.orch_meta)
-        self.writer_flow = _flow_table(f"{prefix}_wflow", self.writer_meta)
+        self.orch_flow = flow_table(f"{prefix}_flow", self.orch_meta)
+        self.writer_flow = flow_table(f"{prefix}_wflow", self.writer_meta)
 
         config = EngineConfig(
             relay=RelayConfig(idle_interval=0.05),
@@ -473,39 +372,6 @@ class _Scenario:
         with db.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
-    def _print(self, summary: OrchestratorSummary, chain: list[FlowStep]) -> None:
-        say = self._say
-        if chain:
-            say("")
-            say(f"chain of correlation id {chain[0].correlation_id}")
-            for n, step in enumerate(chain, 1):
-                cause = step.causation_id[:8] or "-"
-                say(
-                    f"  {n}. {step.event_type:<31} event {step.event_id[:8]}  caused by "
-                    f"{cause:<8}  handled by {step.service} on the {step.handled_on} database"
-                )
-            with self.orch_db.connect() as conn:
-                task = conn.execute(
-                    sa.select(self.tasks.c.task_id, self.tasks.c.status, self.tasks.c.result).where(
-                        self.tasks.c.correlation_id == chain[0].correlation_id
-                    )
-                ).first()
-            if task is not None:
-                say(f"  task {task[0]}: {task[1]} ({task[2]})")
-        say("")
-        say("summary")
-        say(f"  commands / flows completed  {summary.commands} / {summary.completed_flows}")
-        say(f"  tasks completed             {summary.tasks_completed}")
-        say(f"  characters (writer db)      {summary.characters}")
-        say(f"  writer attempts redelivered {summary.writer_retries}")
-        for service, consumed in summary.inbox_consumed.items():
-            say(f"  inbox {service:<21} {consumed} consumed")
-        say(f"  outbox rows not consumed    {summary.unfinished_rows}")
-        linear = sum(1 for c in summary.chains.values() if chain_is_linear(c))
-        say(f"  complete causal chains      {linear} of {len(summary.chains)}")
-        say(f"  elapsed                     {summary.elapsed:.2f} s")
-        say(f"  result                      {'OK' if summary.ok else 'INCOMPLETE'}")
-
     def _drop(self) -> None:
         self.orch_meta.drop_all(self.orch_db)
         self.writer_meta.drop_all(self.writer_db)
@@ -522,26 +388,21 @@ class _Scenario:
             with db.begin() as conn:
                 conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))  # names are validated
 
+    def _print(self, summary: OrchestratorSummary, chain: list[FlowStep]) -> None:
+        task = None
+        if chain:
+            with self.orch_db.connect() as conn:
+                row = conn.execute(
+                    sa.select(self.tasks.c.task_id, self.tasks.c.status, self.tasks.c.result).where(
+                        self.tasks.c.correlation_id == chain[0].correlation_id
+                    )
+                ).first()
+            task = None if row is None else (str(row[0]), str(row[1]), str(row[2]))
+        print_summary(self._say, summary, chain, task)
+
     def _say(self, line: str) -> None:
         print(line, file=self.out, flush=True)
 
 
-def _flow_table(name: str, metadata: sa.MetaData) -> sa.Table:
-    """Handled events of one database; the primary key makes a second effect fail loudly."""
-    return sa.Table(
-        name,
-        metadata,
-        sa.Column("event_id", sa.String(64), primary_key=True),
-        sa.Column("event_type", sa.String(64), nullable=False),
-        sa.Column("correlation_id", sa.String(64), nullable=False),
-        sa.Column("causation_id", sa.String(64), nullable=False),
-        sa.Column("service", sa.String(64), nullable=False),
-        sa.Column("handled_on", sa.String(32), nullable=False),
-    )
-
-
 def _url(db: sa.Engine) -> str:
     return db.url.render_as_string(hide_password=True)
-
-
-__all__ = ["FlowStep", "OrchestratorSummary", "run_orchestrator_demo"]
