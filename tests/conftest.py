@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from outboxkit.backends.urls import database_url
 from outboxkit.testing import services
 
-pytest_plugins = ["tests.kafka_server"]
+pytest_plugins = ["tests.support.kafka_server"]
 
 _RESTART_HINTS = {
     "PostgreSQL": " (start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) "

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.doc_blocks import ROOT, CodeBlock, python_blocks
+from tests.support.doc_blocks import CodeBlock, python_blocks
+from tests.support.paths import ROOT
 
 README = ROOT / "README.md"
 BLOCKS = python_blocks(README)

@@ -1,0 +1,1 @@
+"""What the tests share: service fixtures, helpers, the small apps the CLI tests load."""
