@@ -1,8 +1,10 @@
-"""The bodies of the engine's threads: one relay loop and one consumer loop per service.
+"""The bodies of the engine's threads: the relay, consumer and receipt loops of a service, and
+the PostgreSQL listener.
 
-Each loop repeats one deterministic step (:meth:`Relay.run_once`, :meth:`Consumer.run_once`)
-until the engine stops. A broker or database outage pauses the loop with exponential backoff
-(the attempt is not counted against any row), logged once per state change by
+Each loop repeats one deterministic step (:meth:`Relay.run_once`, :meth:`Consumer.run_once`,
+:meth:`ReceiptApplier.run_once`) until the engine stops. A broker or database outage pauses
+the loop with exponential backoff (the attempt is not counted against any row), logged once
+per state change by
 :class:`~outboxkit.engine.outages.OutageLog`; an unexpected exception is logged with the
 service's name and the loop goes on, so one bug never silently stops a worker. A
 :class:`~outboxkit.errors.FatalError` (wrong password, missing table, missing topic) is
@@ -27,6 +29,7 @@ from outboxkit.errors import (
     RedeliveryRequested,
     RepositoryError,
 )
+from outboxkit.inbox.receipts import ReceiptApplier, receipts_group, receipts_topic
 from outboxkit.relay.relay import Relay
 from outboxkit.routing import Route
 from outboxkit.store import NewRowListener, RelayStore
@@ -222,3 +225,65 @@ def close_quietly(subscription: Subscription) -> None:
         subscription.close()
     except Exception:
         logger.exception("closing a subscription failed")
+
+
+#: First and longest pause of the receipt loop while the broker or database is down.
+RECEIPTS_OUTAGE_BACKOFF = 1.0
+RECEIPTS_OUTAGE_BACKOFF_MAX = 30.0
+
+
+def run_receipts(
+    applier: ReceiptApplier,
+    broker: Broker,
+    member: str,
+    *,
+    stopping: threading.Event,
+    outages: OutageLog,
+    on_fatal: Callable[[FatalError], None],
+    receive_timeout: float = 0.5,
+) -> None:
+    """The receipt thread of one relayed inbox route: apply receipts until ``stopping``.
+
+    Outages are reported through ``outages`` (once per state change); a fatal error (the
+    receipts topic missing with topic creation off, a refused permission or password) goes
+    to ``on_fatal`` and ends the loop, as in the relay and consumer loops: without receipts
+    every row of the route would be republished until it went dead.
+    """
+    route = applier.route
+    topic, group = receipts_topic(route), receipts_group(route)
+    backoff = RECEIPTS_OUTAGE_BACKOFF
+    subscription: Subscription | None = None
+    try:
+        while not stopping.is_set():
+            try:
+                if subscription is None:
+                    broker.ensure_topic(topic, group)
+                    subscription = broker.subscribe(topic, group, member)
+                applier.run_once(subscription, timeout=receive_timeout)
+                backoff = RECEIPTS_OUTAGE_BACKOFF
+                outages.recovered()
+            except FatalError as exc:
+                on_fatal(exc)
+                return
+            except Exception as exc:
+                if stopping.is_set():
+                    return  # the broker closed under a call that was stopping anyway
+                if isinstance(exc, (BrokerUnavailableError, RepositoryError)):
+                    outages.failed(exc, backoff)
+                else:
+                    logger.exception("receipts of %s: step failed unexpectedly", route.service)
+                if subscription is not None:
+                    _close_receipts(subscription)
+                    subscription = None
+                stopping.wait(backoff)
+                backoff = min(backoff * 2, RECEIPTS_OUTAGE_BACKOFF_MAX)
+    finally:
+        if subscription is not None:
+            _close_receipts(subscription)
+
+
+def _close_receipts(subscription: Subscription) -> None:
+    try:
+        subscription.close()
+    except Exception:
+        logger.exception("closing a receipt subscription failed")

@@ -20,12 +20,11 @@ from typing import Any
 
 from outboxkit.broker import Broker
 from outboxkit.engine.housekeeping import run_housekeeping
-from outboxkit.engine.loops import run_consumer, run_listener, run_relay
+from outboxkit.engine.loops import run_consumer, run_listener, run_receipts, run_relay
 from outboxkit.engine.outages import OutageLog, one_line
 from outboxkit.engine.parts import Parts
 from outboxkit.engine.wakeups import Wakeups
 from outboxkit.errors import FatalError
-from outboxkit.inbox.receipts import run_receipts
 from outboxkit.routing import Route
 
 logger = logging.getLogger(__name__)

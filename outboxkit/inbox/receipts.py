@@ -19,19 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import attrs
 
 from outboxkit.broker import Broker, BrokerMessage, Subscription
-from outboxkit.errors import BrokerUnavailableError, FatalError, RepositoryError
 from outboxkit.routing import Route, validate_group_name, validate_topic_name
 from outboxkit.store import ConsumeStore
-
-if TYPE_CHECKING:
-    from outboxkit.engine.outages import OutageLog
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +34,6 @@ CONSUMED = "consumed"
 DEAD = "dead"
 #: Receipts received per step.
 RECEIPT_BATCH = 500
-#: First and longest pause of the receipt loop while the broker or database is down.
-OUTAGE_BACKOFF = 1.0
-OUTAGE_BACKOFF_MAX = 30.0
 
 
 def receipts_topic(route: Route) -> str:
@@ -170,60 +161,3 @@ class ReceiptApplier:
         if deliveries:
             subscription.ack_many(deliveries)
         return changed
-
-
-def run_receipts(
-    applier: ReceiptApplier,
-    broker: Broker,
-    member: str,
-    *,
-    stopping: threading.Event,
-    outages: OutageLog,
-    on_fatal: Callable[[FatalError], None],
-    receive_timeout: float = 0.5,
-) -> None:
-    """The receipt thread of one relayed inbox route: apply receipts until ``stopping``.
-
-    Outages are reported through ``outages`` (once per state change); a fatal error (the
-    receipts topic missing with topic creation off, a refused permission or password) goes
-    to ``on_fatal`` and ends the loop, as in the relay and consumer loops: without receipts
-    every row of the route would be republished until it went dead.
-    """
-    route = applier.route
-    topic, group = receipts_topic(route), receipts_group(route)
-    backoff = OUTAGE_BACKOFF
-    subscription: Subscription | None = None
-    try:
-        while not stopping.is_set():
-            try:
-                if subscription is None:
-                    broker.ensure_topic(topic, group)
-                    subscription = broker.subscribe(topic, group, member)
-                applier.run_once(subscription, timeout=receive_timeout)
-                backoff = OUTAGE_BACKOFF
-                outages.recovered()
-            except FatalError as exc:
-                on_fatal(exc)
-                return
-            except Exception as exc:
-                if stopping.is_set():
-                    return  # the broker closed under a call that was stopping anyway
-                if isinstance(exc, (BrokerUnavailableError, RepositoryError)):
-                    outages.failed(exc, backoff)
-                else:
-                    logger.exception("receipts of %s: step failed unexpectedly", route.service)
-                if subscription is not None:
-                    _close(subscription)
-                    subscription = None
-                stopping.wait(backoff)
-                backoff = min(backoff * 2, OUTAGE_BACKOFF_MAX)
-    finally:
-        if subscription is not None:
-            _close(subscription)
-
-
-def _close(subscription: Subscription) -> None:
-    try:
-        subscription.close()
-    except Exception:
-        logger.exception("closing a receipt subscription failed")
