@@ -1,0 +1,95 @@
+"""Closing and health: ``close`` is idempotent, unblocks a waiting ``receive`` and ends
+subscriptions and publishing; ``ping`` answers while the broker is open."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from outboxkit.broker import Broker, Subscription
+from outboxkit.errors import BrokerClosedError
+from outboxkit.testing.broker_contract.base import BrokerContractBase, _messages
+
+
+class BrokerLifecycleContract(BrokerContractBase):
+    """``close`` of brokers and subscriptions, and ``ping``. Needs ``broker`` and
+    ``make_broker`` (and ``unique``)."""
+
+    # ------------------------------------------------------------------ closing
+    def test_close_from_another_thread_unblocks_a_receive(
+        self, broker: Broker, subscribe: Callable[..., Subscription], unique: str
+    ) -> None:
+        topic = self.topic_name(unique)
+        broker.ensure_topic(topic)
+        consumer = subscribe(topic, f"g.{unique}", "m")
+        closer = threading.Timer(0.5, consumer.close)
+        closer.start()
+        try:
+            started = time.monotonic()
+            assert consumer.receive(timeout=30) == []
+            elapsed = time.monotonic() - started
+        finally:
+            closer.join()
+        assert elapsed < self.close_unblock_seconds, f"receive returned after {elapsed:.1f} s"
+        self._publish_ok(broker, _messages(topic, 2))
+        assert consumer.receive(timeout=0.5) == []
+
+    def test_close_is_idempotent(
+        self,
+        other_broker: Callable[[], Broker],
+        unique: str,
+    ) -> None:
+        instance = other_broker()
+        topic = self.topic_name(unique)
+        instance.ensure_topic(topic)
+        consumer = instance.subscribe(topic, f"g.{unique}", "m")
+        consumer.close()
+        consumer.close()
+        assert consumer.receive(timeout=0.1) == []
+        instance.close()
+        instance.close()
+
+    def test_publish_after_close_raises_broker_closed(
+        self, other_broker: Callable[[], Broker], unique: str
+    ) -> None:
+        instance = other_broker()
+        topic = self.topic_name(unique)
+        instance.ensure_topic(topic)
+        instance.close()
+        with pytest.raises(BrokerClosedError):
+            instance.publish(_messages(topic, 1))
+
+    def test_subscriptions_stop_receiving_when_the_broker_closes(
+        self,
+        broker: Broker,
+        other_broker: Callable[[], Broker],
+        unique: str,
+    ) -> None:
+        instance = other_broker()
+        topic = self.topic_name(unique)
+        instance.ensure_topic(topic)
+        consumer = instance.subscribe(topic, f"g.{unique}", "m")
+        try:
+            instance.close()
+            self._publish_ok(broker, _messages(topic, 2))
+            with contextlib.suppress(BrokerClosedError):
+                assert consumer.receive(timeout=0.5) == []
+        finally:
+            consumer.close()
+
+    # ------------------------------------------------------------------ health (ping)
+    def test_ping_answers_while_the_broker_is_reachable(self, broker: Broker) -> None:
+        broker.ping()  # health checks call it: it must not raise, and must change nothing
+
+    def test_ping_after_close_raises_broker_closed(
+        self, other_broker: Callable[[], Broker]
+    ) -> None:
+        instance = other_broker()
+        instance.ping()
+        instance.close()
+        with pytest.raises(BrokerClosedError):
+            instance.ping()
