@@ -8,6 +8,7 @@ run for real on SQLite and the in-process broker.
 
 from __future__ import annotations
 
+import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -147,19 +148,26 @@ def mypy_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         path = work / f"{name}.py"
         path.write_text(PRELUDE + textwrap.indent(textwrap.dedent(body), "    "))
         files.append(str(path))
-    stdout, stderr, _status = api.run(
-        [
-            "--config-file",
-            str(config),
-            # A fresh cache: mypy does not report again the errors of modules it finds
-            # fresh in a cache, and these snippets are the same modules every run.
-            "--cache-dir",
-            str(work / "cache"),
-            "--no-error-summary",
-            "--show-absolute-path",
-            *files,
-        ]
-    )
+    # mypy raises the interpreter's recursion limit for its own run and leaves it raised:
+    # tests that count on Python's default limit (JSON nested too deep) would then pass
+    # or fail by the order the tests ran in.
+    limit = sys.getrecursionlimit()
+    try:
+        stdout, stderr, _status = api.run(
+            [
+                "--config-file",
+                str(config),
+                # A fresh cache: mypy does not report again the errors of modules it finds
+                # fresh in a cache, and these snippets are the same modules every run.
+                "--cache-dir",
+                str(work / "cache"),
+                "--no-error-summary",
+                "--show-absolute-path",
+                *files,
+            ]
+        )
+    finally:
+        sys.setrecursionlimit(limit)
     assert not stderr, stderr
     by_file: dict[str, str] = {f: "" for f in files}
     for line in stdout.splitlines():
