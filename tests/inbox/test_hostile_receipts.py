@@ -3,7 +3,9 @@ the receipt thread, finish an event that was never sent, or finish it as another
 
 Rows 1, 7, 10 and 12 of issue #18, on the producer's side of an inbox route (PostgreSQL and
 MariaDB, Redis Streams): each receipt is written with a plain ``XADD``, as a writer of the
-broker would, and applied by the engine's receipt step or its receipt thread.
+broker would, and applied by the engine's receipt step or its receipt thread. Then the race
+a genuine receipt can run with the relay's ``published`` mark, and hypothesis playing a
+writer of the receipt topic on the real Redis and the real Kafka-protocol broker.
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import attrs
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from outboxkit.backends import SqlRepository
+from outboxkit.broker import Subscription
 from outboxkit.brokers.redis_streams import RedisStreamsBroker
 from outboxkit.engine import Engine
 from outboxkit.inbox.receipts import (
@@ -26,10 +32,20 @@ from outboxkit.inbox.receipts import (
     receipts_topic,
 )
 from outboxkit.messages import OutboxMessage, PublishRequest, Status
+from outboxkit.publish.publisher import Publisher
 from outboxkit.relay.relay import Relay, RelayConfig
 from outboxkit.routing import Route, Routing, ServiceCatalog
 from tests.support.engine import fast_config, wait_for
-from tests.support.hostile import nested, receipt_for, xadd
+from tests.support.hostile import (
+    Writer,
+    broker_and_writer,
+    garbage,
+    nested,
+    open_bystanders,
+    receipt_for,
+    receive_until,
+    xadd,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -327,3 +343,122 @@ def test_a_receipt_for_another_event_of_a_row_being_sent_is_not_held(
     pg_producer.send_receipts(receipt_for(row, event_type="invoice.voided"))
     pg_producer.apply_receipts(applier)
     assert applier.held == 0
+
+
+# --------------------------------------------------------------------------- hypothesis
+
+
+@attrs.define
+class Rig:
+    """The producer of an inbox route on PostgreSQL with its receipt applier, reading the
+    receipt topic of a real broker through one subscription kept across examples, and open
+    rows that no receipt on the topic may finish."""
+
+    repository: SqlRepository
+    route: Route
+    publisher: Publisher
+    relay: Relay
+    applier: ReceiptApplier
+    subscription: Subscription
+    writer: Writer
+    bystanders: dict[int, str]
+    #: The bystander a relay is sending (``pending`` under a lease), as it was at the start.
+    sending: OutboxMessage
+
+    def rows(self) -> list[OutboxMessage | None]:
+        return [self.repository.get(self.route, row_id) for row_id in self.bystanders]
+
+
+@pytest.fixture(params=["redis", "kafka"])
+def rig(request: pytest.FixtureRequest, postgres_engine: sa.Engine, unique: str) -> Iterator[Rig]:
+    routing = _routing(unique)
+    route = routing.route_of_service("billing")
+    repository = SqlRepository(postgres_engine)
+    repository.create_schema([route])
+    publisher = Publisher(repository, routing)
+    bystanders = open_bystanders(repository, route, publisher, "invoice.requested")
+    sending = repository.get(route, list(bystanders)[-1])
+    assert sending is not None and sending.status is Status.PENDING
+    topic, group = receipts_topic(route), receipts_group(route)
+    with broker_and_writer(request, request.param) as (broker, writer):
+        broker.ensure_topic(route.topic, route.group)
+        broker.ensure_topic(topic, group)
+        subscription = broker.subscribe(topic, group, f"hostile-{unique}")
+        relay = Relay(repository, broker, route, config=RelayConfig(prefetch=False))
+        try:
+            yield Rig(
+                repository,
+                route,
+                publisher,
+                relay,
+                ReceiptApplier(repository, route),
+                subscription,
+                writer,
+                bystanders,
+                sending,
+            )
+        finally:
+            relay.close()
+            subscription.close()
+            with postgres_engine.begin() as conn:
+                conn.execute(sa.text(f"DROP TABLE {route.table}"))
+            repository.close()
+
+
+HOSTILE = settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def _receipts(rig: Rig) -> st.SearchStrategy[list[bytes]]:
+    """Garbage receipts: anything, receipts with any field wrong (never a published row's
+    exact event id and type together), and exact receipts for the row still being sent."""
+    fields: dict[str, st.SearchStrategy[Any]] = {
+        "event_id": st.sampled_from(list(rig.bystanders.values())) | st.uuids().map(str),
+        "outbox_id": st.sampled_from(list(rig.bystanders)),
+        "event_type": st.sampled_from(["invoice.voided", "invoice.unknown"]),
+        "outcome": st.sampled_from(["consumed", "dead"]),
+        "reason": st.text(max_size=40),
+    }
+    exact = st.sampled_from([rig.sending]).flatmap(
+        lambda row: st.sampled_from(["consumed", "dead"]).map(
+            lambda outcome: receipt_for(row, outcome=outcome, reason="forged")
+        )
+    )
+    return st.lists(garbage(fields) | exact.map(lambda r: [r]), min_size=1, max_size=2).map(
+        lambda groups: [message for group in groups for message in group]
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.fuzz
+@HOSTILE
+@given(data=st.data())
+def test_the_receipt_applier_applies_a_genuine_receipt_after_any_garbage(
+    rig: Rig, data: st.DataObject
+) -> None:
+    # Given: a sent event, and whatever a writer of the broker puts on the receipt topic
+    event_id = rig.publisher.publish(PublishRequest(event_type="invoice.requested", payload={}))
+    assert rig.relay.run_once().published == 1
+    row = rig.repository.get_by_event_id(rig.route, event_id)
+    assert row is not None
+    before = rig.rows()
+    rig.writer.write(receipts_topic(rig.route), data.draw(_receipts(rig), label="garbage"))
+    # When: the event's genuine receipt follows
+    rig.writer.write(receipts_topic(rig.route), [receipt_for(row)])
+
+    # Then: the applier's steps (any exception fails the test) mark its row consumed, and
+    # leave every row the garbage named as it was
+    def consumed() -> bool:
+        current = rig.repository.get(rig.route, row.id)
+        return current is not None and current.status is Status.CONSUMED
+
+    receive_until(
+        lambda: rig.applier.run_once(rig.subscription, timeout=0.2),
+        consumed,
+        timeout=30,
+        what="the genuine receipt after the garbage",
+    )
+    assert rig.rows() == before
