@@ -202,9 +202,12 @@ class ConsumeStoreContract(FailureMarksContract, RowReadsContract):
         assert repository.get(route, outbox_id) == row  # untouched, every column
         assert not repository.mark_dead(route, outbox_id, reason="x", event_id="forged")
         assert not repository.mark_consumed(route, outbox_id, event_id="forged")
-        other_type = {"event_id": row.event_id, "event_type": "other"}
-        assert not repository.mark_dead(route, outbox_id, reason="x", **other_type)
-        assert not repository.mark_consumed(route, outbox_id, **other_type)
+        assert not repository.mark_dead(
+            route, outbox_id, reason="x", event_id=row.event_id, event_type="other"
+        )
+        assert not repository.mark_consumed(
+            route, outbox_id, event_id=row.event_id, event_type="other"
+        )
         assert self.status(repository, route, outbox_id) is Status.PENDING
         assert repository.mark_dead(route, outbox_id, reason="x", event_id=row.event_id)
 
