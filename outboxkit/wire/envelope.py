@@ -340,8 +340,9 @@ def decode_envelope(value: bytes | str) -> Envelope:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise DecodeError(f"envelope_version is {fields.describe(version)}, not 1 or more", **ids)
     if version > ENVELOPE_VERSION:
+        shown = version if version <= MAX_ROW_ID else "past 2**63"  # thousands of digits
         raise DecodeError(
-            f"envelope_version {version} is newer than this outboxkit understands "
+            f"envelope_version {shown} is newer than this outboxkit understands "
             f"({ENVELOPE_VERSION})",
             **ids,
         )
