@@ -130,10 +130,11 @@ class BrokerClosedError(BrokerError):
 
 
 class DecodeError(OutboxError):
-    """A message on the wire could not be decoded into an envelope.
+    """A message on the wire could not be decoded into an envelope (or a receipt).
 
-    Carries whatever identifiers could be read, so the caller can still mark the outbox row
-    dead when it is identifiable.
+    Carries the identifiers that could be read and passed their checks, so the caller can
+    still mark the outbox row dead when it is identifiable; ``reason`` describes the fault
+    without quoting the message.
     """
 
     def __init__(

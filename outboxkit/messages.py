@@ -17,6 +17,12 @@ DEFAULT_EVENT_VERSION = "v1"
 #: Attempts in all, the first included, before a row goes ``dead`` (the Go default). The
 #: name is the Go column's; ``max_retry=3`` means three attempts, not three retries.
 DEFAULT_MAX_RETRY = 20
+#: Width of the ``event_id`` columns (the outbox's and the inbox's): longer ids are refused
+#: by the publisher and, read from the broker, by the envelope and receipt decoders.
+MAX_EVENT_ID = 64
+#: Largest row id: the ``BIGINT`` of the ``id`` and ``outbox_id`` columns (SQLite's
+#: ``INTEGER`` too). A larger id read from the broker is refused before it reaches SQL.
+MAX_ROW_ID = 2**63 - 1
 
 #: The payload type of an :class:`Event`. Covariant (an event is read-only), and ``Any`` by
 #: default so plain ``Event`` keeps meaning "an event with a JSON payload".

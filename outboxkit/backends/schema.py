@@ -25,7 +25,7 @@ from sqlalchemy.engine.interfaces import Dialect as SaDialect
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from outboxkit.backends.dialect import Dialect
-from outboxkit.messages import DEFAULT_MAX_RETRY
+from outboxkit.messages import DEFAULT_MAX_RETRY, MAX_EVENT_ID
 from outboxkit.routing import (
     MAX_EVENT_TYPE,
     MAX_MESSAGE_KEY,
@@ -35,8 +35,6 @@ from outboxkit.routing import (
     validate_table_name,
 )
 
-#: Width of the ``event_id`` column; longer ids are rejected before any write.
-MAX_EVENT_ID = 64
 #: Width of ``lease_token`` (a UUID in its 36-character text form).
 LEASE_TOKEN_LENGTH = 36
 #: Width of ``status`` (the Go column).

@@ -9,6 +9,8 @@
 * row already ``consumed``/``dead`` -> duplicate, nothing runs;
 * the message names a row that holds another event (event id or type differ: a forged or
   stray message, a topic that outlived its table) -> logged with both ids, the row untouched;
+  no mark (``consumed``, ``dead``) ever lands on a row whose event id or type is not the
+  message's;
 * the message names a row this database does not have -> logged; a streak of them says the
   consumer reads another database than its producers write;
 * undecodable message -> ``dead`` when it names its own row and event id, else logged.
@@ -88,7 +90,9 @@ class OutboxLedger(Ledger):
         return None
 
     def mark_consumed(self, event: Event) -> bool:
-        return self.store.mark_consumed(self.route, event.outbox_id, event_id=event.event_id)
+        return self.store.mark_consumed(
+            self.route, event.outbox_id, event_id=event.event_id, event_type=event.event_type
+        )
 
     def mismatch(self, event: Event) -> Outcome:
         logger.warning(
@@ -147,7 +151,11 @@ class OutboxLedger(Ledger):
 
     def dead(self, event: Event, reason: str, *, exc: BaseException | None = None) -> Outcome:
         marked = self.store.mark_dead(
-            self.route, event.outbox_id, reason=reason, event_id=event.event_id
+            self.route,
+            event.outbox_id,
+            reason=reason,
+            event_id=event.event_id,
+            event_type=event.event_type,
         )
         if marked:
             self._log(logging.ERROR, event, f"marked dead: {reason}", exc)
@@ -166,10 +174,15 @@ class OutboxLedger(Ledger):
     def undecodable(self, delivery: Delivery, exc: DecodeError) -> Outcome:
         same_service = exc.service_name in (None, self.route.service)
         if exc.outbox_id is not None and exc.event_id and same_service:
-            # Only a message that names the row's own event id may condemn it.
+            # Only a message that names the row's own event id (and type, when it names one)
+            # may condemn it.
             reason = f"undecodable message: {exc.reason}"
             marked = self.store.mark_dead(
-                self.route, exc.outbox_id, reason=reason, event_id=exc.event_id
+                self.route,
+                exc.outbox_id,
+                reason=reason,
+                event_id=exc.event_id,
+                event_type=exc.event_type,
             )
             if marked:
                 logger.error(

@@ -17,7 +17,8 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from outboxkit.backends.schema import MAX_EVENT_ID, index_name
+from outboxkit.backends.schema import index_name
+from outboxkit.messages import MAX_EVENT_ID
 from outboxkit.routing import MAX_EVENT_TYPE, MAX_SERVICE_NAME, validate_table_name
 
 #: Name of the inbox table when none is given.

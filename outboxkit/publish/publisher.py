@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from outboxkit.errors import InvalidEventError
-from outboxkit.messages import DEFAULT_MAX_RETRY, PublishRequest, with_fields
+from outboxkit.messages import DEFAULT_MAX_RETRY, MAX_EVENT_ID, PublishRequest, with_fields
 from outboxkit.observability.tracing import NO_TRACING, Tracing
 from outboxkit.publish.causality import handled_event, with_flow_ids
 from outboxkit.publish.checks import check_executor, report_conflict, report_conflicts
@@ -36,8 +36,6 @@ logger = logging.getLogger(__name__)
 #: Largest encoded event shell accepted, in bytes (stays under Kafka's default 1 MB message
 #: limit, ``max_request_size`` / ``message.max.bytes``, once wrapped in the envelope).
 DEFAULT_MAX_PAYLOAD_BYTES = 900_000
-#: Longest event id accepted (the width of the ``event_id`` column).
-MAX_EVENT_ID = 64
 
 
 @attrs.frozen(kw_only=True)

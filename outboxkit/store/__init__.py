@@ -19,6 +19,7 @@ from outboxkit.store.roles import (
 from outboxkit.store.values import (
     MAX_LAST_ERROR,
     RESCUE_DOUBLINGS,
+    UNSTORABLE,
     AddResult,
     Claim,
     ConsumeItem,
@@ -27,6 +28,7 @@ from outboxkit.store.values import (
     NewMessage,
     RowFilter,
     rescue_wait,
+    storable,
     truncate_error,
 )
 
@@ -51,6 +53,8 @@ __all__ = [
     "RowFilter",
     "MAX_LAST_ERROR",
     "RESCUE_DOUBLINGS",
+    "UNSTORABLE",
     "rescue_wait",
+    "storable",
     "truncate_error",
 ]

@@ -123,12 +123,21 @@ class FailureMarks(abc.ABC):
 
     @abc.abstractmethod
     def mark_dead(
-        self, route: Route, outbox_id: int, *, reason: str, event_id: str | None = None
+        self,
+        route: Route,
+        outbox_id: int,
+        *,
+        reason: str,
+        event_id: str | None = None,
+        event_type: str | None = None,
+        published_only: bool = False,
     ) -> bool:
         """``pending``/``published`` -> ``dead`` with ``last_error=reason``; never from final.
 
-        With ``event_id``, only if the row is that event (see :class:`ConsumeItem`): a
-        message naming a row must never condemn another event.
+        With ``event_id`` (and ``event_type``), only if the row is that event (see
+        :class:`ConsumeItem`): a message naming a row must never condemn another event.
+        With ``published_only``, only a ``published`` row: a receipt speaks of an event a
+        relay has sent, and must not finish one that was never sent.
         """
 
 
@@ -251,10 +260,21 @@ class ConsumeStore(FailureMarks, RowReads):
         """
 
     @abc.abstractmethod
-    def mark_consumed(self, route: Route, outbox_id: int, *, event_id: str | None = None) -> bool:
-        """``pending``/``published`` -> ``consumed`` (after a side effect outside any tx).
+    def mark_consumed(
+        self,
+        route: Route,
+        outbox_id: int,
+        *,
+        event_id: str | None = None,
+        event_type: str | None = None,
+        published_only: bool = False,
+    ) -> bool:
+        """``pending``/``published`` -> ``consumed`` (after a side effect outside any tx,
+        or on a receipt).
 
-        With ``event_id``, only if the row is that event (see :class:`ConsumeItem`).
+        With ``event_id`` (and ``event_type``), only if the row is that event (see
+        :class:`ConsumeItem`). With ``published_only``, only a ``published`` row (a
+        receipt, see :meth:`mark_dead`).
         """
 
 

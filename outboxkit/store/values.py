@@ -7,6 +7,7 @@ They cross stages (the publisher builds :class:`NewMessage`, the relay holds a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -136,6 +137,25 @@ class HousekeepingLock:
         return self.acquired
 
 
+#: What no database's text column stores: NUL (PostgreSQL refuses it) and lone UTF-16
+#: surrogates (JSON's ``"\ud800"`` decodes to one, and no driver encodes it as UTF-8).
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> bool:
+    """Whether every supported database can store ``text`` in a text column."""
+    return UNSTORABLE.search(text) is None
+
+
 def truncate_error(reason: str, limit: int = MAX_LAST_ERROR) -> str:
-    """Cut ``reason`` to ``limit`` characters; Python strings never split a code point."""
-    return reason if len(reason) <= limit else reason[: limit - 1] + "\u2026"
+    """``reason`` as ``last_error`` stores it: cut to ``limit`` characters (Python strings
+    never split a code point), and what no database stores (:data:`UNSTORABLE`) replaced by
+    U+FFFD.
+
+    A reason often quotes what an event carried (a handler's exception, a codec's
+    complaint); unreplaced, a NUL in it made the write itself fail, and the failure came
+    back with every delivery of the event.
+    """
+    if len(reason) > limit:
+        reason = reason[: limit - 1] + "\u2026"
+    return UNSTORABLE.sub("\ufffd", reason)

@@ -18,15 +18,24 @@ read, so an identifiable row can still be marked dead.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
 import attrs
 
 from outboxkit.errors import DecodeError, InvalidEventError
-from outboxkit.messages import DEFAULT_EVENT_VERSION, OutboxMessage, PublishRequest
+from outboxkit.messages import (
+    DEFAULT_EVENT_VERSION,
+    MAX_EVENT_ID,
+    MAX_ROW_ID,
+    OutboxMessage,
+    PublishRequest,
+)
+from outboxkit.routing import MAX_EVENT_TYPE, MAX_SERVICE_NAME
+from outboxkit.wire import fields
 
 #: Version of the envelope this code writes. Readers accept this and every older version.
 ENVELOPE_VERSION = 1
@@ -284,40 +293,64 @@ def encode_envelope(envelope: Envelope) -> bytes:
     return dumps(obj).encode("utf-8")
 
 
+#: The identity fields of an envelope, each with its check (see :mod:`outboxkit.wire.fields`):
+#: the values that reach SQL (the row lock, the inbox's row, a ``dead`` mark) or a log line.
+_ID_CHECKS: tuple[tuple[str, Callable[[object, str], Any]], ...] = (
+    ("outbox_id", fields.row_id),
+    ("event_id", functools.partial(fields.identifier, limit=MAX_EVENT_ID)),
+    ("event_type", functools.partial(fields.identifier, limit=MAX_EVENT_TYPE)),
+    ("service_name", functools.partial(fields.identifier, limit=MAX_SERVICE_NAME)),
+)
+
+
+def _read_ids(obj: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The identity fields that pass their checks (``None`` for the others, and for those
+    absent, null or empty), and what is wrong with the first that fails."""
+    ids: dict[str, Any] = {}
+    problem = None
+    for name, check in _ID_CHECKS:
+        raw = obj.get(name)
+        ids[name] = None
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            continue  # absent: Go omits empty fields
+        try:
+            ids[name] = check(raw, name)
+        except DecodeError as exc:
+            problem = problem or exc.reason
+    return ids, problem
+
+
 def decode_envelope(value: bytes | str) -> Envelope:
     """Parse a broker message value written by outboxkit or by the Go relay.
 
-    Raises :class:`DecodeError` (with any ids it could read) when the value is not JSON, has
-    no usable ``outbox_id`` or ``event_type``, lacks a payload, or comes from a newer
-    envelope version than this code understands.
+    Every field that reaches SQL is checked first against the column it will meet
+    (:mod:`outboxkit.wire.fields`): ``outbox_id`` an integer within ``BIGINT``,
+    ``event_id``, ``event_type`` and ``service_name`` strings that fit their columns.
+    Raises :class:`DecodeError` (with the ids that passed their checks, and a reason that
+    describes the fault without quoting the message) when the value is not strict JSON,
+    fails a check, has no ``outbox_id`` or ``event_type``, lacks a payload, or comes from a
+    newer envelope version than this code understands.
     """
-    try:
-        text = value.decode("utf-8") if isinstance(value, bytes) else value
-        obj = json.loads(text)
-    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
-        raise DecodeError(f"message is not JSON: {exc}") from exc
+    obj = fields.parse_json(value, "message")
     if not isinstance(obj, dict):
-        raise DecodeError("message is not a JSON object")
-    raw_id = obj.get("outbox_id")
-    outbox_id = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None
-    ids: dict[str, Any] = {
-        "outbox_id": outbox_id,
-        "event_id": _text(obj, "event_id") or None,
-        "event_type": _text(obj, "event_type") or None,
-        "service_name": _text(obj, "service_name") or None,
-    }
+        raise DecodeError(f"message is {fields.describe(obj)}, not a JSON object")
+    ids, problem = _read_ids(obj)
     version = obj.get("envelope_version", 1)
     # bool is an int subclass in Python: JSON ``true`` must not pass as version 1.
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise DecodeError(f"invalid envelope_version {version!r}", **ids)
+        raise DecodeError(f"envelope_version is {fields.describe(version)}, not 1 or more", **ids)
     if version > ENVELOPE_VERSION:
+        shown = version if version <= MAX_ROW_ID else "past 2**63"  # thousands of digits
         raise DecodeError(
-            f"envelope_version {version} is newer than this outboxkit understands "
+            f"envelope_version {shown} is newer than this outboxkit understands "
             f"({ENVELOPE_VERSION})",
             **ids,
         )
-    if outbox_id is None or outbox_id <= 0:
-        raise DecodeError(f"message has no valid outbox_id: {raw_id!r}", **ids)
+    if problem is not None:
+        raise DecodeError(problem, **ids)
+    outbox_id = ids["outbox_id"]
+    if outbox_id is None:
+        raise DecodeError("message has no outbox_id", **ids)
     if not ids["event_type"]:
         raise DecodeError("message lacks event type", **ids)
     if "payload" not in obj:
@@ -336,7 +369,9 @@ def decode_envelope(value: bytes | str) -> Envelope:
         published_at=published if isinstance(published, str) else None,
         attempt=(
             attempt
-            if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt > 0
+            if isinstance(attempt, int)
+            and not isinstance(attempt, bool)
+            and 0 < attempt <= MAX_ROW_ID
             else 1
         ),
         headers=_headers(obj),

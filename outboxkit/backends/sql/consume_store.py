@@ -42,6 +42,7 @@ from outboxkit.backends.sql.store import (
     DEAD,
     FINAL_STATUSES,
     OPEN_STATUSES,
+    PUBLISHED,
     SqlStore,
     row_message,
 )
@@ -315,33 +316,56 @@ class SqlConsumeStore(SqlStore, ConsumeStore):
         what: str,
         route: Route,
         outbox_id: int,
-        event_id: str | None,
+        guard: tuple[str | None, str | None, bool],
         values: Callable[[], dict[str, Any]],
     ) -> bool:
-        """``pending``/``published`` -> a final state, only if the row is ``event_id``."""
+        """An open row -> a final state, only if it is the event ``guard`` names (event id
+        and type, ``None`` for "not checked") and, when ``guard`` says published only, has
+        been sent."""
+        event_id, event_type, published_only = guard
+        statuses = (PUBLISHED,) if published_only else OPEN_STATUSES
         table = self.table(route)
-        guard = sa.and_(table.c.id == outbox_id, table.c.status.in_(OPEN_STATUSES))
+        where = sa.and_(table.c.id == outbox_id, table.c.status.in_(statuses))
 
         def mark(conn: Connection) -> bool:
             # Lock first, then decide: the affected-row count of a guarded UPDATE that waited
             # on a lock is not to be trusted on MySQL (see SqlStore._guarded_update).
             row = self._lock_rows(conn, table, [outbox_id]).get(outbox_id)
-            if row is None or row[1] not in OPEN_STATUSES:
+            if row is None or row[1] not in statuses:
                 return False
-            if event_id is not None and not is_same_event(row, event_id, None):
+            if not is_same_event(row, event_id, event_type):
                 return False
-            conn.execute(sa.update(table).where(guard).values(**values()))
+            conn.execute(sa.update(table).where(where).values(**values()))
             return True
 
         return self._transact(what, route, mark)
 
-    def mark_consumed(self, route: Route, outbox_id: int, *, event_id: str | None = None) -> bool:
+    def mark_consumed(
+        self,
+        route: Route,
+        outbox_id: int,
+        *,
+        event_id: str | None = None,
+        event_type: str | None = None,
+        published_only: bool = False,
+    ) -> bool:
         return self._final_mark(
-            "marking a row consumed", route, outbox_id, event_id, self._consumed_values
+            "marking a row consumed",
+            route,
+            outbox_id,
+            (event_id, event_type, published_only),
+            self._consumed_values,
         )
 
     def mark_dead(
-        self, route: Route, outbox_id: int, *, reason: str, event_id: str | None = None
+        self,
+        route: Route,
+        outbox_id: int,
+        *,
+        reason: str,
+        event_id: str | None = None,
+        event_type: str | None = None,
+        published_only: bool = False,
     ) -> bool:
         def values() -> dict[str, Any]:
             return {
@@ -352,4 +376,6 @@ class SqlConsumeStore(SqlStore, ConsumeStore):
                 "updated_at": self.dialect.now(),
             }
 
-        return self._final_mark("marking a row dead", route, outbox_id, event_id, values)
+        return self._final_mark(
+            "marking a row dead", route, outbox_id, (event_id, event_type, published_only), values
+        )

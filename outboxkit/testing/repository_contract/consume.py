@@ -45,6 +45,37 @@ class ConsumeStoreContract(FailureMarksContract, RowReadsContract):
         assert self.status(repository, route, ids[0]) is Status.CONSUMED
         assert self.status(repository, route, ids[1]) is Status.DEAD
 
+    @pytest.mark.parametrize("mark", ["consumed", "dead"])
+    def test_a_guarded_mark_needs_the_rows_event_id_and_type_and_a_published_row(
+        self, repository: Repository, route: Route, mark: str
+    ) -> None:
+        """A receipt's mark: only a ``published`` row that is the named event."""
+        [outbox_id] = self.add(repository, route)
+        row = repository.get(route, outbox_id)
+        assert row is not None and row.event_id is not None
+
+        def apply(**guard: Any) -> bool:
+            if mark == "consumed":
+                return repository.mark_consumed(route, outbox_id, **guard)
+            return repository.mark_dead(route, outbox_id, reason="reported", **guard)
+
+        right = {"event_id": row.event_id, "event_type": row.event_type}
+        # pending: never sent, so a published-only mark refuses it
+        assert not apply(**right, published_only=True)
+        claim = self.claim_all(repository, route)
+        assert not apply(**right, published_only=True)  # claimed, still not sent
+        repository.mark_published(route, [outbox_id], token=claim.token)
+        published = repository.get(route, outbox_id)
+        assert published is not None and published.status is Status.PUBLISHED
+        # published, but another event type or event id: untouched, every column
+        assert not apply(event_id=row.event_id, event_type="other.type", published_only=True)
+        assert not apply(event_id="forged", event_type=row.event_type, published_only=True)
+        assert repository.get(route, outbox_id) == published
+        # the very event, published
+        assert apply(**right, published_only=True)
+        assert self.status(repository, route, outbox_id) is Status(mark)
+        assert not apply(**right, published_only=True)  # final now
+
     def test_consume_commits_handler_writes_with_the_status(
         self, engine: sa.Engine, repository: Repository, route: Route, business: sa.Table
     ) -> None:
@@ -171,6 +202,12 @@ class ConsumeStoreContract(FailureMarksContract, RowReadsContract):
         assert repository.get(route, outbox_id) == row  # untouched, every column
         assert not repository.mark_dead(route, outbox_id, reason="x", event_id="forged")
         assert not repository.mark_consumed(route, outbox_id, event_id="forged")
+        assert not repository.mark_dead(
+            route, outbox_id, reason="x", event_id=row.event_id, event_type="other"
+        )
+        assert not repository.mark_consumed(
+            route, outbox_id, event_id=row.event_id, event_type="other"
+        )
         assert self.status(repository, route, outbox_id) is Status.PENDING
         assert repository.mark_dead(route, outbox_id, reason="x", event_id=row.event_id)
 
