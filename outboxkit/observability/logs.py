@@ -21,8 +21,9 @@ step, WARNING per retried failure (with the handler's traceback), ERROR per dead
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, StatementError
@@ -52,6 +53,9 @@ def event_fields(
     }
 
 
+#: What stands for a secret or a value taken out of a message.
+MASKED = "***"
+
 #: ``scheme://user:password@`` -> the part before the password, and the password.
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)@")
 
@@ -64,6 +68,28 @@ def mask_url(text: str) -> str:
     carrying credentials comes back unchanged.
     """
     return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}***@", text)
+
+
+#: Names of settings whose values are secrets: kafka-python's ``sasl_plain_password``,
+#: ``ssl_password``, ``sasl_oauth_token_provider``; librdkafka's ``sasl.password``,
+#: ``ssl.key.password``, ``ssl.key.pem``, ``sasl.oauthbearer.client.secret``; JAAS lines.
+_SECRET_SETTING = re.compile(r"pass|secret|token|credential|private|key[._]pem|jaas", re.I)
+
+
+def mask_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``settings`` (client options) with every secret's value as ``***``, by
+    name (:data:`_SECRET_SETTING`); what it does not name is kept."""
+    return {k: MASKED if _SECRET_SETTING.search(str(k)) else v for k, v in settings.items()}
+
+
+def settings_repr(settings: Mapping[str, Any]) -> str:
+    """The repr of ``settings`` without secrets: for ``attrs.field(repr=...)``."""
+    return repr(mask_settings(settings))
+
+
+def url_repr(url: str | None) -> str:
+    """The repr of ``url`` with its password masked: for ``attrs.field(repr=...)``."""
+    return repr(url if url is None else mask_url(url))
 
 
 def hide_parameters(exc: BaseException) -> BaseException:
@@ -87,8 +113,6 @@ def hide_parameters(exc: BaseException) -> BaseException:
 # ---------------------------------------------------------------- scrubbing values out
 
 
-#: What stands for a value taken out of a message.
-MASKED = "***"
 #: An SQL string literal (doubled quotes and backslash escapes inside): a value written
 #: into a statement's text.
 _SQL_LITERAL = re.compile(r"'(?:[^'\\]|''|\\.)*'")
@@ -256,10 +280,8 @@ def _scrub_statement_error(exc: StatementError) -> None:
 
 def _mask_args(exc: BaseException, scrub: Callable[[str], str]) -> None:
     """Rewrite the string arguments ``exc`` renders from (drivers' errors, ``ValueError``)."""
-    try:
+    with contextlib.suppress(AttributeError, TypeError):  # args read-only in some types
         exc.args = tuple(scrub(a) if isinstance(a, str) else a for a in exc.args)
-    except (AttributeError, TypeError):  # an exception type whose args are read-only
-        pass
 
 
 def _first_line(text: str) -> str:
@@ -273,8 +295,8 @@ def _mask_quoted(text: str, names: set[str]) -> str:
     """``text`` with every quoted part masked but the names in ``names``.
 
     Drivers quote values without escaping them (``"a"b"``), so a value may hold quotes:
-    apostrophes inside words and the names are set aside first, then everything from the first remaining quote to the
-    last of the same kind is masked, whatever quotes lie between.
+    apostrophes inside words and the names are set aside first, then everything from the
+    first remaining quote to the last of the same kind is masked, whatever lies between.
     """
     kept: list[str] = []
     text = _APOSTROPHE.sub("\x01", text)  # doesn't, O'Brien: not quotes

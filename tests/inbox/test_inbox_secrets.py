@@ -62,11 +62,11 @@ def test_a_failed_handler_sql_leaves_no_value_in_inbox_logs_receipt_or_producer_
     postgres_engine: sa.Engine,
     cards: sa.Table,
     tmp_path: Path,
-    unique: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Given: a producer on SQLite, a consumer with an inbox on PostgreSQL
     column, driver_error, named = FAILURES[failure]
+    unique = cards.name.split("_")[1]
     catalog = ServiceCatalog(namespace=f"sec-{unique}")
     catalog.configure("billing", inbox=True)
     routing = Routing(catalog)

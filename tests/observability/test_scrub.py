@@ -148,9 +148,7 @@ def test_a_validation_error_is_described_by_field_without_the_input() -> None:
     with pytest.raises(pydantic.ValidationError) as raised:
         Card.model_validate({"token": CARD, "n": CARD})
     summary = describe_validation(raised.value)
-    assert summary == (
-        "token: Input should be a valid UUID; n: Input should be a valid integer"
-    )
+    assert summary == ("token: Input should be a valid UUID; n: Input should be a valid integer")
     assert describe_validation(ValueError(CARD)) is None
     assert CARD not in describe_error(raised.value)
 
