@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from outboxkit.cli.output import shown
 from outboxkit.engine import Engine
 from outboxkit.errors import ConfigurationError
 from outboxkit.observability.health import DEFAULT_TIMEOUT, LIVENESS, READINESS
@@ -71,7 +72,7 @@ def run_health_command(args: argparse.Namespace, load_app: Callable[[str], Engin
         for check in report.checks:
             verdict = "ok" if check.ok else "FAIL"
             line = f"{check.name:<9} {verdict:<4} ({check.probe})"
-            print(f"{line}  {check.reason}" if check.reason else line)
+            print(f"{line}  {shown(check.reason)}" if check.reason else line)
     return EXIT_HEALTHY if report.passes(args.probe) else EXIT_UNHEALTHY
 
 

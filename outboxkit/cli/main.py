@@ -40,6 +40,7 @@ from outboxkit.cli.common import (
 )
 from outboxkit.cli.health import add_health_command
 from outboxkit.cli.logs import add_logging_arguments, configure_logging, logging_options
+from outboxkit.cli.output import shown
 from outboxkit.engine import Engine
 from outboxkit.errors import ConfigurationError, OutboxError
 from outboxkit.observability.http import MetricsServer
@@ -334,10 +335,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (UsageError, ConfigurationError) as exc:
-        print(f"outboxkit: error: {exc}", file=sys.stderr)
+        print(f"outboxkit: error: {shown(exc, newlines=True)}", file=sys.stderr)
         return EXIT_USAGE
     except (CommandFailedError, OutboxError) as exc:
-        print(f"outboxkit: error: {exc}", file=sys.stderr)
+        print(f"outboxkit: error: {shown(exc, newlines=True)}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("outboxkit: interrupted", file=sys.stderr)
