@@ -307,8 +307,8 @@ class JsonPayloadCodec(PayloadCodec):
             if not isinstance(data, dict):
                 raise PayloadDecodeError(f"expected an object, got {_kind(data)}", path=path)
             value_type = args[1] if len(args) == 2 else Any
-            items = enumerate(data.items())  # by position: a key is data, not a name
-            return {k: self._decode(v, value_type, f"{path}[{i}]") for i, (k, v) in items}
+            members = enumerate(data.items())  # by position: a key is data, not a name
+            return {k: self._decode(v, value_type, f"{path}[{i}]") for i, (k, v) in members}
         if not isinstance(tp, type):
             raise PayloadDecodeError(f"cannot decode into {_name(tp)}", path=path)
         return self._decode_class(data, tp, path)
