@@ -72,7 +72,9 @@ def run_health_command(args: argparse.Namespace, load_app: Callable[[str], Engin
         for check in report.checks:
             verdict = "ok" if check.ok else "FAIL"
             line = f"{check.name:<9} {verdict:<4} ({check.probe})"
-            print(f"{line}  {shown(check.reason)}" if check.reason else line)
+            if check.reason:
+                line = f"{line}  {shown(check.reason)}"
+            print(f"{line}\n          {shown(check.error)}" if check.error else line)
     return EXIT_HEALTHY if report.passes(args.probe) else EXIT_UNHEALTHY
 
 
