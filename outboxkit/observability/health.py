@@ -36,7 +36,7 @@ import attrs
 
 from outboxkit.broker import Broker
 from outboxkit.messages import Status
-from outboxkit.observability.logs import mask_url
+from outboxkit.observability.logs import describe_error
 from outboxkit.routing import Route
 from outboxkit.store import AdminStore
 
@@ -305,6 +305,7 @@ def _check_backlog(backlog: dict[str, float | None], max_age: float, database_ok
 
 
 def _describe(exc: BaseException) -> str:
-    """One line naming the error: driver messages can span lines and carry SQL."""
-    text = mask_url(str(exc)).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+    """One line naming the error, scrubbed (no value, no password): driver messages can span
+    lines and carry SQL."""
+    text = describe_error(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]

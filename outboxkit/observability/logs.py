@@ -17,6 +17,13 @@ formatter that copies record attributes). The field names are fixed here and doc
 
 The library configures no handlers; levels are fixed: DEBUG per event, INFO per lifecycle
 step, WARNING per retried failure (with the handler's traceback), ERROR per dead event.
+
+What they never carry is taken out here too: this module is the one scrubbing path of the
+package (``docs/security.md``, "Secrets and payload values"). :func:`scrub_error` and
+:func:`describe_error` for errors (the consumers' handler errors, the repository's, health
+checks), :func:`describe_validation` and :func:`value_kind` for the payload codecs,
+:func:`mask_url`, :func:`mask_settings` and the ``*_repr`` helpers for passwords,
+:func:`printable` for text the command line prints.
 """
 
 from __future__ import annotations
