@@ -30,15 +30,17 @@ MAX_MESSAGE_KEY = 128
 #: Namespace of the default topic and group names. The Go system used ``smartflow``.
 DEFAULT_NAMESPACE = "outboxkit"
 
-_TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]+$")
-_SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-_GROUP_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+#: Whole names only: checked with ``fullmatch`` (``match`` with ``$`` lets "t\n" through,
+#: a name the database or broker may not tell from "t").
+_TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TOPIC_RE = re.compile(r"[A-Za-z0-9._-]+")
+_SERVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_GROUP_RE = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def validate_table_name(name: str) -> str:
     """Return ``name`` if it is a plain SQL identifier, else raise :class:`InvalidNameError`."""
-    if not isinstance(name, str) or not _TABLE_RE.match(name) or len(name) > MAX_TABLE_NAME:
+    if not isinstance(name, str) or not _TABLE_RE.fullmatch(name) or len(name) > MAX_TABLE_NAME:
         raise InvalidNameError(
             f"invalid table name {name!r}: use letters, digits and '_' "
             f"(not starting with a digit), at most {MAX_TABLE_NAME} characters"
@@ -50,7 +52,7 @@ def validate_topic_name(name: str) -> str:
     """Return ``name`` if it is a legal Kafka topic / Redis stream name for the outbox."""
     if (
         not isinstance(name, str)
-        or not _TOPIC_RE.match(name)
+        or not _TOPIC_RE.fullmatch(name)
         or name in {".", ".."}
         or len(name) > MAX_TOPIC
     ):
@@ -63,7 +65,7 @@ def validate_topic_name(name: str) -> str:
 
 def validate_group_name(name: str) -> str:
     """Return ``name`` if it is a legal consumer group name."""
-    if not isinstance(name, str) or not _GROUP_RE.match(name) or len(name) > 255:
+    if not isinstance(name, str) or not _GROUP_RE.fullmatch(name) or len(name) > 255:
         raise InvalidNameError(
             f"invalid consumer group {name!r}: use letters, digits, '.', '_' and '-'"
         )
@@ -72,7 +74,7 @@ def validate_group_name(name: str) -> str:
 
 def validate_service_name(name: str) -> str:
     """Return ``name`` if it is a legal service name (it is stored in ``service_name``)."""
-    if not isinstance(name, str) or not _SERVICE_RE.match(name) or len(name) > MAX_SERVICE_NAME:
+    if not isinstance(name, str) or not _SERVICE_RE.fullmatch(name) or len(name) > MAX_SERVICE_NAME:
         raise InvalidNameError(
             f"invalid service name {name!r}: use letters, digits, '_' and '-', "
             f"at most {MAX_SERVICE_NAME} characters"
@@ -117,7 +119,7 @@ class ServiceCatalog:
     """
 
     def __init__(self, *, namespace: str = DEFAULT_NAMESPACE) -> None:
-        if not _GROUP_RE.match(namespace):
+        if not isinstance(namespace, str) or not _GROUP_RE.fullmatch(namespace):
             raise InvalidNameError(f"invalid namespace {namespace!r}")
         self._namespace = namespace
         self._overrides: dict[str, Route] = {}

@@ -86,3 +86,34 @@ def test_routing_lists_services_event_types_and_routes() -> None:
     assert routing.event_types("orders") == ["order.paid", "order.placed"]
     assert [r.topic for r in routing.routes()] == ["shop.billing.outbox", "shop.orders.outbox"]
     assert routing.route_of("invoice.sent").table == "billing_outbox_messages"
+
+
+#: A name with a final line break: ``re.match`` with ``$`` accepted it (issue #18, row 6).
+TRAILING_NEWLINE = ["t\n", "orders\n", "shop.orders\n", "grp\n"]
+
+
+@pytest.mark.parametrize("name", TRAILING_NEWLINE)
+def test_a_name_ending_in_a_line_break_is_rejected_everywhere(name: str) -> None:
+    with pytest.raises(InvalidNameError):
+        ServiceCatalog().configure("orders", table=name)
+    with pytest.raises(InvalidNameError):
+        ServiceCatalog().configure("orders", topic=name)
+    with pytest.raises(InvalidNameError):
+        ServiceCatalog().configure("orders", group=name)
+    with pytest.raises(InvalidNameError):
+        Routing().register("order.placed", name)
+    with pytest.raises(InvalidNameError):
+        ServiceCatalog(namespace=name)
+    with pytest.raises(InvalidNameError):
+        Route.by_convention(name.strip(), namespace=name)
+
+
+def test_a_taken_table_cannot_be_taken_again_with_a_line_break() -> None:
+    # Given "t" belongs to alpha
+    catalog = ServiceCatalog()
+    catalog.configure("alpha", table="t")
+    # When beta asks for "t\n", which the database would not tell from "t"
+    with pytest.raises(InvalidNameError):
+        catalog.configure("beta", table="t\n")
+    # Then beta keeps its own table
+    assert catalog.route("beta").table == "beta_outbox_messages"

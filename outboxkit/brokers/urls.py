@@ -14,10 +14,14 @@ from urllib.parse import urlsplit
 
 from outboxkit.broker import Broker
 from outboxkit.errors import ConfigurationError
+from outboxkit.observability.logs import mask_url
 
 
 def broker_from_url(url: str) -> Broker:
-    """A broker for ``url``; raises :class:`ConfigurationError` for an unknown scheme."""
+    """A broker for ``url``; raises :class:`ConfigurationError` for an unknown scheme, or
+    for credentials in a Kafka URL (configure SASL in code: they would be taken for a host
+    name, and printed as one). Errors show the URL with its password masked."""
+    shown = mask_url(url)
     scheme = urlsplit(url).scheme.lower()
     if scheme == "memory":
         from outboxkit.brokers.memory import MemoryBroker
@@ -27,21 +31,24 @@ def broker_from_url(url: str) -> Broker:
         from outboxkit.brokers.redis_streams import RedisStreamsBroker
 
         return RedisStreamsBroker.from_url(url)
-    if scheme == "kafka":
-        from outboxkit.brokers.kafka import KafkaBroker, KafkaConfig
-
+    if scheme in ("kafka", "confluent"):
         bootstrap = url.split("://", 1)[1].strip("/")
         if not bootstrap:
-            raise ConfigurationError(f"kafka URL needs host:port: {url!r}")
-        return KafkaBroker(KafkaConfig.from_bootstrap(bootstrap))
-    if scheme == "confluent":
+            raise ConfigurationError(f"{scheme} URL needs host:port: {shown!r}")
+        if "@" in bootstrap:
+            raise ConfigurationError(
+                f"{scheme} URL {shown!r} carries credentials, which a {scheme}:// URL cannot "
+                "pass: give the broker a KafkaConfig (or ConfluentKafkaConfig) with its SASL "
+                "settings in your application"
+            )
+        if scheme == "kafka":
+            from outboxkit.brokers.kafka import KafkaBroker, KafkaConfig
+
+            return KafkaBroker(KafkaConfig.from_bootstrap(bootstrap))
         from outboxkit.brokers.confluent import ConfluentKafkaBroker
 
-        bootstrap = url.split("://", 1)[1].strip("/")
-        if not bootstrap:
-            raise ConfigurationError(f"confluent URL needs host:port: {url!r}")
         return ConfluentKafkaBroker.from_bootstrap(bootstrap)
     raise ConfigurationError(
-        f"unknown broker URL {url!r}: use memory://, redis://host:port/db, kafka://host:port "
+        f"unknown broker URL {shown!r}: use memory://, redis://host:port/db, kafka://host:port "
         "or confluent://host:port"
     )

@@ -34,6 +34,7 @@ from outboxkit.cli.options import (
 from outboxkit.cli.output import (
     help_text,
     print_json,
+    shown,
 )
 from outboxkit.cli.targets import add_target_arguments, open_target, split_positionals
 
@@ -140,9 +141,9 @@ def _show(args: argparse.Namespace, dlq: DeadLetters, outbox_id: int) -> int:
     for key, value in document.items():
         if key == "payload":
             text = json.dumps(value, indent=2) if not isinstance(value, str) else value
-            print(f"{key.ljust(width)}  {text}")
+            print(f"{key.ljust(width)}  {shown(text, newlines=True)}")
         else:
-            print(f"{key.ljust(width)}  {'-' if value is None else value}")
+            print(f"{key.ljust(width)}  {'-' if value is None else shown(value)}")
     return EXIT_OK
 
 

@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from outboxkit.cli.output import shown
 from outboxkit.engine import Engine
 from outboxkit.errors import ConfigurationError
 from outboxkit.observability.health import DEFAULT_TIMEOUT, LIVENESS, READINESS
@@ -71,8 +72,20 @@ def run_health_command(args: argparse.Namespace, load_app: Callable[[str], Engin
         for check in report.checks:
             verdict = "ok" if check.ok else "FAIL"
             line = f"{check.name:<9} {verdict:<4} ({check.probe})"
-            print(f"{line}  {check.reason}" if check.reason else line)
+            why = _why(check.reason, check.error)
+            print(f"{line}  {shown(why)}" if why else line)
     return EXIT_HEALTHY if report.passes(args.probe) else EXIT_UNHEALTHY
+
+
+def _why(reason: str | None, error: str | None) -> str | None:
+    """The reason, with the error's own words (host, user, table: this is the operator's
+    terminal, unlike the HTTP probe) in place of the bare error type it ends with."""
+    if not error:
+        return reason
+    kind = (reason or "").rsplit(": ", 1)[-1]
+    if reason and error.startswith(f"{kind}: "):
+        return f"{reason}{error[len(kind) :]}"
+    return f"{reason}: {error}" if reason else error
 
 
 def _yes(value: bool) -> str:

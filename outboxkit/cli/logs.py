@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from outboxkit.observability.logs import printable
+
 LEVELS = ("debug", "info", "warning", "error", "critical")
 #: Loggers of the client libraries the CLI quiets by default.
 CLIENT_LOGGERS = ("kafka", "confluent_kafka", "redis", "urllib3")
@@ -29,6 +31,15 @@ CLIENT_LOGGERS = ("kafka", "confluent_kafka", "redis", "urllib3")
 #: to INFO by :class:`ClientLogFilter`.
 CONNECTION_LOGGERS = ("kafka.net", "kafka.conn", "kafka.client_async")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
+
+
+class TerminalFormatter(logging.Formatter):
+    """Log lines with terminal control characters escaped (ESC as ``\\x1b``): a logged
+    event type, key or error text read from the broker or a database cannot drive the
+    terminal of the operator watching a worker. Line breaks (tracebacks) are kept."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record), newlines=True)
 
 
 def _under(name: str, prefixes: tuple[str, ...]) -> bool:
@@ -147,7 +158,7 @@ def configure_logging(level: str, client_level: str | None = None) -> None:
         client_level = "debug" if level == "debug" else "warning"
     client = getattr(logging, client_level.upper())
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(TerminalFormatter(LOG_FORMAT))
     handler.addFilter(ClientLogFilter(client))
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     for installed in logging.getLogger().handlers:  # ours, from an earlier call

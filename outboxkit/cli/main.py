@@ -40,6 +40,7 @@ from outboxkit.cli.common import (
 )
 from outboxkit.cli.health import add_health_command
 from outboxkit.cli.logs import add_logging_arguments, configure_logging, logging_options
+from outboxkit.cli.output import shown
 from outboxkit.engine import Engine
 from outboxkit.errors import ConfigurationError, OutboxError
 from outboxkit.observability.http import MetricsServer
@@ -140,7 +141,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    metrics = _serve_metrics(engine, args.metrics_port)  # a usage error (exit 2) if it cannot
+    # a usage error (exit 2) if it cannot
+    metrics = _serve_metrics(engine, args.metrics_port, args.metrics_host)
     try:
         return _run_worker(engine, args, stop_requested)
     finally:
@@ -174,8 +176,9 @@ def _run_worker(engine: Engine, args: argparse.Namespace, stop_requested: thread
     return EXIT_OK
 
 
-def _serve_metrics(engine: Engine, port: int | None) -> MetricsServer | None:
-    """``--metrics-port``: serve /metrics, /livez and /readyz (needs the ``prometheus`` extra)."""
+def _serve_metrics(engine: Engine, port: int | None, host: str) -> MetricsServer | None:
+    """``--metrics-port`` (and ``--metrics-host``): serve /metrics, /livez and /readyz (needs
+    the ``prometheus`` extra)."""
     if port is None:
         return None
     try:
@@ -184,7 +187,10 @@ def _serve_metrics(engine: Engine, port: int | None) -> MetricsServer | None:
         raise ConfigurationError(
             f"--metrics-port needs prometheus_client: pip install 'outboxkit[prometheus]' ({exc})"
         ) from exc
-    return worker_metrics(engine, port)
+    try:
+        return worker_metrics(engine, port, host=host)
+    except OSError as exc:  # a port taken, an address this host does not have
+        raise ConfigurationError(f"cannot serve metrics on {host} port {port}: {exc}") from exc
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -278,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="serve /metrics, /livez and /readyz on this port (needs the prometheus extra)",
     )
+    worker.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="address the metrics port binds (default 127.0.0.1, this host only; 0.0.0.0 "
+        "for every interface, e.g. for probes from outside a container)",
+    )
     worker.set_defaults(func=_cmd_worker)
 
     migrate = sub.add_parser(
@@ -334,10 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (UsageError, ConfigurationError) as exc:
-        print(f"outboxkit: error: {exc}", file=sys.stderr)
+        print(f"outboxkit: error: {shown(exc, newlines=True)}", file=sys.stderr)
         return EXIT_USAGE
     except (CommandFailedError, OutboxError) as exc:
-        print(f"outboxkit: error: {exc}", file=sys.stderr)
+        print(f"outboxkit: error: {shown(exc, newlines=True)}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("outboxkit: interrupted", file=sys.stderr)

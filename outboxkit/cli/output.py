@@ -1,6 +1,11 @@
 """How commands print: tables (rich when installed, plain text otherwise), JSON, ages,
 timestamps, and URLs with their passwords masked.
 
+Text read from a database or a broker (an error a receipt's sender wrote, a message key) is
+printed with its terminal control characters escaped (:func:`shown`: ESC as ``\\x1b``), in
+tables of both renderers and in plain lines, so a stored value cannot retitle the window,
+clear the screen or colour what follows. JSON escapes them itself and stays valid.
+
 rich is optional (the ``cli`` extra). Without it, or with ``--plain``, tables are plain
 text: a header row, then columns separated by two spaces, easy to ``grep`` and ``cut``.
 ``--json`` prints one JSON document instead, for scripts.
@@ -21,6 +26,8 @@ from datetime import datetime
 from typing import Any, TextIO
 
 import attrs
+
+from outboxkit.observability.logs import mask_url, printable
 
 #: Longest cell printed in a table; ``--json`` and ``dlq show`` give the whole text.
 MAX_CELL = 60
@@ -59,6 +66,12 @@ def one_line(text: str | None, limit: int = MAX_CELL) -> str:
     """``text`` on one line, cut to ``limit`` characters with an ellipsis."""
     flat = " ".join((text or "").split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "\u2026"
+
+
+def shown(value: object, *, newlines: bool = False) -> str:
+    """``value`` as text for the terminal: control characters escaped, URL passwords
+    masked; line breaks escaped too unless ``newlines``."""
+    return printable(mask_url(str(value)), newlines=newlines)
 
 
 def print_json(document: Any, out: TextIO | None = None) -> None:
@@ -177,7 +190,9 @@ def print_table(
     and plain text never cuts.
     """
     out = out or sys.stdout
-    cells = [[str(c) for c in row] for row in rows]
+    headers = [shown(h) for h in headers]
+    cells = [[shown(c) for c in row] for row in rows]
+    title = None if title is None else shown(title)
     use_rich = not plain and rich_available()
     width = table_width(out)
     kept = list(range(len(headers)))

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection
 from outboxkit.broker import Delivery
 from outboxkit.errors import DecodeError, PermanentError
 from outboxkit.messages import Event, Outcome
+from outboxkit.observability.logs import scrub_error
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Route
 from outboxkit.store import ConsumeResult
@@ -89,11 +90,17 @@ class Ledger(abc.ABC):
 
     def settle(self, event: Event, result: ConsumeResult[Any]) -> Outcome:
         """Turn a handler's result into a recorded outcome: ``PermanentError`` makes the
-        event dead, any other exception a retry."""
+        event dead, any other exception a retry.
+
+        The handler's exception is scrubbed first, in place
+        (:func:`~outboxkit.observability.logs.scrub_error`), so no value of its SQL reaches
+        what every ledger makes of it: the ``last_error`` it records, its log lines and
+        their traceback, a receipt."""
         outcome = result.outcome
         if outcome is Outcome.FAILED:
             error = result.error
             assert error is not None
+            scrub_error(error)
             if isinstance(error, PermanentError):
                 return self.dead(event, f"permanent failure: {error}", exc=error)
             return self.retry(event, error)

@@ -14,6 +14,12 @@
 An unreachable database or broker makes a worker *not ready* but still *live*: restarting it
 would not bring the database back, and the engine resumes by itself when it returns.
 
+A failed check says what is wrong in ``reason`` (``cannot read the outbox of service
+billing: OperationalError``), words safe to show to whoever can reach a probe; the error's
+own text, which can name a host, a user, a table or a URL, is in ``error`` only, for the
+``outboxkit health`` command and the worker's log (the HTTP endpoint leaves it out:
+:meth:`HealthReport.to_dict` with ``errors=False``).
+
 The checks read an engine through :class:`HealthSource`, what any engine-like object must
 offer, so this module never reaches into the engine's insides. The ``outboxkit health APP``
 command (:mod:`outboxkit.cli.health`) prints the report.
@@ -30,6 +36,7 @@ import attrs
 
 from outboxkit.broker import Broker
 from outboxkit.messages import Status
+from outboxkit.observability.logs import describe_error
 from outboxkit.routing import Route
 from outboxkit.store import AdminStore
 
@@ -84,7 +91,8 @@ class Checkable(Protocol):
 
 @attrs.frozen(kw_only=True)
 class HealthCheck:
-    """One check's verdict; ``reason`` says why it failed (or why it was not judged)."""
+    """One check's verdict; ``reason`` says why it failed (or why it was not judged), with
+    no connection details; ``error`` the words of the error behind it, if any."""
 
     name: str
     ok: bool
@@ -93,6 +101,9 @@ class HealthCheck:
     reason: str | None = None
     seconds: float = 0.0
     details: dict[str, Any] = attrs.field(factory=dict)
+    #: The error's type and first line (passwords masked), which may name a host, a user
+    #: or a table: for operators, never served over HTTP.
+    error: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -119,11 +130,16 @@ class HealthReport:
         """The verdict for ``probe`` (:data:`LIVENESS` or :data:`READINESS`)."""
         return self.live if probe == LIVENESS else self.ready
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, errors: bool = True) -> dict[str, Any]:
+        """The report as JSON values; without ``errors``, what may be served to anyone who
+        reaches the probe (no ``error`` texts)."""
+        drop = () if errors else ("error",)
         return {
             "live": self.live,
             "ready": self.ready,
-            "checks": [attrs.asdict(c) for c in self.checks],
+            "checks": [
+                {k: v for k, v in attrs.asdict(c).items() if k not in drop} for c in self.checks
+            ],
         }
 
 
@@ -172,12 +188,24 @@ def check_health(
 _Verdict = tuple[bool, str | None, dict[str, Any]]
 
 
+class _CheckFailedError(Exception):
+    """A check that failed on an error: ``what`` says what could not be done."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
 def _timed(name: str, probe: str, check: Callable[[], _Verdict]) -> HealthCheck:
     started = time.monotonic()
+    error: str | None = None
     try:
         ok, reason, details = check()
     except Exception as exc:  # a check must report, never raise
-        ok, reason, details = False, _describe(exc), {}
+        cause = exc.__cause__ if isinstance(exc, _CheckFailedError) and exc.__cause__ else exc
+        what = exc.what if isinstance(exc, _CheckFailedError) else f"the {name} check failed"
+        ok, reason, details = False, f"{what}: {type(cause).__name__}", {}
+        error = _describe(cause)
     return HealthCheck(
         name=name,
         ok=ok,
@@ -185,6 +213,7 @@ def _timed(name: str, probe: str, check: Callable[[], _Verdict]) -> HealthCheck:
         reason=reason,
         seconds=round(time.monotonic() - started, 4),
         details=details,
+        error=error,
     )
 
 
@@ -234,19 +263,18 @@ def _check_database(
     source: HealthSource, routes: list[Route], backlog: dict[str, float | None]
 ) -> _Verdict:
     if not routes:
-        source.repository.now()  # one round trip: the database answers
+        try:
+            source.repository.now()  # one round trip: the database answers
+        except Exception as exc:
+            raise _CheckFailedError("the database does not answer") from exc
         return True, "no served services: only the connection was checked", {}
     pending: dict[str, int] = {}
     for route in routes:
         try:
             pending[route.service] = source.repository.count_by_status(route).get(Status.PENDING, 0)
             backlog[route.service] = source.repository.oldest_pending_age(route)
-        except Exception as exc:
-            return (
-                False,
-                f"cannot read {route.table} (service {route.service}): {_describe(exc)}",
-                {},
-            )
+        except Exception as exc:  # the table's name stays out of the reason
+            raise _CheckFailedError(f"cannot read the outbox of service {route.service}") from exc
     return True, None, {"pending": pending, "oldest_pending_age": dict(backlog)}
 
 
@@ -257,6 +285,8 @@ def _check_broker(source: HealthSource) -> _Verdict:
         source.broker.ping()
     except NotImplementedError:
         return True, f"{type(source.broker).__name__} cannot be checked: not judged", {}
+    except Exception as exc:
+        raise _CheckFailedError("the broker does not answer") from exc
     return True, None, {}
 
 
@@ -275,6 +305,7 @@ def _check_backlog(backlog: dict[str, float | None], max_age: float, database_ok
 
 
 def _describe(exc: BaseException) -> str:
-    """One line naming the error: driver messages can span lines and carry SQL."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+    """One line naming the error, scrubbed (no value, no password): driver messages can span
+    lines and carry SQL."""
+    text = describe_error(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]

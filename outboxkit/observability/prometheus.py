@@ -34,7 +34,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from outboxkit.observability.health import Checkable
-from outboxkit.observability.http import MetricsServer, serve_metrics
+from outboxkit.observability.http import DEFAULT_HOST, MetricsServer, serve_metrics
 from outboxkit.observability.observers import BacklogSource, Observer
 
 logger = logging.getLogger(__name__)
@@ -132,15 +132,16 @@ class PrometheusMetrics(Observer):
         self._backlog.source = source
 
     def serve(
-        self, port: int, *, host: str = "0.0.0.0", engine: Checkable | None = None
+        self, port: int, *, host: str = DEFAULT_HOST, engine: Checkable | None = None
     ) -> MetricsServer:
-        """Serve this registry over HTTP (see
+        """Serve this registry over HTTP on ``host`` (this host only by default; see
         :func:`~outboxkit.observability.http.serve_metrics`)."""
         return serve_metrics(self.registry, port, host=host, engine=engine)
 
 
-def worker_metrics(engine: MetricsHost, port: int, *, host: str = "0.0.0.0") -> MetricsServer:
-    """Serve ``engine``'s metrics and health on ``port`` (``outboxkit worker --metrics-port``).
+def worker_metrics(engine: MetricsHost, port: int, *, host: str = DEFAULT_HOST) -> MetricsServer:
+    """Serve ``engine``'s metrics and health on ``host:port`` (``outboxkit worker
+    --metrics-port``, ``--metrics-host``); this host only unless ``host`` says otherwise.
 
     Uses the engine's own :class:`PrometheusMetrics` when it was given one, else adds a new
     one (with its own registry) before the threads start.

@@ -43,6 +43,8 @@ import attrs
 
 from outboxkit.errors import ConfigurationError, InvalidEventError, PayloadDecodeError
 from outboxkit.messages import Event
+from outboxkit.observability.logs import describe_validation
+from outboxkit.observability.logs import value_kind as _kind  # never the value itself
 
 T = TypeVar("T")
 #: What a JSON array decodes into, by declared origin (``Sequence`` becomes a list).
@@ -278,12 +280,12 @@ class JsonPayloadCodec(PayloadCodec):
         if origin is Literal:
             if data in args:
                 return data
-            raise PayloadDecodeError(f"expected one of {args!r}, got {data!r}", path=path)
+            raise PayloadDecodeError(f"expected one of {args!r}, got {_kind(data)}", path=path)
         if origin is typing.Annotated:
             return self._decode(data, args[0], path)
         if origin in _ARRAYS or tp in _ARRAYS:
             if not isinstance(data, list):
-                raise PayloadDecodeError(f"expected an array, got {_got(data)}", path=path)
+                raise PayloadDecodeError(f"expected an array, got {_kind(data)}", path=path)
             if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
                 if len(args) != len(data):
                     raise PayloadDecodeError(
@@ -303,9 +305,10 @@ class JsonPayloadCodec(PayloadCodec):
             return container(items)
         if origin in (dict, Mapping) or tp is dict:
             if not isinstance(data, dict):
-                raise PayloadDecodeError(f"expected an object, got {_got(data)}", path=path)
+                raise PayloadDecodeError(f"expected an object, got {_kind(data)}", path=path)
             value_type = args[1] if len(args) == 2 else Any
-            return {k: self._decode(v, value_type, f"{path}.{k}") for k, v in data.items()}
+            members = enumerate(data.items())  # by position: a key is data, not a name
+            return {k: self._decode(v, value_type, f"{path}[{i}]") for i, (k, v) in members}
         if not isinstance(tp, type):
             raise PayloadDecodeError(f"cannot decode into {_name(tp)}", path=path)
         return self._decode_class(data, tp, path)
@@ -315,9 +318,9 @@ class JsonPayloadCodec(PayloadCodec):
             try:
                 return tp.model_validate(data)
             except Exception as exc:  # pydantic.ValidationError, without importing pydantic
-                raise PayloadDecodeError(
-                    f"not a valid {tp.__qualname__}: {exc}", path=path
-                ) from exc
+                why = describe_validation(exc) or type(exc).__name__  # never input_value=
+                why = f"not a valid {tp.__qualname__}: {why}"
+                raise PayloadDecodeError(why, path=path) from exc
         if dataclasses.is_dataclass(tp):
             hints = _hints(tp, path)
             fields = {f.name: hints.get(f.name, Any) for f in dataclasses.fields(tp) if f.init}
@@ -336,7 +339,7 @@ class JsonPayloadCodec(PayloadCodec):
             try:
                 return tp(data)
             except ValueError as exc:
-                raise PayloadDecodeError(f"{data!r} is not a {tp.__qualname__}", path=path) from exc
+                raise PayloadDecodeError(_not_valid(tp, data), path=path) from exc
         if tp is bool:
             if isinstance(data, bool):
                 return data
@@ -356,7 +359,7 @@ class JsonPayloadCodec(PayloadCodec):
                 return None
         else:
             raise PayloadDecodeError(f"cannot decode into {tp.__qualname__}", path=path)
-        raise PayloadDecodeError(f"expected {tp.__qualname__}, got {_got(data)}", path=path)
+        raise PayloadDecodeError(f"expected {tp.__qualname__}, got {_kind(data)}", path=path)
 
     def _construct(
         self,
@@ -368,7 +371,7 @@ class JsonPayloadCodec(PayloadCodec):
     ) -> Any:
         if not isinstance(data, dict):
             raise PayloadDecodeError(
-                f"expected an object for {tp.__qualname__}, got {_got(data)}", path=path
+                f"expected an object for {tp.__qualname__}, got {_kind(data)}", path=path
             )
         kwargs = {}
         for arg, field_type in fields.items():
@@ -377,17 +380,17 @@ class JsonPayloadCodec(PayloadCodec):
                 kwargs[arg] = self._decode(data[key], field_type, f"{path}.{key}")
         try:
             return tp(**kwargs)
-        except Exception as exc:  # a missing field, a validator that said no
-            raise PayloadDecodeError(
-                f"cannot build {tp.__qualname__}: {type(exc).__name__}: {exc}", path=path
-            ) from exc
+        except Exception as exc:  # a missing field, a validator (its message quotes the value)
+            why = ", ".join(key for key in fields if key not in kwargs)
+            why = f"{type(exc).__name__}{f' (absent: {why})' if why else ''}"
+            raise PayloadDecodeError(f"cannot build {tp.__qualname__}: {why}", path=path) from exc
 
 
 def _from_text(data: Any, tp: type[Any], path: str) -> Any:
     if tp is Decimal and isinstance(data, (int, float)) and not isinstance(data, bool):
         return Decimal(str(data))
     if not isinstance(data, str):
-        raise PayloadDecodeError(f"expected {tp.__qualname__} text, got {_got(data)}", path=path)
+        raise PayloadDecodeError(f"expected {tp.__qualname__} text, got {_kind(data)}", path=path)
     try:
         if tp is datetime:
             # Python 3.10's fromisoformat does not read the "Z" suffix Go writes.
@@ -402,7 +405,7 @@ def _from_text(data: Any, tp: type[Any], path: str) -> Any:
             return uuid.UUID(data)
         return base64.b64decode(data.encode("ascii"), validate=True)
     except (ValueError, InvalidOperation) as exc:
-        raise PayloadDecodeError(f"{data!r} is not a valid {tp.__qualname__}", path=path) from exc
+        raise PayloadDecodeError(_not_valid(tp, data), path=path) from exc
 
 
 def _hints(tp: type[Any], path: str) -> dict[str, Any]:
@@ -414,9 +417,8 @@ def _hints(tp: type[Any], path: str) -> dict[str, Any]:
         ) from exc
 
 
-def _got(data: Any) -> str:
-    text = repr(data)
-    return f"{type(data).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+def _not_valid(tp: type[Any], data: Any) -> str:
+    return f"not a valid {tp.__qualname__} (got {_kind(data)})"
 
 
 def _name(tp: Any) -> str:
@@ -428,8 +430,8 @@ def _name(tp: Any) -> str:
 def decode_payload(event: Event[Any], payload_type: Any, codecs: PayloadCodecs) -> Event[Any]:
     """``event`` with its payload decoded into ``payload_type`` by its type's codec.
 
-    Raises :class:`PayloadDecodeError` naming the event type and the payload type; any
-    exception of a custom codec counts as a decode failure too.
+    Raises :class:`PayloadDecodeError` naming the event type, the payload type and the
+    field, never the value; any exception of a custom codec counts as a decode failure too.
     """
     codec = codecs.for_type(event.event_type)
     try:
@@ -438,10 +440,11 @@ def decode_payload(event: Event[Any], payload_type: Any, codecs: PayloadCodecs) 
         raise PayloadDecodeError(
             f"not a valid {_name(payload_type)} for {event.event_type}: {exc.reason}", path=""
         ) from exc
-    except Exception as exc:
+    except Exception as exc:  # its message may quote the payload: not repeated
+        why = describe_validation(exc) or "its message withheld"
         raise PayloadDecodeError(
             f"{type(codec).__qualname__} failed to decode a {_name(payload_type)} for "
-            f"{event.event_type}: {type(exc).__name__}: {exc}",
+            f"{event.event_type}: {type(exc).__name__}: {why}",
             path="",
         ) from exc
     return attrs.evolve(event, payload=payload)

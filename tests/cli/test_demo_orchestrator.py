@@ -16,6 +16,7 @@ import pytest
 from outboxkit.cli.demo_orchestrator import CHAIN, chain_is_linear, run_orchestrator_demo
 from outboxkit.cli.main import main
 from outboxkit.testing import services
+from outboxkit.testing.redis_server import RedisServer
 
 
 def _assert_complete(out: str, commands: int) -> None:
@@ -84,3 +85,20 @@ def test_mariadb_orchestrator_and_postgres_writer_over_kafka(
     )
     assert summary.ok, out.getvalue()
     _assert_complete(out.getvalue(), 3)
+
+
+@pytest.mark.redis
+def test_the_broker_password_is_never_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    # Given a Redis server whose user "outboxkit" has a password (issue #18, row 5)
+    secret = "s3cret-pw"
+    acl = ["--user", "outboxkit", "on", f">{secret}", "~*", "&*", "+@all"]
+    with RedisServer(args=acl) as server:
+        url = f"redis://outboxkit:{secret}@127.0.0.1:{server.port}/0"
+        # When the demo runs over it
+        code = main(["demo", "--scenario", "orchestrator", "--broker-url", url])
+    printed = capsys.readouterr()
+    # Then it works, and says which broker without the password
+    assert code == 0, printed.err
+    _assert_complete(printed.out, 3)
+    assert secret not in printed.out + printed.err
+    assert f"redis://outboxkit:***@127.0.0.1:{server.port}/0" in printed.out

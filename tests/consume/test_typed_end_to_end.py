@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -185,9 +186,42 @@ def test_a_payload_that_does_not_decode_goes_dead_at_once_with_the_reason(stack:
     assert row.retry_count == 0
     assert row.last_error == (
         "undecodable payload: not a valid OrderPlaced for order.placed: "
-        "payload.total: 'lots' is not a valid Decimal"
+        "payload.total: not a valid Decimal (got a string of 4 characters)"
     )
     assert calls == []
+
+
+CARD = "4111-1111-1111-1111"
+
+
+@pytest.mark.parametrize("declared", ["dataclass", "pydantic"])
+def test_a_payload_value_that_does_not_fit_is_named_by_field_never_quoted(
+    stack: Stack, declared: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a handler declaring a UUID where the producer sends a card number
+    engine = stack.engine()
+    event_type, payload_type, field = {
+        "dataclass": ("order.placed", OrderPlaced, "payload.order_id"),
+        "pydantic": ("customer.joined", Customer, "id"),
+    }[declared]
+    engine.register_handler(
+        event_type, lambda event: None, transactional=False, payload_type=payload_type
+    )
+    bad = {"order_id": CARD, "placed_at": "2026-11-25T14:00:00Z", "total": "1", "skus": []}
+    if declared == "pydantic":
+        bad = {"id": CARD, "name": "Ada", "credit": "1"}
+    event_id = stack.publish(engine, PublishRequest(event_type=event_type, payload=bad))
+    # When it is relayed and consumed
+    with caplog.at_level(logging.ERROR, logger="outboxkit"):
+        run_until(engine, lambda: stack.row(event_type, event_id).status is Status.DEAD)
+    # Then the reason and the ERROR line name the field and the type, never the value
+    reason = stack.row(event_type, event_id).last_error
+    errors = [caplog.handler.format(r) for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    for text in (reason, errors[0]):
+        assert CARD not in text and "4111" not in text
+        assert field in text and "UUID" in text
+        assert "input_value" not in text
 
 
 class VersionedCodec(JsonPayloadCodec):

@@ -111,7 +111,8 @@ def test_an_unreachable_broker_makes_the_engine_not_ready_but_still_live(
         assert time.monotonic() - started < 10
         assert report.live and not report.ready
         assert [c.name for c in report.failures] == ["broker"]
-        assert "Connection refused" in (report.failures[0].reason or "")
+        assert report.failures[0].reason == "the broker does not answer: BrokerUnavailableError"
+        assert "Connection refused" in (report.failures[0].error or "")
         assert report.passes(LIVENESS) and not report.passes(READINESS)
     finally:
         engine.stop(timeout=5)

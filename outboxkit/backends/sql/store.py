@@ -23,7 +23,7 @@ from outboxkit.backends.dialects import dialect_for
 from outboxkit.backends.schema import build_table
 from outboxkit.errors import DatabaseSetupError, RepositoryError, SchemaError
 from outboxkit.messages import OutboxMessage, Status
-from outboxkit.observability.logs import hide_parameters
+from outboxkit.observability.logs import scrub_error
 from outboxkit.routing import Route
 
 logger = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class SqlStore:
         unknown database, missing table, missing privilege) becomes
         :class:`DatabaseSetupError`, which stops the engine instead of being retried.
         """
-        hide_parameters(exc)
+        scrub_error(exc)
         orig = exc.orig if isinstance(exc, DBAPIError) else None
         if orig is not None and self.dialect.is_fatal(orig):
             return DatabaseSetupError(f"{text}: {_first_line(orig)}")
@@ -242,7 +242,7 @@ class SqlStore:
         missing table of the application's own is reported as the driver says."""
         where = f" on table {route.table!r}" if route is not None else ""
         orig = exc.orig if isinstance(exc, DBAPIError) else None
-        hide_parameters(exc)
+        scrub_error(exc)
         if (
             orig is not None
             and route is not None

@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 
 from outboxkit.errors import ConfigurationError
+from outboxkit.observability.logs import settings_repr
 
 __all__ = ["PARTITIONERS", "ConfluentKafkaConfig"]
 
@@ -64,8 +65,11 @@ def _validate_in_flight(
 
 
 def _options() -> Any:
-    """A pass-through dict of librdkafka settings (copied; our managed keys refused)."""
-    return attrs.field(factory=dict, converter=_frozen_dict, validator=_no_owned_keys)
+    """A pass-through dict of librdkafka settings (copied; our managed keys refused; secrets
+    such as ``sasl.password`` masked in repr)."""
+    return attrs.field(
+        factory=dict, converter=_frozen_dict, validator=_no_owned_keys, repr=settings_repr
+    )
 
 
 @attrs.frozen(kw_only=True)

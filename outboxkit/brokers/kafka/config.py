@@ -10,6 +10,7 @@ import attrs
 
 from outboxkit.brokers.kafka.partitioner import go_fnv1a_partitioner_object
 from outboxkit.errors import ConfigurationError
+from outboxkit.observability.logs import settings_repr
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +21,11 @@ SECURITY_OPTION_PREFIXES = ("security_protocol", "ssl_", "sasl_")
 
 def _frozen_dict(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return dict(value or {})
+
+
+def _options() -> Any:
+    """A pass-through dict of kafka-python settings (copied), its secrets masked in repr."""
+    return attrs.field(factory=dict, converter=_frozen_dict, repr=settings_repr)
 
 
 def _validate_in_flight(instance: KafkaConfig, attribute: attrs.Attribute[int], value: int) -> None:
@@ -111,11 +117,12 @@ class KafkaConfig:
     #: naming it when it does not.
     create_topics: bool = True
     # --- pass-through kafka-python settings
-    security: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
-    common_options: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
-    producer_options: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
-    consumer_options: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
-    admin_options: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
+    #: (Their repr masks secrets: ``sasl_plain_password``, ``ssl_password``...)
+    security: Mapping[str, Any] = _options()
+    common_options: Mapping[str, Any] = _options()
+    producer_options: Mapping[str, Any] = _options()
+    consumer_options: Mapping[str, Any] = _options()
+    admin_options: Mapping[str, Any] = _options()
 
     @property
     def flush_timeout(self) -> float:

@@ -8,6 +8,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from outboxkit.errors import ConfigurationError
+from outboxkit.observability.logs import url_repr
 
 __all__ = [
     "DEFAULT_BLOCK_MS",
@@ -37,7 +38,7 @@ DEFAULT_SOCKET_TIMEOUT = 5.0
 class RedisStreamsConfig:
     """Settings of a :class:`RedisStreamsBroker`. ``url`` is ignored when a client is given."""
 
-    url: str | None = None
+    url: str | None = attrs.field(default=None, repr=url_repr)  # the password masked
     #: Approximate ``MAXLEN ~`` per stream; ``None`` keeps everything. Trimming does not
     #: know about groups: keep it far above any backlog or unacknowledged entries are lost.
     maxlen: int | None = attrs.field(default=None)

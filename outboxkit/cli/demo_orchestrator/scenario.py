@@ -29,6 +29,7 @@ from outboxkit.consume.config import ConsumerConfig
 from outboxkit.engine import Engine, EngineConfig
 from outboxkit.inbox import InboxStatus, SqlInbox
 from outboxkit.messages import Event, PublishRequest
+from outboxkit.observability.logs import mask_url
 from outboxkit.relay.relay import RelayConfig
 from outboxkit.retry import RetryPolicy
 from outboxkit.routing import Routing, ServiceCatalog
@@ -265,7 +266,7 @@ class Scenario:
         say("outboxkit orchestrator scenario")
         say(f"  orchestrator database {_url(self.orch_db)}")
         say(f"  writer database       {_url(self.writer_db)}")
-        say(f"  broker                {self.broker_url}")
+        say(f"  broker                {mask_url(self.broker_url)}")
         self.orchestrator.create_schema(["commands", "facts", "writer-tasks"])
         self.writer.create_schema(["writer-results"])
         self.orch_meta.create_all(self.orch_db)
