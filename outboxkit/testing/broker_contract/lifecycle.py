@@ -12,7 +12,11 @@ import pytest
 
 from outboxkit.broker import Broker, Subscription
 from outboxkit.errors import BrokerClosedError
-from outboxkit.testing.broker_contract.base import BrokerContractBase, _messages
+from outboxkit.testing.broker_contract.base import (
+    BrokerContractBase,
+    _messages,
+    receive_until,
+)
 
 
 class BrokerLifecycleContract(BrokerContractBase):
@@ -82,8 +86,22 @@ class BrokerLifecycleContract(BrokerContractBase):
             consumer.close()
 
     # ------------------------------------------------------------------ health (ping)
-    def test_ping_answers_while_the_broker_is_reachable(self, broker: Broker) -> None:
-        broker.ping()  # health checks call it: it must not raise, and must change nothing
+    def test_ping_answers_while_the_broker_is_reachable_and_changes_nothing(
+        self, broker: Broker, subscribe: Callable[..., Subscription], unique: str
+    ) -> None:
+        # Given messages waiting on a topic
+        topic = self.topic_name(unique)
+        broker.ensure_topic(topic)
+        self._publish_ok(broker, _messages(topic, 3))
+        # When health checks ping the broker, again and again
+        for _ in range(3):
+            broker.ping()
+        # Then a new group still reads all that was published: the pings consumed or
+        # acknowledged nothing (that ping really asks the server is the outage suite's
+        # part: an unreachable broker's ping raises)
+        reader = subscribe(topic, f"g.{unique}", "m")
+        received = receive_until([reader], 3, self._deadline(self.receive_deadline))
+        assert sorted(d.headers["seq"] for _, d in received) == ["0", "1", "2"]
 
     def test_ping_after_close_raises_broker_closed(
         self, other_broker: Callable[[], Broker]
