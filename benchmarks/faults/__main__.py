@@ -4,8 +4,9 @@
     python -m benchmarks.faults --events 100000          # the full soak (see docs/reliability.md)
     python -m benchmarks.faults --scenario kill-handler --database mariadb --broker redis
 
-Exit status 0 only if every scenario passed: nothing lost, nothing applied twice, no dead
-event but the poisoned ones, no forged effect, drained within the bound.
+Exit status 0 only if every scenario passed: its fault demonstrably happened (the facts its
+scenario requires were counted, no fault action was missed), nothing lost, nothing applied
+twice, every poisoned event and no other dead, no forged effect, drained within the bound.
 """
 
 from __future__ import annotations

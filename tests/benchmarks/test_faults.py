@@ -5,7 +5,7 @@ Streams, a short run on PostgreSQL + Kafka and one on MariaDB + Redis) runs as i
 benchmarks.faults --quick`` (600 events at 100/s, a 10 s broker outage, 3 slow events) and
 must pass the suite's verdict: its fault demonstrably happened, nothing lost, nothing applied
 twice, only poisoned events dead, no forged effect, drained in time. And a scenario whose
-injector does nothing must fail. Select with ``-m faults``; the module takes about N minutes.
+injector does nothing must fail. Select with ``-m faults``; the module takes about 3 minutes.
 """
 
 from __future__ import annotations
