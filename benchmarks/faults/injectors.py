@@ -258,14 +258,14 @@ BAD_KINDS = (
 
 
 def garbage_and_forged(ctx: FaultContext) -> None:
-    """Put raw garbage and forged envelopes on the topic, one every 0.2-0.6 s.
+    """Put raw garbage and forged envelopes on the topic, one every 0.1-0.3 s.
 
     The kinds take turns; one naming a real row waits for a window in which some row is
     open (never a row that may be consumed already). An injection that fails is a missed
-    fault.
+    fault. (Every kind must be injected at least once: a short run needs its windows.)
     """
     turn = 0
-    for n in ctx.windows((0.2, 0.6)):
+    for n in ctx.windows((0.1, 0.3)):
         kind = BAD_KINDS[turn % len(BAD_KINDS)]
         target: int | None = None
         if kind in AIMED_KINDS:
