@@ -30,14 +30,26 @@ class BrokerLifecycleContract(BrokerContractBase):
         topic = self.topic_name(unique)
         broker.ensure_topic(topic)
         consumer = subscribe(topic, f"g.{unique}", "m")
-        closer = threading.Timer(0.5, consumer.close)
+        receiving = threading.Event()
+
+        def close_while_receiving() -> None:
+            # the receive below has been called (waited for), and has had 0.5 s to block
+            receiving.wait(30)
+            time.sleep(0.5)
+            consumer.close()
+
+        closer = threading.Thread(target=close_while_receiving, name="contract-closer")
         closer.start()
         try:
+            receiving.set()
             started = time.monotonic()
             assert consumer.receive(timeout=30) == []
             elapsed = time.monotonic() - started
         finally:
-            closer.join()
+            closer.join(30)
+        assert not closer.is_alive()
+        # it was blocked until the close came (not returned before), and not for its 30 s
+        assert elapsed >= 0.5, f"receive returned after {elapsed:.2f} s, before the close"
         assert elapsed < self.close_unblock_seconds, f"receive returned after {elapsed:.1f} s"
         self._publish_ok(broker, _messages(topic, 2))
         assert consumer.receive(timeout=0.5) == []
