@@ -7,6 +7,12 @@ only a ratio to a building block measured in the same run means anything. Three 
 * cost (lower is better): ``ratio = our time / raw time``, met when ``ratio <= target``;
 * absolute (latency percentiles, lock counts): ``target`` bounds ``value`` itself, and
   ``raw``/``ratio`` are only filled where the issue names a raw reference.
+
+A figure that could not be measured, or whose measurement did not do all its work (fewer
+events handled than published, a raw baseline that stopped short), is a **failure**:
+``failure`` says why and ``met`` is ``False``, never ``None`` as for a figure without a
+target. ``python -m benchmarks.run`` exits non-zero when any figure failed. A figure that
+ran in full and missed its target is not a failure: ``met`` is ``False``, the run exits 0.
 """
 
 from __future__ import annotations
@@ -24,9 +30,21 @@ import attrs
 Goal = Literal["ratio>=", "ratio<=", "value<=", "value>=", "none"]
 
 
+class IncompleteWorkError(RuntimeError):
+    """A measurement (ours or its raw baseline) did less work than it was given: its rate
+    would not compare like with like, so the figure fails instead of being reported."""
+
+
+def require_complete(done: int, expected: int, what: str) -> None:
+    """Raise :class:`IncompleteWorkError` unless ``done`` reached ``expected``."""
+    if done < expected:
+        raise IncompleteWorkError(f"{what}: did {done} of {expected}")
+
+
 @attrs.frozen(kw_only=True)
 class Figure:
-    """One measured figure; ``met`` is None when the issue sets no target for it."""
+    """One measured figure; ``met`` is None when the issue sets no target for it, and False
+    when ``failure`` says it could not be measured in full."""
 
     name: str
     unit: str
@@ -36,8 +54,10 @@ class Figure:
     target: float | None = None
     goal: Goal = "none"
     met: bool | None = None
-    #: Free text shown under the table and kept in the JSON (e.g. what was skipped).
+    #: Free text shown under the table and kept in the JSON.
     note: str = ""
+    #: Why the figure could not be measured in full; ``None`` when it was.
+    failure: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The issue's JSON shape, plus ``goal`` (how target is compared) and ``note``."""
@@ -51,6 +71,7 @@ class Figure:
             "goal": self.goal,
             "met": self.met,
             "note": self.note,
+            "failure": self.failure,
         }
 
 
@@ -61,8 +82,12 @@ def _finite(number: float | None) -> float | None:
 
 
 def _met(goal: Goal, target: float | None, measured: float | None) -> bool | None:
-    if target is None or measured is None or goal == "none":
+    """Whether ``measured`` meets ``target``; ``None`` only for a figure without target. A
+    figure with a target and nothing measured (no ratio: its raw side measured 0) fails."""
+    if target is None or goal == "none":
         return None
+    if measured is None or math.isnan(measured):
+        return False
     if goal.endswith(">="):
         return measured >= target
     return measured <= target
@@ -152,17 +177,23 @@ def relative(
     )
 
 
-def skipped(
+def failed(
     name: str, unit: str, reason: str, *, target: float | None = None, goal: Goal = "none"
 ) -> Figure:
-    """A figure that could not be measured in this run, with the reason in ``note``."""
+    """A figure that could not be measured in full in this run: ``met`` is ``False``."""
     return Figure(
-        name=name, unit=unit, value=None, target=target, goal=goal, note=f"skipped: {reason}"
+        name=name, unit=unit, value=None, target=target, goal=goal, met=False, failure=reason
     )
 
 
+def failing(figure: Figure, reason: str) -> Figure:
+    """``figure`` (its value kept, for what it is worth) marked as failed for ``reason``."""
+    return attrs.evolve(figure, met=False, failure=reason)
+
+
 def percentile(samples: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile (``fraction`` in 0..1) of a non-empty sample."""
+    """Nearest-rank percentile (``fraction`` in 0..1) of a non-empty sample; a sample of
+    ``inf`` (an event never handled) counts as later than every other."""
     ordered = sorted(samples)
     index = min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))
     return ordered[index]
@@ -170,6 +201,11 @@ def percentile(samples: Sequence[float], fraction: float) -> float:
 
 def median(values: Iterable[float]) -> float:
     return statistics.median(list(values))
+
+
+def failures(figures: Sequence[Figure]) -> list[Figure]:
+    """The figures that failed: any of them makes the benchmark exit non-zero."""
+    return [f for f in figures if f.failure is not None]
 
 
 def write_json(path: Path, figures: Sequence[Figure], meta: dict[str, Any]) -> None:
@@ -181,6 +217,8 @@ def write_json(path: Path, figures: Sequence[Figure], meta: dict[str, Any]) -> N
 def _cell(number: float | None, unit: str = "") -> str:
     if number is None:
         return "-"
+    if math.isinf(number):
+        return "never"
     if unit in ("x", "ratio"):
         return f"{number:.2f}"
     if abs(number) >= 100:
@@ -197,8 +235,8 @@ def _target(figure: Figure) -> str:
 
 
 def _verdict(figure: Figure) -> str:
-    if figure.value is None:
-        return "skip"
+    if figure.failure is not None:
+        return "FAILED"
     return {True: "yes", False: "NO", None: "-"}[figure.met]
 
 
@@ -210,12 +248,16 @@ def table(figures: Sequence[Figure]) -> str:
     ]
     notes = []
     for number, figure in enumerate(figures, 1):
-        mark = f" [{number}]" if figure.note else ""
+        mark = f" [{number}]" if figure.note or figure.failure else ""
         lines.append(
             f"| {figure.name}{mark} | {figure.unit} | {_cell(figure.value)} | "
             f"{_cell(figure.raw)} | {_cell(figure.ratio, 'x')} | {_target(figure)} | "
             f"{_verdict(figure)} |"
         )
-        if figure.note:
+        if figure.failure is not None:
+            notes.append(
+                f"[{number}] FAILED: {figure.failure}" + (f"; {figure.note}" if figure.note else "")
+            )
+        elif figure.note:
             notes.append(f"[{number}] {figure.note}")
     return "\n".join(lines + (["", *notes] if notes else []))

@@ -25,7 +25,7 @@ from benchmarks.common import (
     scratch,
 )
 from benchmarks.env import Env
-from benchmarks.figures import Figure, skipped, throughput
+from benchmarks.figures import Figure, failed, require_complete, throughput
 from outboxkit.broker import Broker, BrokerMessage
 from outboxkit.messages import Status
 from outboxkit.relay.relay import Relay
@@ -56,7 +56,9 @@ def measure_claim_floor(env: Env, label: str, count: int) -> Rate:
     with scratch(db, "floor") as bare:
         floor_index(db, label, bare.table)
         bare.fill(count)
-        return raw.claim_floor(db, bare.table, count)
+        rate = raw.claim_floor(db, bare.table, count)
+        require_complete(rate.count, count, f"raw claim floor {label}")
+        return rate
 
 
 def drain(relay: Relay, expected: int) -> Rate:
@@ -210,18 +212,18 @@ def _confluent_broker_factory() -> Callable[[str], Broker] | None:
 
 
 def relay_to_kafka_librdkafka(env: Env, label: str, count: int, rounds: int) -> Figure:
-    """HOOK: relay through ``ConfluentKafkaBroker`` (librdkafka), once it exists.
+    """Relay through ``ConfluentKafkaBroker`` (librdkafka).
 
-    Skipped with a message until one of :data:`CONFLUENT_MODULES` defines
-    :data:`CONFLUENT_CLASS`. Its raw ceiling is the claim floor: librdkafka produces to
+    A failed figure when none of :data:`CONFLUENT_MODULES` defines :data:`CONFLUENT_CLASS`
+    (the ``confluent`` extra missing). Its raw ceiling is the claim floor: librdkafka produces to
     Tansu an order of magnitude faster than any relay can claim.
     """
     name = f"relay {label} -> Kafka (librdkafka)"
     factory = _confluent_broker_factory()
     if factory is None:
         reason = f"{CONFLUENT_CLASS} not importable from {' or '.join(CONFLUENT_MODULES)}"
-        progress(f"{name}: skipped, {reason}")
-        return skipped(name, "rows/s", reason, target=TARGET, goal="ratio>=")
+        progress(f"{name}: FAILED, {reason}")
+        return failed(name, "rows/s", reason, target=TARGET, goal="ratio>=")
     broker = factory(env.bootstrap)
     try:
         floors, mine = interleaved(

@@ -11,6 +11,11 @@ reported as a ratio to the raw building block measured in the same run (interlea
 it, medians over the rounds), with the same row shape (~300 B payload) and batch sizes.
 Needs PostgreSQL, MariaDB and Redis as the tests do; starts its own Tansu for Kafka unless
 ``OUTBOXKIT_TEST_KAFKA_BOOTSTRAP`` is set. Progress goes to stderr, the table to stdout.
+
+Exit status 1 when any figure failed: it could not run, or did not do all its work (fewer
+events handled than published, a raw baseline that stopped short); such a figure is
+``met: false`` with its ``failure``. A figure that ran in full and missed its target does
+not change the exit status (its ``met`` is false, the table says NO).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import attrs
 from benchmarks import claim, consume, latency, publish, relay, workers
 from benchmarks.common import progress
 from benchmarks.env import Env, open_env
-from benchmarks.figures import Figure, skipped, table, write_json
+from benchmarks.figures import Figure, failed, failures, table, write_json
 
 
 @attrs.frozen(kw_only=True)
@@ -158,18 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--only: nothing matches {unknown}")
     # A terminated run still drops its tables and streams (the finally blocks run).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
-    figures: list[Figure] = []
-    with open_env(quick=args.quick) as env:
-        for number, (_group, title, measure) in enumerate(chosen, 1):
-            progress(f"({number}/{len(chosen)}) {title}")
-            try:
-                result = measure(env, sizes)
-            except Exception as exc:  # one broken figure must not lose the others
-                traceback.print_exc()
-                result = skipped(title, "-", f"failed: {type(exc).__name__}: {exc}")
-            figures.extend(result if isinstance(result, list) else [result])
+    try:
+        figures = measure_all(chosen, sizes, quick=args.quick)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     elapsed = time.monotonic() - started
     mode = "--quick" if args.quick else "full"
     print(f"\noutboxkit benchmark ({mode}, {elapsed:.0f} s, {os.cpu_count()} cores)\n")
@@ -178,7 +177,31 @@ def main(argv: list[str] | None = None) -> int:
         meta = {"mode": mode, "seconds": round(elapsed, 1), "sizes": attrs.asdict(sizes)}
         write_json(args.json, figures, {**meta, "machine": machine()})
         progress(f"wrote {args.json}")
+    broken = failures(figures)
+    if broken:
+        print(f"\nFAILED: {len(broken)} of {len(figures)} figures could not be measured in full:")
+        for figure in broken:
+            print(f"  {figure.name}: {figure.failure}")
+        return 1
     return 0
+
+
+def measure_all(
+    chosen: list[tuple[str, str, Measure]], sizes: Sizes, *, quick: bool
+) -> list[Figure]:
+    """Every chosen figure, in order; one that raises becomes a failed figure (``met``
+    false, the exception as its ``failure``) and never stops the others."""
+    figures: list[Figure] = []
+    with open_env(quick=quick) as env:
+        for number, (_group, title, measure) in enumerate(chosen, 1):
+            progress(f"({number}/{len(chosen)}) {title}")
+            try:
+                result = measure(env, sizes)
+            except Exception as exc:  # one broken figure must not lose the others
+                traceback.print_exc()
+                result = failed(title, "-", f"{type(exc).__name__}: {exc}")
+            figures.extend(result if isinstance(result, list) else [result])
+    return figures
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 ``python -m benchmarks.faults`` runs named scenarios (see :mod:`benchmarks.faults.scenarios`)
 against PostgreSQL or MariaDB and Kafka (a Tansu started here) or Redis Streams (a
-``redis-server`` started here), then checks the handlers' business table against what was
-published: nothing lost, nothing applied twice, only the poisoned events dead. The layout:
+``redis-server`` started here), then checks that the fault happened (counted facts) and the
+handlers' business table against what was published: nothing lost, nothing applied twice,
+only the poisoned events dead. The layout:
 
 * :mod:`~benchmarks.faults.settings`: the run's knobs and the engine settings the workers use;
 * :mod:`~benchmarks.faults.app`: the worker application (``outboxkit worker ...app:build``);

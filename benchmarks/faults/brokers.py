@@ -9,6 +9,7 @@ the garbage and forged messages.
 from __future__ import annotations
 
 import abc
+import socket
 
 import redis
 
@@ -44,6 +45,14 @@ class OwnBroker(abc.ABC):
     def close(self) -> None:
         """Stop for good and release what the broker holds on disk."""
         self.stop()
+
+    def accepts_connections(self) -> bool:
+        """Whether something listens on the broker's port (False while it is stopped)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0):
+                return True
+        except OSError:
+            return False
 
     @abc.abstractmethod
     def inject(self, topic: str, key: bytes, value: bytes) -> None:

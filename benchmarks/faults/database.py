@@ -97,6 +97,13 @@ class RunDatabase:
         with self.engine.connect() as conn:
             return [int(i) for i in conn.execute(query).scalars()]
 
+    def ids_in_status(self, *statuses: str) -> set[int]:
+        """Ids of the rows in any of ``statuses``."""
+        table = self.repository.table(self.route)
+        query = sa.select(table.c.id).where(table.c.status.in_(statuses))
+        with self.engine.connect() as conn:
+            return {int(i) for i in conn.execute(query).scalars()}
+
     def effects_rows(self) -> list[Effect]:
         query = sa.select(self.effects.c.event_id, self.effects.c.outbox_id, self.effects.c.pid)
         with self.engine.connect() as conn:

@@ -21,6 +21,8 @@ from benchmarks.faults.settings import RunSpec
 ROOT = Path(__file__).resolve().parents[2]
 #: Graceful stop budget handed to ``outboxkit worker --stop-timeout``.
 WORKER_STOP_TIMEOUT = 10.0
+#: What ``outboxkit worker`` prints once its engine runs.
+RUNNING_LINE = "worker running"
 
 
 @attrs.define
@@ -35,6 +37,22 @@ class Child:
     @property
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        """Alive, and (a worker) past start-up: it printed that its engine runs."""
+        if not self.alive:
+            return False
+        if self.role == "publish":
+            return True
+        try:
+            return RUNNING_LINE in self.log.read_text(errors="replace")
+        except OSError:
+            return False
 
 
 class ProcessGroup:
@@ -90,12 +108,25 @@ class ProcessGroup:
             if c.alive and c.role != "publish" and (role is None or c.role == role)
         ]
 
+    def running_workers(self, role: str | None = None) -> list[Child]:
+        """The live workers of ``role`` whose engine already runs (see :attr:`Child.running`)."""
+        return [c for c in self.workers(role) if c.running]
+
     @staticmethod
-    def kill9(child: Child) -> None:
-        """SIGKILL: no stop, no cleanup, in-flight work simply vanishes."""
-        if child.alive:
+    def kill9(child: Child) -> bool:
+        """SIGKILL: no stop, no cleanup, in-flight work simply vanishes.
+
+        Whether this call killed it: ``False`` when the process had already ended, so a
+        caller counts only kills that happened.
+        """
+        if not child.alive:
+            return False
+        try:
             os.kill(child.process.pid, signal.SIGKILL)
-            child.process.wait(timeout=10)
+        except ProcessLookupError:
+            return False
+        child.process.wait(timeout=10)
+        return child.process.returncode == -signal.SIGKILL
 
     def close(self, timeout: float = WORKER_STOP_TIMEOUT + 5) -> list[str]:
         """Stop every live process gracefully, then kill stragglers; returns those killed."""
@@ -116,7 +147,8 @@ class ProcessGroup:
     ) -> tuple[int, list[str]]:
         """How many ERROR/Traceback lines the workers logged (but the ``expected`` ones, the
         poisoned events going dead), and the first few distinct."""
-        count, seen = 0, []
+        count = 0
+        seen: list[str] = []
         for child in self.children:
             text = child.log.read_text(errors="replace") if child.log.exists() else ""
             in_traceback = False

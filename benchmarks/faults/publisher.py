@@ -38,7 +38,7 @@ def payload(spec: RunSpec, seq: int) -> dict[str, object]:
     body: dict[str, object] = {"seq": seq, "pad": PAD}
     if is_poison(seq):
         body["poison"] = True
-    elif spec.slow_every and seq % spec.slow_every == 5:
+    elif spec.is_slow(seq):
         body["sleep"] = spec.slow_seconds
     return body
 

@@ -37,6 +37,8 @@ class RunSettings:
     #: A scenario fails unless every row is final this long after its last fault.
     drain_timeout: float = 120.0
     keep: bool = False
+    #: How many events of a slow-handlers scenario sleep (None: the scenario's own count).
+    slow_events: int | None = None
     database_urls: dict[str, str] = attrs.field(factory=lambda: dict(settings.DEFAULT_URLS))
 
 
@@ -54,7 +56,7 @@ def _say(prefix: str) -> Callable[[str], None]:
 def _wait_workers_up(procs: ProcessGroup) -> None:
     deadline = time.monotonic() + WORKER_START_TIMEOUT
     for child in procs.workers():
-        while "worker running" not in child.log.read_text(errors="replace"):
+        while not child.running:
             if not child.alive:
                 raise RuntimeError(f"{child.name} exited at start: {child.log.read_text()[-800:]}")
             if time.monotonic() > deadline:
@@ -90,7 +92,8 @@ def run_scenario(
     run_id = uuid.uuid4().hex[:8]
     workdir = tempfile.mkdtemp(prefix=f"okfaults-{scenario.name}-{run_id}-")
     say = _say(f"{scenario.name} {database}+{broker_kind}")
-    slow_every = max(1, run.events // scenario.slow_events) if scenario.slow_events else 0
+    slow_events = scenario.slow_events if run.slow_events is None else run.slow_events
+    slow_every = max(1, run.events // slow_events) if scenario.slow_events and slow_events else 0
     result = ScenarioResult(
         scenario=scenario.name,
         database=database,
@@ -151,10 +154,10 @@ def run_scenario(
         if not result.problems:
             result.problems.append(f"the run crashed: {result.crashed}")
     result.elapsed = time.monotonic() - started
+    broken = ", ".join(f"{name} {n}" for name, n in result.promises.items())
     say(
         f"{'PASS' if result.passed else 'FAIL'}: published {result.published}, "
-        f"applied {result.applied}, lost {result.lost}, applied twice {result.applied_twice}, "
-        f"dead {result.dead} ({result.unexpected_dead} unexpected)"
+        f"applied {result.applied}, dead {result.dead}; {broken}; faults {result.faults}"
     )
     if result.passed and not run.keep:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -185,7 +188,7 @@ def _execute(
         outage_seconds=run.outage_seconds,
         say=say,
     )
-    result.faults = scenario.inject(ctx)
+    scenario.inject(ctx)
     publisher.process.wait(timeout=run.events / run.rate + 300)
     # No fault at all: drain time counts from the end of publishing.
     last_fault = ctx.last_fault or time.monotonic()
@@ -203,4 +206,9 @@ def _execute(
         invocations=report.read_invocations(Path(spec.workdir)),
         rows=db.outbox_rows(),
         effects=db.effects_rows(),
+        faults=dict(ctx.facts),
+        missed=ctx.missed,
+        killed_pids=ctx.killed_pids,
+        requires=scenario.requires,
+        slow_events=report.slow_event_ids(spec, published),
     )

@@ -1,7 +1,12 @@
-"""The named scenarios: which workers run, what the handler does, which fault is injected.
+"""The named scenarios: which workers run, what the handler does, which fault is injected,
+and what proves that the fault happened.
 
 Every scenario also publishes poisoned events (about 1 %, rejected with ``PermanentError``):
 those, and only those, must end ``dead``.
+
+``requires`` names the counted facts (see :mod:`benchmarks.faults.injectors`) a run must
+show, with their minimums: a run whose fault did not demonstrably happen fails, whatever
+its other counts.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import attrs
 
 from benchmarks.faults import injectors
-from benchmarks.faults.injectors import Injector
+from benchmarks.faults.injectors import BAD_KINDS, Injector, injected
 
 
 @attrs.frozen(kw_only=True)
@@ -25,6 +30,8 @@ class Scenario:
     slow_seconds: float = 0.0
     #: Extra drain allowance on top of the run's bound (slow handlers need it).
     extra_drain: float = 0.0
+    #: (fact, minimum) pairs the run must show for its fault to count as done.
+    requires: tuple[tuple[str, int], ...] = ()
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -34,6 +41,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "a consume-only worker keeps handling",
         workers=("relay", "relay", "consume"),
         inject=injectors.kill_workers("relay"),
+        requires=((injectors.KILLS, 1),),
     ),
     Scenario(
         name="kill-handler",
@@ -42,12 +50,14 @@ SCENARIOS: tuple[Scenario, ...] = (
         workers=("relay", "consume", "consume"),
         inject=injectors.kill_workers("consume"),
         handler_sleep=0.02,
+        requires=((injectors.KILLS, 1), (injectors.KILLED_MID_HANDLER, 1)),
     ),
     Scenario(
         name="three-workers",
         description="three workers relaying and consuming one service at once, no fault",
         workers=("both", "both", "both"),
         inject=injectors.no_fault,
+        requires=((injectors.WORKERS_APPLYING, 3),),
     ),
     Scenario(
         name="broker-restart-empty",
@@ -57,6 +67,12 @@ SCENARIOS: tuple[Scenario, ...] = (
         workers=("both", "both"),
         inject=injectors.broker_outage,
         handler_sleep=0.03,
+        requires=(
+            (injectors.BROKER_DOWN, 1),
+            (injectors.BROKER_BACK, 1),
+            (injectors.STRANDED, 1),
+            (injectors.RESCUED, 1),
+        ),
     ),
     Scenario(
         name="db-terminate",
@@ -65,6 +81,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         workers=("both", "both"),
         inject=injectors.terminate_connections,
         handler_sleep=0.005,
+        requires=((injectors.KILL_ROUNDS, 1), (injectors.CONNECTIONS_TERMINATED, 1)),
     ),
     Scenario(
         name="garbage-forged",
@@ -72,6 +89,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "(naming real unconsumed rows) put on the topic with a raw client",
         workers=("both", "both"),
         inject=injectors.garbage_and_forged,
+        requires=tuple((injected(kind), 1) for kind in BAD_KINDS),
     ),
     Scenario(
         name="slow-handlers",
@@ -82,10 +100,17 @@ SCENARIOS: tuple[Scenario, ...] = (
         slow_events=10,
         slow_seconds=8.0,
         extra_drain=60.0,
+        requires=((injectors.SLOW_CALLS, 1),),
     ),
 )
 
 BY_NAME = {s.name: s for s in SCENARIOS}
 
-#: The CI subset: the faults that matter most, on PostgreSQL + Redis Streams.
-QUICK = ("kill-handler", "garbage-forged", "db-terminate", "broker-restart-empty")
+#: The CI subset (``--quick``, ``tests/benchmarks/test_faults.py``) as (scenario, database,
+#: broker): every scenario on PostgreSQL + Redis Streams, and a short run on each pair of the
+#: soak, PostgreSQL + Kafka and MariaDB + Redis, of the fault that is most their own.
+QUICK_RUNS: tuple[tuple[str, str, str], ...] = (
+    *((s.name, "pg", "redis") for s in SCENARIOS),
+    ("broker-restart-empty", "pg", "kafka"),
+    ("db-terminate", "mariadb", "redis"),
+)

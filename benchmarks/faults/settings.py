@@ -99,6 +99,11 @@ class RunSpec:
     slow_every: int = 0
     slow_seconds: float = 0.0
 
+    def is_slow(self, seq: int) -> bool:
+        """Whether event number ``seq`` sleeps ``slow_seconds`` in its handler (never a
+        poisoned one: poison comes first)."""
+        return bool(self.slow_every) and seq % self.slow_every == 5 and not is_poison(seq)
+
     @property
     def namespace(self) -> str:
         return f"okf-{self.run_id}"

@@ -15,7 +15,6 @@ Every test makes its own tables (unique names) and drops them afterwards.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 import uuid
@@ -42,6 +41,10 @@ class InboxContract:
 
     #: Failed attempts after which the suite's inbox makes an event dead.
     max_attempts = 3
+    #: Whether two write transactions can be open at once, so two consumers of one event
+    #: run their handlers side by side (False for SQLite, which serializes writers: there
+    #: the concurrency test runs them one after the other, and says so).
+    concurrent_writers = True
 
     # ------------------------------------------------------------------ fixtures
 
@@ -196,14 +199,21 @@ class InboxContract:
         self, engine: sa.Engine, inbox: Inbox, effects: sa.Table
     ) -> None:
         event_id = str(uuid.uuid4())
-        both_ran = threading.Barrier(2, timeout=2)
+        # Both handlers inside their transactions at once, each having written its effect:
+        # the barrier is passed only when both are there (a broken one fails the test).
+        # Where writers are serialized (concurrent_writers false) there is no barrier: the
+        # second consumer runs after the first committed.
+        both_ran = threading.Barrier(2, timeout=JOIN_TIMEOUT / 2)
+        met: list[bool] = []
 
         def run(conn: Connection) -> None:
             conn.execute(sa.insert(effects).values(event_id=event_id))
-            # Both handlers inside their transactions at once; SQLite serializes writers, so
-            # there the barrier breaks and the second starts after the first committed.
-            with contextlib.suppress(threading.BrokenBarrierError):
-                both_ran.wait()
+            if self.concurrent_writers:
+                try:
+                    both_ran.wait()
+                    met.append(True)
+                except threading.BrokenBarrierError:
+                    met.append(False)
 
         outcomes: list[Outcome] = []
         errors: list[BaseException] = []
@@ -222,6 +232,8 @@ class InboxContract:
             thread.join(JOIN_TIMEOUT)
         assert not any(t.is_alive() for t in threads), "a consumer is stuck"
         assert errors == []
+        if self.concurrent_writers:
+            assert met == [True, True], "the two handlers never ran at the same time"
         assert sorted(outcomes) == sorted([Outcome.CONSUMED, Outcome.DUPLICATE])
         assert self.applied(engine, effects) == [event_id]
 

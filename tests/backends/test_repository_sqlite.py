@@ -12,6 +12,7 @@ from outboxkit.backends.sqlite import SQLITE
 from outboxkit.errors import UnsupportedDatabaseError
 from outboxkit.routing import Route
 from outboxkit.testing.repository_contract import RepositoryContract
+from tests.support.concurrency import join_all
 
 
 class TestSqliteRepository(RepositoryContract):
@@ -59,8 +60,7 @@ def test_concurrent_writers_wait_instead_of_failing(tmp_path: object) -> None:
         threads = [threading.Thread(target=work) for _ in range(4)]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            thread.join(30)
+        join_all(threads, 30)
         assert errors == []
         with engine.connect() as conn:
             values = [r[0] for r in conn.exec_driver_sql("SELECT n FROM t ORDER BY n")]

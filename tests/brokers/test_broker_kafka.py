@@ -11,7 +11,7 @@ import gc
 import socket
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import attrs
 import pytest
@@ -23,8 +23,10 @@ from outboxkit.brokers.kafka import (
     fnv1a_32,
     go_fnv1a_partitioner,
 )
+from outboxkit.brokers.kafka.subscription import KafkaSubscription
 from outboxkit.errors import BrokerUnavailableError, ConfigurationError, MessageRejectedError
 from outboxkit.testing.broker_contract import BrokerContract, receive_until
+from tests.support.timing import assert_within
 
 pytestmark = pytest.mark.kafka
 
@@ -62,7 +64,10 @@ class TestKafkaBrokerContract(BrokerContract):
     supports_delivery_count = False  # Kafka does not count deliveries
     reclaims_idle_deliveries = False  # a live member keeps its partitions
     receive_deadline = 20.0
-    group_settle_seconds = 6.0
+    # A deadline, not a wait: a two-member join took 3-40 s on Tansu here (it repeats its
+    # join rounds), and a member whose group does not settle rejoins after
+    # KafkaConfig.group_settle_timeout_ms (30 s, then longer): room for two such rounds.
+    group_settle_seconds = 120.0
     redelivery_timeout = 25.0
     unavailable_deadline = 12.0
 
@@ -87,24 +92,16 @@ class TestKafkaBrokerContract(BrokerContract):
     ) -> None:
         super().test_receive_from_an_unreachable_broker_raises_unavailable(request, unique)
 
-    def test_two_members_of_a_group_split_the_work(
-        self,
-        broker: Broker,
-        other_broker: Callable[[], Broker],
-        subscribe: Callable[..., Subscription],
-        unique: str,
-    ) -> None:
-        # Tansu now and then leaves a new two-member group rebalancing for good ("SyncGroup
-        # failed due to coordinator rebalance", baselines.md), whatever the client does. A
-        # second group on a second topic gets one more chance; a real defect fails both.
-        try:
-            super().test_two_members_of_a_group_split_the_work(
-                broker, other_broker, subscribe, unique
-            )
-        except AssertionError:
-            super().test_two_members_of_a_group_split_the_work(
-                broker, other_broker, subscribe, f"{unique}-again"
-            )
+    def group_settled(self, members: Sequence[Subscription]) -> bool:
+        # Settled: every member in a stable group, each holding partitions, none held twice
+        # (right after a join the old owner may still list partitions it is giving up).
+        # Every test's group id is new (it contains ``unique``): Tansu never sees a group a
+        # killed consumer of an earlier test left behind.
+        subscriptions = [m for m in members if isinstance(m, KafkaSubscription)]
+        assert len(subscriptions) == len(members)
+        held = [set(m._consumer.assignment()) for m in subscriptions]
+        stable = all(m._unsettled_reason() is None for m in subscriptions)
+        return stable and all(held) and sum(map(len, held)) == len(set().union(*held))
 
     @pytest.fixture
     def broker(self, kafka_bootstrap: str) -> Iterator[Broker]:
@@ -206,7 +203,8 @@ def test_unreachable_bootstrap_is_reported_within_the_bound() -> None:
             down.publish([BrokerMessage(topic="anything", key="k", value=b"v")])
         with pytest.raises(BrokerUnavailableError):
             down.subscribe("anything", "g", "m")
-        assert time.monotonic() - started < 8  # three clients, 1.5 s bootstrap bound each
+        # three clients, 1.5 s bootstrap bound each (the default bound is 10 s each)
+        assert_within(time.monotonic() - started, 3 * 1.5, "three unreachable bootstraps")
     _collect_leaked_sockets()
 
 

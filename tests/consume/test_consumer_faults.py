@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,6 +29,7 @@ from outboxkit.publish.publisher import Publisher
 from outboxkit.routing import Route, Routing
 from outboxkit.store import ConsumeItem
 from outboxkit.wire.envelope import dumps, encode_envelope, envelope_from_row
+from tests.support.concurrency import Span, deadlocks_seen, join_all, overlapped
 from tests.support.engine import unique_routing
 
 pytestmark = pytest.mark.usefixtures("unique")
@@ -195,15 +195,17 @@ def test_a_deadlock_inside_a_batch_is_retried_at_once_and_never_counted(
 
     try:
         threads = [
-            threading.Thread(target=consume, args=(first, (1, 2))),
-            threading.Thread(target=consume, args=(second, (2, 1))),
+            threading.Thread(target=consume, args=(first, (1, 2)), name="t-consume-1"),
+            threading.Thread(target=consume, args=(second, (2, 1)), name="t-consume-2"),
         ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
+        with deadlocks_seen(lambda name: name.startswith("t-consume-")) as seen:
+            for thread in threads:
+                thread.start()
+            join_all(threads, 30)
         assert results == {first: Outcome.CONSUMED, second: Outcome.CONSUMED}
         assert sorted(calls.values()) == [1, 2]  # the deadlock victim ran once more
+        # The server reported exactly that one deadlock (what the test below counts)
+        assert len(seen) == 1, seen
         with db.connect() as conn:
             total = conn.execute(sa.text(f"SELECT SUM(n) FROM {locks}")).scalar_one()
         assert total == 4  # each handler's two updates committed exactly once
@@ -227,65 +229,48 @@ def test_marking_published_while_a_batch_is_consumed_never_deadlocks(
     named the two statements). This small table does not reproduce that plan; it guards
     the lock order on both servers."""
     ids = [_publish(repository, routing, {"n": n}) for n in range(40)]
-
-    def deadlocks() -> int:
-        if db.dialect.name in ("mysql", "mariadb"):
-            with db.connect() as conn:
-                row = conn.execute(sa.text("SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'")).first()
-            return int(row[1]) if row is not None else 0
-        # PostgreSQL counts deadlocks per database in its statistics, which a session
-        # reports when it ends: end every pooled session, then read until it settles.
-        db.dispose()
-        repository.engine.dispose()
-        seen: list[int] = []
-        while len(seen) < 3 or seen[-1] != seen[-3]:
-            time.sleep(0.3)
-            with db.connect() as conn:
-                conn.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
-                seen.append(
-                    int(
-                        conn.execute(
-                            sa.text(
-                                "SELECT deadlocks FROM pg_stat_database "
-                                "WHERE datname = current_database()"
-                            )
-                        ).scalar_one()
-                    )
-                )
-        return seen[-1]
-
-    before = deadlocks()
     errors: list[BaseException] = []
+    spans = {"relay": Span(), "consumer": Span()}
+    start = threading.Barrier(2, timeout=30)
 
     def relay() -> None:
         try:
-            for _ in range(15):
-                claim = repository.claim_due(route, limit=40, lease_seconds=30)
-                repository.mark_published(route, [m.id for m in claim.messages], token=claim.token)
-                repository.release(
-                    route, [m.id for m in claim.messages], token=claim.token, delay=0
-                )
+            start.wait()
+            with spans["relay"].timing():
+                for _ in range(15):
+                    claim = repository.claim_due(route, limit=40, lease_seconds=30)
+                    ids_claimed = [m.id for m in claim.messages]
+                    repository.mark_published(route, ids_claimed, token=claim.token)
+                    repository.release(route, ids_claimed, token=claim.token, delay=0)
         except BaseException as exc:
             errors.append(exc)
 
     def consumer() -> None:
         try:
-            for _ in range(15):
-                items = [
-                    ConsumeItem(outbox_id=i, event_id=None, event_type=None, run=_fail)
-                    for i in reversed(ids)
-                ]
-                repository.consume_batch(route, items)
+            start.wait()
+            with spans["consumer"].timing():
+                for _ in range(15):
+                    items = [
+                        ConsumeItem(outbox_id=i, event_id=None, event_type=None, run=_fail)
+                        for i in reversed(ids)
+                    ]
+                    repository.consume_batch(route, items)
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=relay), threading.Thread(target=consumer)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    threads = [
+        threading.Thread(target=relay, name="t-mark-relay"),
+        threading.Thread(target=consumer, name="t-mark-consumer"),
+    ]
+    # Deadlocks reported to these two threads' statements only: the server-wide counters
+    # (Innodb_deadlocks, pg_stat_database.deadlocks) move with everyone else's work too.
+    with deadlocks_seen(lambda name: name.startswith("t-mark-")) as seen:
+        for thread in threads:
+            thread.start()
+        join_all(threads, 60)
     assert errors == []
-    assert deadlocks() == before
+    assert overlapped(list(spans.values())), f"the two loops never ran at once: {spans}"
+    assert seen == []
 
 
 def _fail(_conn: Connection) -> None:

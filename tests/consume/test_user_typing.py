@@ -13,6 +13,7 @@ import textwrap
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -137,17 +138,21 @@ SNIPPETS: dict[str, tuple[str, str]] = {
 
 @pytest.fixture(scope="module")
 def mypy_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """mypy --strict output per checked file (one run for all of them)."""
+    """mypy --strict output per checked file, by name (``sample_app`` and each snippet's),
+    from one run for all of them. Every line mypy prints must name one of those files: a
+    line it attributes to another path fails here, rather than leaving a file's report
+    empty (which would read as "no error")."""
     from mypy import api
 
     work = tmp_path_factory.mktemp("user-typing")
     config = work / "mypy.ini"
     config.write_text("[mypy]\nstrict = True\nwarn_unreachable = True\n")
-    files = [str(SAMPLE)]
+    names = {SAMPLE.resolve(): "sample_app"}
     for name, (body, _expected) in SNIPPETS.items():
         path = work / f"{name}.py"
         path.write_text(PRELUDE + textwrap.indent(textwrap.dedent(body), "    "))
-        files.append(str(path))
+        names[path.resolve()] = name
+    files = [str(path) for path in names]
     # mypy raises the interpreter's recursion limit for its own run and leaves it raised:
     # tests that count on Python's default limit (JSON nested too deep) would then pass
     # or fail by the order the tests ran in.
@@ -169,22 +174,32 @@ def mypy_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     finally:
         sys.setrecursionlimit(limit)
     assert not stderr, stderr
-    by_file: dict[str, str] = {f: "" for f in files}
+    by_name: dict[str, str] = {}
     for line in stdout.splitlines():
-        path = line.split(":", 1)[0]
-        by_file[path] = by_file.get(path, "") + line + "\n"
-    return by_file
+        path = Path(line.split(":", 1)[0]).resolve()
+        assert path in names, f"mypy reported on {path}, a file it was not given:\n{stdout}"
+        by_name[names[path]] = by_name.get(names[path], "") + line + "\n"
+    return by_name
+
+
+def test_the_report_attributes_each_error_to_its_own_snippet(
+    mypy_report: dict[str, str],
+) -> None:
+    # Every snippet that must fail has its error under its own name (not lost to a path
+    # mismatch), and nothing else reported
+    failing = {name for name, (_body, expected) in SNIPPETS.items() if expected}
+    assert set(mypy_report) == failing, sorted(mypy_report)
 
 
 def test_a_typed_sample_application_passes_mypy_strict(mypy_report: dict[str, str]) -> None:
-    assert mypy_report[str(SAMPLE)] == ""
+    assert mypy_report.get("sample_app", "") == ""
 
 
 @pytest.mark.parametrize("name", sorted(SNIPPETS))
 def test_mypy_reports_exactly_the_expected_error_of_each_snippet(
     mypy_report: dict[str, str], name: str
 ) -> None:
-    output = next(text for path, text in mypy_report.items() if path.endswith(f"/{name}.py"))
+    output = mypy_report.get(name, "")
     expected = SNIPPETS[name][1]
     if not expected:
         assert output == ""

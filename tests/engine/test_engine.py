@@ -7,7 +7,6 @@ same behaviours run on real servers with real threads in ``test_end_to_end.py``.
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -31,7 +30,14 @@ from outboxkit.relay.relay import Relay, RelayConfig
 from outboxkit.routing import Routing
 from outboxkit.store import Repository
 from outboxkit.wire.envelope import dumps
-from tests.support.engine import business_table, count_rows, fast_config, unique_routing, wait_for
+from tests.support.engine import (
+    ObservedRepository,
+    business_table,
+    count_rows,
+    fast_config,
+    unique_routing,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -322,12 +328,17 @@ def test_threads_are_named_after_role_and_service(engine: Engine) -> None:
 def test_committing_a_publish_wakes_the_relay_without_waiting_for_its_poll(
     repository: SqlRepository, routing: Routing, sqlite_engine: sa.Engine, table: sa.Table
 ) -> None:
-    slow_poll = fast_config(relay=RelayConfig(idle_interval=60.0, republish_after=None))
-    engine = Engine(repository, MemoryBroker(), routing, config=slow_poll)
+    # Every poll after an empty claim waits 60 s (not the default 0.01 s doubling up)
+    slow_poll = fast_config(
+        relay=RelayConfig(idle_interval=60.0, min_poll_interval=60.0, republish_after=None)
+    )
+    observed = ObservedRepository(sqlite_engine)
+    engine = Engine(observed, MemoryBroker(), routing, config=slow_poll)
     engine.register_handler("order.placed", _record(table))
     engine.start()
     try:
-        time.sleep(0.3)  # the relay found nothing and is now in its 60 s idle wait
+        # the relay found nothing and is now in its 60 s idle wait (waited for, not slept)
+        assert observed.empty_claim.wait(30), "the relay never made its first claim"
         request = PublishRequest(event_type="order.placed", payload={})
         with sqlite_engine.begin() as conn:
             engine.publish(request, connection=conn)

@@ -26,10 +26,13 @@ from outboxkit.engine.outages import OutageLog
 from outboxkit.errors import DatabaseSetupError, FatalError, RepositoryError
 from outboxkit.routing import Routing
 from outboxkit.testing.services import free_port
-from tests.support.engine import fatal_error_on_start, wait_for
+from tests.support.engine import failed_attempts, fatal_error_on_start, wait_for
 from tests.support.paths import ROOT
+from tests.support.timing import assert_within
 
-#: The brief's promise: a worker with a bad setup is gone within this many seconds.
+#: The brief's promise: a worker with a bad setup is gone within this many seconds
+#: (interpreter start-up included; asserted with the load margin of tests.support.timing:
+#: the defect is a worker that retries for ever).
 FAIL_FAST_SECONDS = 10.0
 
 
@@ -70,7 +73,7 @@ def test_worker_with_a_wrong_mariadb_password_exits_non_zero_within_seconds(
     code, output, took = _run_worker(url, f"ff{unique}")
 
     assert code == 1, output
-    assert took < FAIL_FAST_SECONDS, output
+    assert_within(took, FAIL_FAST_SECONDS, f"a worker failing fast ({output})")
     _assert_one_clear_line(output, "1045", "Access denied")
     assert f"wrong-{unique}" not in output  # the password is masked in the logged URL
     assert "***" in output
@@ -84,7 +87,7 @@ def test_worker_on_an_unknown_postgresql_database_exits_non_zero_within_seconds(
     code, output, took = _run_worker(url, f"ff{unique}")
 
     assert code == 1, output
-    assert took < FAIL_FAST_SECONDS, output
+    assert_within(took, FAIL_FAST_SECONDS, f"a worker failing fast ({output})")
     _assert_one_clear_line(output, f'database "missing_{unique}" does not exist')
 
 
@@ -99,7 +102,7 @@ def test_worker_without_its_outbox_table_exits_non_zero_naming_the_table(
 
     # The consumer's start-up check refuses it before any thread runs: one line, exit 1.
     assert code == 1, output
-    assert took < FAIL_FAST_SECONDS, output
+    assert_within(took, FAIL_FAST_SECONDS, f"a worker failing fast ({output})")
     refusals = [line for line in output.splitlines() if "cannot start" in line]
     assert len(refusals) == 1, output
     assert f"ff{unique}_outbox_messages" in refusals[0], output
@@ -148,16 +151,24 @@ def test_an_unreachable_database_backs_off_and_warns_once_not_per_retry(
     engine.register_handler("ff.checked", lambda event, connection: None)
     caplog.set_level(logging.DEBUG, logger="outboxkit")
 
-    # When the engine retries for a few seconds (attempts at 0, 1 and 3 s)
+    # When the engine has retried a few times (attempts at 0, 1 and 3 s; waited for)
     engine.start()
     try:
-        time.sleep(3.5)
+        for loop in ("new-row listener", f"relay ff{unique}"):
+            wait_for(
+                lambda loop=loop: failed_attempts(caplog, loop) >= 3,
+                timeout=30,
+                what=f"three failed attempts of the {loop}",
+            )
         assert engine.fatal_error is None  # an outage is not fatal
     finally:
         assert engine.stop(timeout=5)
 
     # Then each loop warned once, without a traceback, and said it keeps trying
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    # (outboxkit's own records: a client thread an earlier test left may log meanwhile)
+    warnings = [
+        r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("outboxkit")
+    ]
     # (the consumer has received nothing, so it has not needed the database yet)
     assert sorted(r.getMessage().split(" paused")[0] for r in warnings) == [
         "new-row listener",
@@ -257,7 +268,7 @@ def test_a_redis_database_the_server_does_not_have_stops_the_worker_in_one_line(
     output = done.stdout + done.stderr
     # Then it exits 1 within seconds, with one ERROR line that says what to fix
     assert done.returncode == 1, output
-    assert time.monotonic() - started < FAIL_FAST_SECONDS, output
+    assert_within(time.monotonic() - started, FAIL_FAST_SECONDS, f"failing fast ({output})")
     _assert_one_clear_line(output, "DB index is out of range", "databases")
 
 

@@ -25,6 +25,7 @@ from outboxkit.inbox.receipts import receipts_topic
 from outboxkit.routing import Routing, ServiceCatalog
 from tests.support.engine import fatal_error_on_start
 from tests.support.paths import ROOT
+from tests.support.timing import assert_within
 
 BROKERS: dict[str, Callable[..., Broker]] = {
     "kafka": KafkaBroker.from_bootstrap,
@@ -140,7 +141,7 @@ def test_a_worker_with_creation_off_and_no_topic_exits_non_zero_within_seconds(
     output = done.stdout + done.stderr
 
     assert done.returncode == 1, output
-    assert took < 10, output
+    assert_within(took, 10.0, f"a worker failing fast ({output})")
     errors = [line for line in output.splitlines() if " ERROR " in line]
     assert len(errors) == 1, output
     assert f"ops{unique}" in errors[0], output

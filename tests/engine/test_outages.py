@@ -6,6 +6,7 @@ started on the same port while the engine runs.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import subprocess
@@ -26,7 +27,13 @@ from outboxkit.engine import Engine
 from outboxkit.messages import Event, PublishRequest, Status
 from outboxkit.routing import Routing
 from outboxkit.testing.services import free_port
-from tests.support.engine import fast_config, orders_routing, scratch_repository, wait_for
+from tests.support.engine import (
+    failed_attempts,
+    fast_config,
+    orders_routing,
+    scratch_repository,
+    wait_for,
+)
 from tests.support.tcp_cutter import TcpCutter
 
 
@@ -72,8 +79,10 @@ def test_a_broker_outage_pauses_the_engine_which_resumes_without_burning_retries
     repository: SqlRepository,
     routing: Routing,
     late_redis: tuple[int, list[subprocess.Popen[bytes]]],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     port, started = late_redis
+    caplog.set_level(logging.DEBUG, logger="outboxkit.engine.loops")
     handled: list[str] = []
     engine = Engine(
         repository,
@@ -86,8 +95,15 @@ def test_a_broker_outage_pauses_the_engine_which_resumes_without_burning_retries
     try:
         request = PublishRequest(event_type="order.placed", message_key="k", payload={})
         engine.publish(request)
+        failed_before = failed_attempts(caplog, "relay orders")
         route = routing.route_of("order.placed")
-        time.sleep(1.5)  # the relay tries and fails several times meanwhile
+        # the relay tries and fails several times meanwhile (waited for: its outage log
+        # says "paused" at the first failed attempt and counts the later ones)
+        wait_for(
+            lambda: failed_attempts(caplog, "relay orders") >= failed_before + 3,
+            timeout=30,
+            what="three failed relay attempts after the publish",
+        )
         row = repository.get_by_event_id(route, request.event_id)
         assert row is not None and row.status is Status.PENDING and row.retry_count == 0
 

@@ -17,7 +17,7 @@ from outboxkit.messages import PublishRequest, Status
 from outboxkit.publish.publisher import Publisher
 from outboxkit.relay.relay import RelayConfig
 from outboxkit.routing import Route, Routing
-from tests.support.engine import unique_routing, wait_for
+from tests.support.engine import ObservedRepository, unique_routing, wait_for
 
 
 @pytest.fixture
@@ -97,12 +97,16 @@ def test_a_relay_wakes_for_a_commit_made_by_another_process(
         relay_services=("orders",),
     )
     broker = MemoryBroker()
-    engine = Engine(pg_repository, broker, routing, config=config)
+    observed = ObservedRepository(postgres_engine)
+    engine = Engine(observed, broker, routing, config=config)
     other_process_db = sa.create_engine(postgres_engine.url)
     other = Publisher(SqlRepository(other_process_db), routing)
     engine.start()
     try:
-        time.sleep(0.5)  # the relay's first, empty claim is behind it: it now waits 60 s
+        # The relay's first claim found nothing (it now waits 60 s) and the listener is
+        # listening: waited for, so the row cannot come over by that first claim
+        assert observed.empty_claim.wait(30), "the relay never made its first claim"
+        assert observed.listening.wait(30), "the new-row listener never started"
         request = PublishRequest(event_type="order.placed", payload={})
         with other_process_db.begin() as conn:
             other.publish(request, connection=conn)
@@ -114,4 +118,5 @@ def test_a_relay_wakes_for_a_commit_made_by_another_process(
         wait_for(published, timeout=10, what="the notified relay to publish the row")
     finally:
         assert engine.stop(timeout=10)
+        observed.close()
         other_process_db.dispose()

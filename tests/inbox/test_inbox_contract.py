@@ -23,6 +23,8 @@ class TestMysqlInbox(InboxContract):
 
 
 class TestSqliteInbox(InboxContract):
+    concurrent_writers = False  # SQLite serializes writers
+
     @pytest.fixture
     def engine(self, sqlite_engine: sa.Engine) -> sa.Engine:
         return sqlite_engine

@@ -28,6 +28,7 @@ from tests.support import observed_app
 from tests.support.engine import fast_config, wait_for
 from tests.support.observability import CONSOLE_SCRIPT, drop_outbox, get_status
 from tests.support.paths import ROOT
+from tests.support.timing import assert_within
 
 EVENT = PublishRequest(event_type=observed_app.EVENT_TYPE, payload={})
 
@@ -107,8 +108,9 @@ def test_an_unreachable_broker_makes_the_engine_not_ready_but_still_live(
         started = time.monotonic()
         # When it is asked
         report = engine.health()
-        # Then it answers quickly: not ready because of the broker, yet live
-        assert time.monotonic() - started < 10
+        # Then it answers quickly (a refused connection, no timeout to wait out): not
+        # ready because of the broker, yet live
+        assert_within(time.monotonic() - started, 0.0, "health() with Redis refusing")
         assert report.live and not report.ready
         assert [c.name for c in report.failures] == ["broker"]
         assert report.failures[0].reason == "the broker does not answer: BrokerUnavailableError"
@@ -253,7 +255,7 @@ def test_a_database_that_never_answers_fails_readiness_within_the_timeout(
             report = engine.health(timeout=1.0)
             elapsed = time.monotonic() - started
             # Then it answers in about that time: not ready because of the database alone
-            assert elapsed < 3, f"took {elapsed:.1f} s"
+            assert_within(elapsed, 1.0, "health(timeout=1.0) of a silent database")
             assert report.live and not report.ready
             (failure,) = report.failures
             assert (failure.name, failure.reason) == ("database", "no answer within 1 s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,7 +17,8 @@ from outboxkit.messages import OutboxMessage, Status
 from outboxkit.publish.publisher import PublisherConfig
 from outboxkit.relay.relay import RelayConfig
 from outboxkit.retry import RetryPolicy
-from outboxkit.routing import Routing, ServiceCatalog
+from outboxkit.routing import Route, Routing, ServiceCatalog
+from outboxkit.store import Claim, NewRowListener
 
 
 def unique_routing(unique: str, *services: str) -> Routing:
@@ -74,6 +76,29 @@ def scratch_repository(db: sa.Engine, routing: Routing) -> Iterator[SqlRepositor
         repository.close()
 
 
+class ObservedRepository(SqlRepository):
+    """The real repository, telling a test where the engine's loops are: a relay claimed
+    and found nothing (:attr:`empty_claim`), the new-row listener is open and listening
+    (:attr:`listening`). A test waits for these instead of sleeping and hoping."""
+
+    def __init__(self, engine: sa.Engine, **kwargs: Any) -> None:
+        super().__init__(engine, **kwargs)
+        self.empty_claim = threading.Event()
+        self.listening = threading.Event()
+
+    def claim_due(self, route: Route, *, limit: int, lease_seconds: float) -> Claim:
+        claim = super().claim_due(route, limit=limit, lease_seconds=lease_seconds)
+        if not claim.messages:
+            self.empty_claim.set()
+        return claim
+
+    def new_row_listener(self) -> NewRowListener | None:
+        listener = super().new_row_listener()
+        if listener is not None:
+            self.listening.set()
+        return listener
+
+
 def fast_config(**overrides: object) -> EngineConfig:
     """Engine settings that keep tests quick: short polls, 0.1 s retries, few attempts."""
     values: dict[str, object] = {
@@ -105,6 +130,21 @@ def wait_for(predicate: Callable[[], bool], *, timeout: float = 30.0, what: str 
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or predicate}")
+
+
+def failed_attempts(caplog: Any, loop: str) -> int:
+    """How many attempts of an engine loop (``"relay orders"``, ``"new-row listener"``)
+    failed in its current outage, by its outage log: the "paused" WARNING at the first, an
+    "attempt N failed" DEBUG line at each later one (``caplog`` must capture DEBUG of
+    ``outboxkit.engine.loops``)."""
+    attempts = 0
+    for record in caplog.records:
+        message = record.getMessage()
+        if message.startswith(f"{loop} paused"):
+            attempts = max(attempts, 1)
+        elif message.startswith(prefix := f"{loop}: attempt "):
+            attempts = max(attempts, int(message[len(prefix) :].split()[0]))
+    return attempts
 
 
 def count_rows(db: sa.Engine, table: sa.Table) -> int:

@@ -16,7 +16,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from outboxkit import Event, InvalidEventError, JsonPayloadCodec, PayloadCodecs, PayloadDecodeError
+from outboxkit import (
+    ConfigurationError,
+    Event,
+    InvalidEventError,
+    JsonPayloadCodec,
+    PayloadCodecs,
+    PayloadDecodeError,
+)
 from outboxkit.wire.envelope import dumps
 from outboxkit.wire.payloads import decode_payload
 
@@ -271,10 +278,41 @@ def test_any_declared_value_survives_the_wire_unchanged(sample: Sample) -> None:
     assert type(back.pair) is tuple and type(back.names) is frozenset
 
 
+def _sample() -> Sample:
+    return Sample(
+        at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+        day=date(2026, 1, 2),
+        amount=Decimal("1.5"),
+        ident=uuid.UUID(int=7),
+        colour=Colour.RED,
+        size=Size.S,
+        pair=(1, "a"),
+        names=frozenset({"n"}),
+        blob=b"\x01",
+        maybe=None,
+        nested=[{"k": Decimal("2")}],
+        ratio=0.5,
+    )
+
+
 @pytest.mark.parametrize(
-    "payload_type", [Everything, Customer, Sample, dict[str, Any], list[Line] | None, Colour]
+    ("payload_type", "value"),
+    [
+        (Everything, everything()),
+        (Customer, Customer(id=uuid.UUID(int=1), since=datetime(2026, 1, 1), credit=Decimal(1))),
+        (Sample, _sample()),
+        (dict[str, Any], {"a": [1, "b"]}),
+        (list[Line] | None, [Line(sku="A", price=Decimal("1.5"), colour=Colour.RED)]),
+        (Colour, Colour.BLUE),
+    ],
+    ids=["dataclass", "pydantic", "nested", "dict", "optional-list", "enum"],
 )
-def test_every_type_the_codec_decodes_passes_its_registration_check(payload_type: Any) -> None:
+def test_every_type_the_codec_decodes_passes_its_registration_check(
+    payload_type: Any, value: Any
+) -> None:
+    # Given a type the codec really decodes: a value of it survives the wire
+    assert codec.decode(json.loads(dumps(codec.encode(value))), payload_type) == value
+    # Then registering a handler for it is accepted (no ConfigurationError)
     codec.check_payload_type(payload_type)
 
 
@@ -304,3 +342,24 @@ def test_a_custom_codec_error_is_named_by_type_never_by_its_message() -> None:
     assert str(raised.value) == (
         "QuotingCodec failed to decode a Line for card.added: ValueError: its message withheld"
     )
+
+
+class NotJson:
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+
+@pytest.mark.parametrize(
+    ("payload_type", "message"),
+    [
+        (NotJson, "NotJson is not a dataclass, attrs class, pydantic model, enum or JSON type"),
+        (dict[int, str], "JSON object keys are strings, not int"),
+        (list[complex], r"complex is not a dataclass"),
+    ],
+)
+def test_a_type_the_codec_cannot_decode_fails_its_registration_check(
+    payload_type: Any, message: str
+) -> None:
+    # The contrast that makes the check above mean something: an accept-all check fails here
+    with pytest.raises(ConfigurationError, match=message):
+        codec.check_payload_type(payload_type)

@@ -85,8 +85,9 @@ class BrokerContractBase:
     # ------------------------------------------------------------------ deadlines (seconds)
     #: Time to receive messages that are already on the broker (includes a group join).
     receive_deadline: float = 10.0
-    #: Time both members of a new group are polled before publishing, so a group that
-    #: assigns work on join (Kafka) has both members in it. 0 for brokers without joins.
+    #: Longest time both members of a new group are polled, before publishing, for the
+    #: group to settle (:meth:`group_settled`); the test fails if it has not by then. A
+    #: deadline, not a wait: a group that settles at once costs nothing.
     group_settle_seconds: float = 0.0
     #: Time until an unacknowledged delivery of a closed (or idle, see
     #: ``reclaims_idle_deliveries``) member reaches another member.
@@ -133,6 +134,13 @@ class BrokerContractBase:
             f"{type(self).__name__} must override refused_message "
             "(or set refuses_messages_for_good = False)"
         )
+
+    def group_settled(self, members: Sequence[Subscription]) -> bool:
+        """Whether the ``members`` of one group are all in it, each with its share of the
+        work, so that a message published now goes to exactly one of them and no rebalance
+        is pending. A broker that assigns work on join (Kafka) overrides it to look at its
+        members' assignments; the default, for brokers without joins, is ``True``."""
+        return True
 
     def topic_name(self, unique: str, suffix: str = "t") -> str:
         """A topic name valid for Kafka and Redis that contains ``unique``."""

@@ -12,7 +12,11 @@ import pytest
 
 from outboxkit.broker import Broker, Subscription
 from outboxkit.errors import BrokerClosedError
-from outboxkit.testing.broker_contract.base import BrokerContractBase, _messages
+from outboxkit.testing.broker_contract.base import (
+    BrokerContractBase,
+    _messages,
+    receive_until,
+)
 
 
 class BrokerLifecycleContract(BrokerContractBase):
@@ -26,14 +30,26 @@ class BrokerLifecycleContract(BrokerContractBase):
         topic = self.topic_name(unique)
         broker.ensure_topic(topic)
         consumer = subscribe(topic, f"g.{unique}", "m")
-        closer = threading.Timer(0.5, consumer.close)
+        receiving = threading.Event()
+
+        def close_while_receiving() -> None:
+            # the receive below has been called (waited for), and has had 0.5 s to block
+            receiving.wait(30)
+            time.sleep(0.5)
+            consumer.close()
+
+        closer = threading.Thread(target=close_while_receiving, name="contract-closer")
         closer.start()
         try:
+            receiving.set()
             started = time.monotonic()
             assert consumer.receive(timeout=30) == []
             elapsed = time.monotonic() - started
         finally:
-            closer.join()
+            closer.join(30)
+        assert not closer.is_alive()
+        # it was blocked until the close came (not returned before), and not for its 30 s
+        assert elapsed >= 0.5, f"receive returned after {elapsed:.2f} s, before the close"
         assert elapsed < self.close_unblock_seconds, f"receive returned after {elapsed:.1f} s"
         self._publish_ok(broker, _messages(topic, 2))
         assert consumer.receive(timeout=0.5) == []
@@ -82,8 +98,22 @@ class BrokerLifecycleContract(BrokerContractBase):
             consumer.close()
 
     # ------------------------------------------------------------------ health (ping)
-    def test_ping_answers_while_the_broker_is_reachable(self, broker: Broker) -> None:
-        broker.ping()  # health checks call it: it must not raise, and must change nothing
+    def test_ping_answers_while_the_broker_is_reachable_and_changes_nothing(
+        self, broker: Broker, subscribe: Callable[..., Subscription], unique: str
+    ) -> None:
+        # Given messages waiting on a topic
+        topic = self.topic_name(unique)
+        broker.ensure_topic(topic)
+        self._publish_ok(broker, _messages(topic, 3))
+        # When health checks ping the broker, again and again
+        for _ in range(3):
+            broker.ping()
+        # Then a new group still reads all that was published: the pings consumed or
+        # acknowledged nothing (that ping really asks the server is the outage suite's
+        # part: an unreachable broker's ping raises)
+        reader = subscribe(topic, f"g.{unique}", "m")
+        received = receive_until([reader], 3, self._deadline(self.receive_deadline))
+        assert sorted(d.headers["seq"] for _, d in received) == ["0", "1", "2"]
 
     def test_ping_after_close_raises_broker_closed(
         self, other_broker: Callable[[], Broker]

@@ -3,12 +3,15 @@
 :class:`RepositoryContractBase` is the root of every role's mixin
 (:mod:`outboxkit.testing.repository_contract` explains how to compose them). It collects no
 test of its own. The module's functions (``_request``, ``_new_message``, ``_run_thread``,
-``_outcome``, ``_drop``) are the suite's helpers; the role modules import them from here.
+``_outcome``, ``_statements_in_flight``, ``_wait_until_blocked``, ``_drop``) are the suite's
+helpers; the role modules import them from here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -48,8 +51,11 @@ def _new_message(event_type: str = TYPE_A, *, max_retry: int = 20, **kwargs: Any
     )
 
 
-def _run_thread(target: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
-    """Start ``target`` in a thread; the returned dict gets its ``result`` or ``error``."""
+def _run_thread(
+    target: Callable[[], Any], name: str | None = None
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """Start ``target`` in a thread (named ``name``, else a unique name); the returned dict
+    gets its ``result`` or ``error``."""
     box: dict[str, Any] = {}
 
     def run() -> None:
@@ -58,7 +64,7 @@ def _run_thread(target: Callable[[], Any]) -> tuple[threading.Thread, dict[str, 
         except BaseException as exc:  # re-raised by the test
             box["error"] = exc
 
-    thread = threading.Thread(target=run, daemon=True)
+    thread = threading.Thread(target=run, daemon=True, name=name or f"contract-{uuid.uuid4()}")
     thread.start()
     return thread, box
 
@@ -69,6 +75,76 @@ def _outcome(thread: threading.Thread, box: dict[str, Any]) -> Any:
     if "error" in box:
         raise box["error"]
     return box["result"]
+
+
+#: How long a locking statement must have been waiting for an answer, while the test holds
+#: the lock it needs, to count as blocked (the server has it: it is not still on its way).
+_BLOCKED_AFTER = 0.1
+
+
+@contextlib.contextmanager
+def _statements_in_flight() -> Iterator[dict[str, tuple[str, float]]]:
+    """While open: thread name -> (statement, when it was sent) of the statement that
+    thread sent to a database and has no answer to yet (any engine of this process)."""
+    in_flight: dict[str, tuple[str, float]] = {}
+
+    def sent(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        in_flight[threading.current_thread().name] = (statement, time.monotonic())
+
+    def answered(*_args: Any) -> None:
+        in_flight.pop(threading.current_thread().name, None)
+
+    listeners = (
+        ("before_cursor_execute", sent),
+        ("after_cursor_execute", answered),
+        ("handle_error", answered),
+    )
+    for name, fn in listeners:
+        sa.event.listen(sa.Engine, name, fn)
+    try:
+        yield in_flight
+    finally:
+        for name, fn in listeners:
+            sa.event.remove(sa.Engine, name, fn)
+
+
+def _blocked(
+    engine: sa.Engine, table: str, thread: str, in_flight: dict[str, tuple[str, float]]
+) -> bool:
+    """Whether ``thread`` waits inside the database for a lock on ``table`` that the test
+    holds.
+
+    PostgreSQL says so itself (a session waiting on a lock, its statement naming the test's
+    own table). Elsewhere the thread's own view decides: a statement that needs the lock
+    (a locking read or update of ``table``; on SQLite ``BEGIN IMMEDIATE``, its one write
+    lock) has been waiting for an answer for a while: it cannot get one while the lock is
+    held. (MariaDB's ``INNODB_TRX`` did not list such a waiting read in every case.)
+    """
+    if engine.dialect.name == "postgresql":
+        query = (
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND state = 'active' AND query LIKE :pattern"
+        )
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text(query), {"pattern": f"%{table}%"}).scalar_one()) > 0
+    statement, sent_at = in_flight.get(thread, ("", time.monotonic()))
+    text = " ".join(statement.upper().split())
+    locking = text.startswith("BEGIN IMMEDIATE") or (
+        table.upper() in text and (text.startswith("UPDATE") or "FOR UPDATE" in text)
+    )
+    return locking and time.monotonic() - sent_at >= _BLOCKED_AFTER
+
+
+def _wait_until_blocked(
+    engine: sa.Engine, table: str, thread: str, in_flight: dict[str, tuple[str, float]]
+) -> None:
+    """Wait (up to ``JOIN_TIMEOUT``) until thread ``thread`` waits for a lock on ``table``
+    (see :func:`_blocked`); fail when it never does. A test's precondition "the other one
+    is now waiting" is waited for, never assumed after a sleep."""
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    while not _blocked(engine, table, thread, in_flight):
+        assert time.monotonic() < deadline, f"{thread} never waited for a lock on {table}"
+        time.sleep(0.02)
 
 
 def _drop(engine: sa.Engine, *tables: str) -> None:

@@ -8,7 +8,6 @@ calls. Includes the failure marks and the row reads
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +18,13 @@ from sqlalchemy.engine import Connection
 from outboxkit.messages import Outcome, Status
 from outboxkit.routing import Route
 from outboxkit.store import ConsumeItem, Repository
-from outboxkit.testing.repository_contract.base import JOIN_TIMEOUT, _outcome, _run_thread
+from outboxkit.testing.repository_contract.base import (
+    JOIN_TIMEOUT,
+    _outcome,
+    _run_thread,
+    _statements_in_flight,
+    _wait_until_blocked,
+)
 from outboxkit.testing.repository_contract.failures import FailureMarksContract
 from outboxkit.testing.repository_contract.reads import RowReadsContract
 
@@ -297,7 +302,7 @@ class ConsumeStoreContract(FailureMarksContract, RowReadsContract):
         first, done, last = self.add(repository, route, 3)
         assert repository.mark_consumed(route, done)
         lock_one = f"SELECT id FROM {route.table} WHERE id = :id FOR UPDATE"
-        with engine.connect() as holder:
+        with engine.connect() as holder, _statements_in_flight() as in_flight:
             holder.begin()
             holder.execute(sa.text(lock_one), {"id": done})
             run = _run_thread(
@@ -305,7 +310,9 @@ class ConsumeStoreContract(FailureMarksContract, RowReadsContract):
                     route, [self._item(i, lambda _conn: None) for i in (first, done, last)]
                 )
             )
-            time.sleep(0.5)  # the batch is now waiting for row 2
+            # the batch is now waiting for row 2 (waited for: a batch not yet started would
+            # leave row 3 free too)
+            _wait_until_blocked(engine, route.table, run[0].name, in_flight)
             with engine.connect() as probe:
                 probe.begin()
                 probe.execute(sa.text(lock_one + " NOWAIT"), {"id": last})  # row 3 is free
@@ -319,23 +326,28 @@ class ConsumeStoreContract(FailureMarksContract, RowReadsContract):
         ]
 
     def test_two_threads_consuming_one_row_run_the_handler_once(
-        self, repository: Repository, route: Route
+        self, engine: sa.Engine, repository: Repository, route: Route
     ) -> None:
         [outbox_id] = self.add(repository, route)
         barrier = threading.Barrier(2)
         calls: list[int] = []
         lock = threading.Lock()
+        names = [f"consume-{outbox_id}-{n}" for n in range(2)]
 
         def handler(_conn: Connection) -> None:
             with lock:
                 calls.append(1)
-            time.sleep(0.2)
+            # The handler's transaction stays open until the other consumer waits for the
+            # row: the two really overlap, the second is not merely late
+            [other] = [n for n in names if n != threading.current_thread().name]
+            _wait_until_blocked(engine, route.table, other, in_flight)
 
         def consume() -> Outcome:
             barrier.wait(JOIN_TIMEOUT)
             return repository.consume(route, outbox_id, handler).outcome
 
-        runs = [_run_thread(consume) for _ in range(2)]
-        outcomes = sorted(_outcome(*run).value for run in runs)
+        with _statements_in_flight() as in_flight:
+            runs = [_run_thread(consume, name) for name in names]
+            outcomes = sorted(_outcome(*run).value for run in runs)
         assert outcomes == ["consumed", "duplicate"]
         assert calls == [1]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -26,6 +25,8 @@ from outboxkit.testing.repository_contract.base import (
     TYPE_A,
     _outcome,
     _run_thread,
+    _statements_in_flight,
+    _wait_until_blocked,
 )
 from outboxkit.testing.repository_contract.failures import FailureMarksContract
 from outboxkit.wire.envelope import decode_shell, envelope_from_row
@@ -106,7 +107,7 @@ class RelayStoreContract(FailureMarksContract):
     ) -> None:
         ids = self.add(repository, route, 3)
         table = sa.Table(route.table, sa.MetaData(), autoload_with=engine)
-        with engine.connect() as other:
+        with engine.connect() as other, _statements_in_flight() as in_flight:
             with other.begin():
                 # another worker holds row 1 locked (SQLite: holds the database write lock)
                 other.execute(sa.select(table.c.id).where(table.c.id == ids[0]).with_for_update())
@@ -117,8 +118,9 @@ class RelayStoreContract(FailureMarksContract):
                     claim = _outcome(thread, box)  # SKIP LOCKED: no waiting
                     assert [m.id for m in claim.messages] == ids[1:]
                     return
-                time.sleep(0.3)
-                assert thread.is_alive(), "SQLite claim should wait for the other writer"
+                # SQLite: the claim waits for the other writer (not: has not started yet)
+                _wait_until_blocked(engine, route.table, thread.name, in_flight)
+                assert thread.is_alive()
             claim = _outcome(thread, box)
             assert [m.id for m in claim.messages] == ids
 
@@ -224,7 +226,7 @@ class RelayStoreContract(FailureMarksContract):
         assert repository.get(route, outbox_id) == before
 
     def test_mark_published_waits_for_a_running_consume_then_changes_nothing(
-        self, repository: Repository, route: Route
+        self, engine: sa.Engine, repository: Repository, route: Route
     ) -> None:
         [outbox_id] = self.add(repository, route)
         claim = self.claim_all(repository, route)
@@ -236,10 +238,12 @@ class RelayStoreContract(FailureMarksContract):
                     lambda: repository.mark_published(route, [outbox_id], token=claim.token)
                 )
             )
-            time.sleep(0.3)
+            # the consume's transaction stays open until the mark waits for its lock
+            _wait_until_blocked(engine, route.table, runs[0][0].name, in_flight)
 
-        assert repository.consume(route, outbox_id, handler).outcome is Outcome.CONSUMED
-        assert _outcome(*runs[0]) == set()
+        with _statements_in_flight() as in_flight:
+            assert repository.consume(route, outbox_id, handler).outcome is Outcome.CONSUMED
+            assert _outcome(*runs[0]) == set()
         assert self.status(repository, route, outbox_id) is Status.CONSUMED
 
     def test_release_does_not_count_an_attempt(self, repository: Repository, route: Route) -> None:
